@@ -1,0 +1,92 @@
+//! The seam between typed handles and storage: Redis, in-process memory, or nothing.
+//!
+//! Backends deal in Redis keys and encoded bytes only. They never return connection
+//! errors to callers: a failure is recorded (and logged, without flooding) by the backend
+//! and surfaces as [`Unavailable`], which handles turn into a miss or `Ok(false)`.
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+use std::time::Duration;
+
+use crate::health::Health;
+
+/// The backend could not serve the call; it has already been recorded and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unavailable;
+
+/// The storage a manager's caches currently use.
+pub(crate) enum Backend {
+    /// Before `connect` and after `disconnect`: every call degrades.
+    Disconnected,
+    /// `memory://`.
+    Memory(memory::MemoryStore),
+    /// `redis://`.
+    Redis(redis::RedisBackend),
+}
+
+impl Backend {
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable),
+            Backend::Memory(m) => Ok(m.get(key)),
+            Backend::Redis(r) => r.get(key).await,
+        }
+    }
+
+    pub(crate) async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable),
+            Backend::Memory(m) => Ok(m.mget(keys)),
+            Backend::Redis(r) => r.mget(keys).await,
+        }
+    }
+
+    pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable),
+            Backend::Memory(m) => {
+                m.set(key, value, ttl);
+                Ok(())
+            }
+            Backend::Redis(r) => r.set(key, value, ttl).await,
+        }
+    }
+
+    pub(crate) async fn mset(&self, entries: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable),
+            Backend::Memory(m) => {
+                m.mset(entries, ttl);
+                Ok(())
+            }
+            Backend::Redis(r) => r.mset(entries, ttl).await,
+        }
+    }
+
+    pub(crate) async fn del(&self, key: &str) -> Result<bool, Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable),
+            Backend::Memory(m) => Ok(m.del(key)),
+            Backend::Redis(r) => r.del(key).await,
+        }
+    }
+
+    /// Deletes `key` only while it still holds `expected`, so evicting a corrupt entry
+    /// never removes a good value another writer stored in the meantime.
+    pub(crate) async fn del_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable),
+            Backend::Memory(m) => Ok(m.del_if_eq(key, expected)),
+            Backend::Redis(r) => r.del_if_eq(key, expected).await,
+        }
+    }
+
+    pub(crate) async fn health(&self) -> Health {
+        match self {
+            Backend::Disconnected => Health::disconnected(),
+            Backend::Memory(_) => Health::memory(),
+            Backend::Redis(r) => r.health().await,
+        }
+    }
+}

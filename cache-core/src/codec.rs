@@ -1,0 +1,242 @@
+//! How values become bytes in Redis, and back.
+//!
+//! A cache picks its codec with `#[cache(codec = ...)]`:
+//!
+//! | codec | stored bytes | needs |
+//! | --- | --- | --- |
+//! | `"bincode"` (default) | a 5-byte header, then bincode 2 (`standard` config) | `Serialize + DeserializeOwned` |
+//! | `"json"` | `serde_json` text | `Serialize + DeserializeOwned` |
+//! | `"string"` | the value's `Display` text, read back with `FromStr` | `Display + FromStr` |
+//! | a path to your type | whatever your [`Codec`] writes | your bounds |
+//!
+//! # Why bincode entries carry a header
+//!
+//! bincode is not self-describing: bytes written for another type, or for an older shape
+//! of the same struct, can decode into a wrong value without any error. Every bincode
+//! entry therefore starts with a format tag byte ([`FRAME_TAG`]) and a 4-byte fingerprint
+//! of the value type's definition, computed by `#[derive(Cache)]` and mixed with the
+//! optional `version = N`. A read whose header differs, or whose body does not decode to
+//! exactly the end of the buffer, is a corrupt entry: it is logged, deleted and read as a
+//! miss.
+//!
+//! The fingerprint sees what the derive sees. For a value type that derives `Cache`
+//! itself (form B) that is the kind of item (struct or enum), every field's and
+//! variant's name, order and type *as written*, and the `#[serde(...)]` attributes on
+//! them. For a mapping (form A) it is the value type as written (`i64`, `Vec<String>`,
+//! `my::Profile`). It does not see inside types defined elsewhere: if a field's type
+//! `Address` gains a field, or `my::Profile` of a form A cache changes, the fingerprint
+//! stays the same. Bump `version = N` on the cache when that happens.
+
+use std::fmt::Display;
+use std::str::FromStr;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::CodecError;
+
+/// The first byte of every entry written by a framed codec (bincode).
+pub const FRAME_TAG: u8 = 0xCB;
+
+/// Length of the header of a framed entry: the tag and a 4-byte fingerprint.
+pub const FRAME_LEN: usize = 5;
+
+/// Turns values of type `V` into bytes and back.
+///
+/// Implement it for a marker type of your own and name it in
+/// `#[cache(codec = my::Codec)]` to store values in a format the built-in codecs do not
+/// cover. `decode` must reject bytes it cannot read completely rather than guess, and
+/// must never panic, whatever the bytes are: Redis may hold anything.
+#[diagnostic::on_unimplemented(
+    message = "the codec `{Self}` cannot store values of type `{V}`",
+    note = "the `bincode` and `json` codecs need `serde::Serialize + serde::de::DeserializeOwned`; the `string` codec needs `Display + FromStr`"
+)]
+pub trait Codec<V>: Send + Sync + 'static {
+    /// The name shown in manifests and logs (`"bincode"`, `"json"`, `"string"`, ...).
+    const NAME: &'static str;
+
+    /// Whether entries carry the tag-and-fingerprint header. Set it for formats that are
+    /// not self-describing, where bytes of another type could decode without an error.
+    const FRAMED: bool = false;
+
+    /// Appends the encoded value to `out`.
+    fn encode(value: &V, out: &mut Vec<u8>) -> Result<(), CodecError>;
+
+    /// Reads a value from the whole of `bytes`.
+    fn decode(bytes: &[u8]) -> Result<V, CodecError>;
+}
+
+/// The default codec: bincode 2 with serde, compact and fast, framed with a fingerprint.
+#[derive(Debug, Clone, Copy)]
+pub enum Bincode {}
+
+/// Largest value bincode may claim to allocate while decoding; Redis values stop at 512 MiB.
+const BINCODE_LIMIT: usize = 512 << 20;
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<BINCODE_LIMIT>()
+}
+
+impl<V: Serialize + DeserializeOwned> Codec<V> for Bincode {
+    const NAME: &'static str = "bincode";
+    const FRAMED: bool = true;
+
+    fn encode(value: &V, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        bincode::serde::encode_into_std_write(value, out, bincode_config())
+            .map(drop)
+            .map_err(CodecError::new)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<V, CodecError> {
+        let (value, read) =
+            bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(CodecError::new)?;
+        if read != bytes.len() {
+            return Err(CodecError::msg(format_args!(
+                "{} trailing bytes after the value",
+                bytes.len() - read
+            )));
+        }
+        Ok(value)
+    }
+}
+
+/// JSON text through `serde_json`: readable with `redis-cli` and by other languages.
+#[derive(Debug, Clone, Copy)]
+pub enum Json {}
+
+impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
+    const NAME: &'static str = "json";
+
+    fn encode(value: &V, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        serde_json::to_writer(out, value).map_err(CodecError::new)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<V, CodecError> {
+        serde_json::from_slice(bytes).map_err(CodecError::new)
+    }
+}
+
+/// The value's `Display` text, read back with `FromStr`: the bytes a Python service
+/// writes with `str(value)` (integers, UUIDs, plain strings).
+#[derive(Debug, Clone, Copy)]
+pub enum Text {}
+
+impl<V> Codec<V> for Text
+where
+    V: Display + FromStr,
+    V::Err: Display,
+{
+    const NAME: &'static str = "string";
+
+    fn encode(value: &V, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        use std::io::Write;
+        write!(out, "{value}").map_err(CodecError::new)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<V, CodecError> {
+        let text = std::str::from_utf8(bytes).map_err(CodecError::new)?;
+        text.parse::<V>().map_err(CodecError::msg)
+    }
+}
+
+/// Encodes `value` for storage: the header for framed codecs, then the codec's bytes.
+pub(crate) fn encode_entry<V, C: Codec<V>>(value: &V, fingerprint: u32) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    if C::FRAMED {
+        out.push(FRAME_TAG);
+        out.extend_from_slice(&fingerprint.to_le_bytes());
+    }
+    C::encode(value, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a stored entry, checking the header of framed codecs.
+pub(crate) fn decode_entry<V, C: Codec<V>>(bytes: &[u8], fingerprint: u32) -> Result<V, CodecError> {
+    let body = if C::FRAMED {
+        match bytes {
+            [FRAME_TAG, fp @ .., ] if fp.len() >= 4 => {
+                let stored = u32::from_le_bytes([fp[0], fp[1], fp[2], fp[3]]);
+                if stored != fingerprint {
+                    return Err(CodecError::msg(format_args!(
+                        "entry was written for another type definition or version \
+                         (fingerprint {stored:08x}, expected {fingerprint:08x})"
+                    )));
+                }
+                &bytes[FRAME_LEN..]
+            }
+            _ => return Err(CodecError::msg("entry has no bincode header; it was not written by this cache")),
+        }
+    } else {
+        bytes
+    };
+    C::decode(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Profile {
+        name: String,
+        age: u32,
+    }
+
+    #[test]
+    fn bincode_round_trips_behind_its_header() {
+        let p = Profile { name: "ada".into(), age: 36 };
+        let bytes = encode_entry::<_, Bincode>(&p, 0xDEADBEEF).unwrap();
+        assert_eq!(bytes[..FRAME_LEN], [FRAME_TAG, 0xEF, 0xBE, 0xAD, 0xDE]);
+        assert_eq!(decode_entry::<Profile, Bincode>(&bytes, 0xDEADBEEF).unwrap(), p);
+    }
+
+    #[test]
+    fn bincode_rejects_another_fingerprint() {
+        let bytes = encode_entry::<_, Bincode>(&7i64, 1).unwrap();
+        let err = decode_entry::<i64, Bincode>(&bytes, 2).unwrap_err();
+        assert!(err.to_string().contains("another type definition"), "{err}");
+    }
+
+    #[test]
+    fn bincode_rejects_trailing_bytes() {
+        let mut bytes = encode_entry::<_, Bincode>(&7u8, 1).unwrap();
+        bytes.push(0);
+        let err = decode_entry::<u8, Bincode>(&bytes, 1).unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn bincode_rejects_unframed_bytes() {
+        assert!(decode_entry::<u8, Bincode>(b"", 1).is_err());
+        assert!(decode_entry::<u8, Bincode>(b"\x07", 1).is_err());
+        assert!(decode_entry::<u8, Bincode>(&[FRAME_TAG, 1, 0, 0], 1).is_err());
+    }
+
+    #[test]
+    fn bincode_survives_huge_length_prefixes() {
+        // A length prefix claiming 2^62 elements must be an error, not an allocation abort.
+        let mut bytes = vec![FRAME_TAG, 1, 0, 0, 0, 0xFF];
+        bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        assert!(decode_entry::<Vec<u64>, Bincode>(&bytes, 1).is_err());
+    }
+
+    #[test]
+    fn text_writes_display_and_reads_from_str() {
+        let id = uuid::Uuid::parse_str("550e8400-e29b-41d4-a716-446655440001").unwrap();
+        let bytes = encode_entry::<_, Text>(&id, 0).unwrap();
+        assert_eq!(bytes, b"550e8400-e29b-41d4-a716-446655440001");
+        assert_eq!(decode_entry::<uuid::Uuid, Text>(&bytes, 0).unwrap(), id);
+        assert!(decode_entry::<i64, Text>(b"12x", 0).is_err());
+        assert!(decode_entry::<String, Text>(b"\xff", 0).is_err());
+    }
+
+    #[test]
+    fn json_is_plain_serde_json() {
+        let p = Profile { name: "ada".into(), age: 36 };
+        let bytes = encode_entry::<_, Json>(&p, 0).unwrap();
+        assert_eq!(bytes, br#"{"name":"ada","age":36}"#);
+        assert_eq!(decode_entry::<Profile, Json>(br#"{"name": "ada", "age": 36}"#, 0).unwrap(), p);
+        assert!(decode_entry::<Profile, Json>(br#"{"name":"ada"}"#, 0).is_err());
+    }
+}

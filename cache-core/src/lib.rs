@@ -1,0 +1,62 @@
+//! Runtime of the typed Redis cache framework.
+//!
+//! Applications use it through the `cache-manager` facade, which adds
+//! `#[derive(Cache)]` and `cache_registry!`; this crate holds what those expand to:
+//! typed handles ([`TypedCache`]), the backends (Redis, in-process `memory://`), codecs
+//! ([`codec`]), key encoding ([`CacheKey`]) and the one error type ([`CacheError`]).
+//!
+//! The rule everything here follows: the cache is a luxury. When the backend is down,
+//! reads miss and writes return `Ok(false)`; no call returns a connection error, panics
+//! or waits past its timeout.
+#![deny(missing_docs)]
+
+mod backend;
+mod cache;
+pub mod codec;
+mod config;
+mod error;
+mod handle;
+mod health;
+mod key;
+mod manager;
+mod registry;
+
+pub use cache::{Cache, CacheInfo, MAX_BATCH};
+pub use codec::Codec;
+pub use error::{CacheError, CodecError};
+pub use handle::TypedCache;
+pub use health::{Health, HealthStatus};
+pub use key::CacheKey;
+
+/// Items the macros expand to. Not public API: no stability promise.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::manager::ManagerCore;
+    pub use crate::registry::check_namespaces;
+    pub use std::sync::OnceLock;
+    pub use std::time::Duration;
+
+    pub use crate::codec;
+    pub use crate::{Cache, CacheInfo, TypedCache};
+
+    /// Stands in for the key, value or codec of a declaration that failed to compile, so
+    /// one mistake gives one error rather than a cascade.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Unconfigured {}
+
+    impl crate::CacheKey for Unconfigured {
+        fn write_key(&self, _: &mut String) {
+            match *self {}
+        }
+    }
+
+    impl<V> crate::Codec<V> for Unconfigured {
+        const NAME: &'static str = "unconfigured";
+        fn encode(_: &V, _: &mut Vec<u8>) -> Result<(), crate::CodecError> {
+            Err(crate::CodecError::msg("cache declaration failed to compile"))
+        }
+        fn decode(_: &[u8]) -> Result<V, crate::CodecError> {
+            Err(crate::CodecError::msg("cache declaration failed to compile"))
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The state every registry manager wraps: the current backend, shared by all its caches.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::Backend;
+use crate::backend::memory::MemoryStore;
+use crate::backend::redis::RedisBackend;
+use crate::cache::{Cache, CacheInfo};
+use crate::config::{self, Target};
+use crate::error::CacheError;
+use crate::handle::TypedCache;
+use crate::health::Health;
+
+/// What the caches of one manager share.
+pub(crate) struct Shared {
+    backend: ArcSwap<Backend>,
+}
+
+impl Shared {
+    /// The backend for one call. Holding the `Arc` keeps a backend that `connect`
+    /// replaces alive until the calls already using it finish.
+    pub(crate) fn backend(&self) -> Arc<Backend> {
+        self.backend.load_full()
+    }
+}
+
+/// The engine behind a `cache_registry!` manager. Not meant to be used directly.
+#[doc(hidden)]
+pub struct ManagerCore {
+    shared: Arc<Shared>,
+    caches: &'static [CacheInfo],
+}
+
+impl fmt::Debug for ManagerCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match &**self.shared.backend.load() {
+            Backend::Disconnected => "none",
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
+        };
+        f.debug_struct("ManagerCore")
+            .field("backend", &backend)
+            .field("caches", &self.caches.len())
+            .finish()
+    }
+}
+
+impl ManagerCore {
+    /// A manager that is not connected: every cache call degrades until `connect`.
+    pub fn new(caches: &'static [CacheInfo]) -> Self {
+        ManagerCore {
+            shared: Arc::new(Shared {
+                backend: ArcSwap::from_pointee(Backend::Disconnected),
+            }),
+            caches,
+        }
+    }
+
+    /// A handle on this manager's connection for cache `C`.
+    pub fn cache<C: Cache>(&self) -> TypedCache<C> {
+        TypedCache::new(Arc::clone(&self.shared))
+    }
+
+    /// Connects to `url`, replacing any current backend.
+    pub async fn connect(&self, url: &str) -> Result<(), CacheError> {
+        let backend = match config::parse(url)? {
+            Target::Memory => {
+                tracing::info!(backend = "memory", caches = self.caches.len(), "cache connected");
+                Backend::Memory(MemoryStore::default())
+            }
+            Target::Redis(settings) => Backend::Redis(RedisBackend::start(settings).await),
+        };
+        self.shared.backend.store(Arc::new(backend));
+        Ok(())
+    }
+
+    /// Drops the connection; cache calls degrade until the next `connect`.
+    pub async fn disconnect(&self) {
+        let previous = self.shared.backend.swap(Arc::new(Backend::Disconnected));
+        if !matches!(*previous, Backend::Disconnected) {
+            tracing::info!("cache disconnected");
+        }
+    }
+
+    /// Pings the backend and reports its state.
+    pub async fn health(&self) -> Health {
+        self.shared.backend().health().await
+    }
+
+    /// The registered caches.
+    pub fn caches(&self) -> &'static [CacheInfo] {
+        self.caches
+    }
+}

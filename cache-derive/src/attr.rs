@@ -1,0 +1,181 @@
+//! Parses `#[cache(...)]`, keeping each value's span for later checks.
+
+use proc_macro2::Span;
+use quote::ToTokens;
+use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned as _;
+use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, Path, Type, UnOp};
+
+use crate::ctxt::Ctxt;
+
+const KEYS: &str = "`namespace`, `ttl`, `key`, `value`, `codec`, `version`";
+
+/// A value with the span of the tokens it was read from.
+pub(crate) struct Spanned<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+/// The codec named by `codec = ...`.
+pub(crate) enum CodecChoice {
+    /// `"bincode"`, `"json"` or `"string"`.
+    Builtin(&'static str, Span),
+    /// A path to a user type implementing `Codec<V>`.
+    Custom(Path),
+}
+
+/// Everything `#[cache(...)]` said, unchecked beyond literal types.
+#[derive(Default)]
+pub(crate) struct Attrs {
+    /// The span of the first `#[cache]`, for errors about missing keys.
+    pub span: Option<Span>,
+    pub namespace: Option<LitStr>,
+    pub ttl: Option<Spanned<u64>>,
+    pub key: Option<Type>,
+    pub value: Option<Type>,
+    pub codec: Option<CodecChoice>,
+    pub version: Option<Spanned<u32>>,
+}
+
+pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
+    let mut out = Attrs::default();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("cache")) {
+        out.span.get_or_insert(attr.span());
+        if let Err(error) = attr.parse_nested_meta(|meta| parse_entry(cx, &mut out, meta)) {
+            cx.syn_error(error);
+        }
+    }
+    out
+}
+
+fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
+    let path = meta.path.clone();
+    let name = path.to_token_stream().to_string().replace(' ', "");
+    match name.as_str() {
+        "namespace" => {
+            let expr: Expr = meta.value()?.parse()?;
+            match expr {
+                Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => set_once(cx, &mut out.namespace, lit, &path),
+                other => cx.error_spanned_by(other, "expected a string literal: `namespace = \"user:profile\"`"),
+            }
+        }
+        "ttl" => {
+            let expr: Expr = meta.value()?.parse()?;
+            if let Some(ttl) = integer::<u64>(cx, &expr, "ttl", "whole seconds, e.g. `ttl = 600`") {
+                set_once(cx, &mut out.ttl, ttl, &path);
+            }
+        }
+        "version" => {
+            let expr: Expr = meta.value()?.parse()?;
+            if let Some(version) = integer::<u32>(cx, &expr, "version", "an integer from 0 to 4294967295, e.g. `version = 2`") {
+                set_once(cx, &mut out.version, version, &path);
+            }
+        }
+        "key" | "value" => {
+            let input = meta.value()?;
+            if input.peek(LitStr) {
+                let lit: LitStr = input.parse()?;
+                cx.error_spanned_by(
+                    &lit,
+                    format_args!("expected a type, not a string: `{name} = {}`", lit.value()),
+                );
+            } else {
+                let ty: Type = input.parse()?;
+                let slot = if name == "key" { &mut out.key } else { &mut out.value };
+                set_once(cx, slot, ty, &path);
+            }
+        }
+        "codec" => {
+            let input = meta.value()?;
+            let choice = if input.peek(LitStr) {
+                let lit: LitStr = input.parse()?;
+                match lit.value().as_str() {
+                    "bincode" => Some(CodecChoice::Builtin("bincode", lit.span())),
+                    "json" => Some(CodecChoice::Builtin("json", lit.span())),
+                    "string" => Some(CodecChoice::Builtin("string", lit.span())),
+                    other => {
+                        cx.error_spanned_by(
+                            &lit,
+                            format_args!(
+                                "unknown codec `{other}`; expected \"bincode\", \"json\", \"string\" or the path of a type implementing `cache_manager::Codec`"
+                            ),
+                        );
+                        None
+                    }
+                }
+            } else {
+                match input.parse::<Expr>()? {
+                    Expr::Path(p) if p.qself.is_none() => Some(CodecChoice::Custom(p.path)),
+                    other => {
+                        cx.error_spanned_by(
+                            other,
+                            "expected \"bincode\", \"json\", \"string\" or the path of a type implementing `cache_manager::Codec`",
+                        );
+                        None
+                    }
+                }
+            };
+            if let Some(choice) = choice {
+                set_once(cx, &mut out.codec, choice, &path);
+            }
+        }
+        _ => {
+            cx.error_spanned_by(&path, format_args!("unknown cache attribute `{name}`; expected one of {KEYS}"));
+            skip_value(&meta)?;
+        }
+    }
+    Ok(())
+}
+
+/// Consumes `= value` or `(...)` after an unknown key so parsing can go on.
+fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        meta.value()?.parse::<Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        let content;
+        syn::parenthesized!(content in meta.input);
+        content.parse::<proc_macro2::TokenStream>()?;
+    }
+    Ok(())
+}
+
+fn set_once<T>(cx: &Ctxt, slot: &mut Option<T>, value: T, path: &Path) {
+    if slot.is_some() {
+        let name = path.to_token_stream().to_string();
+        cx.error_spanned_by(path, format_args!("duplicate cache attribute `{name}`; give it once"));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+/// Reads an integer literal that fits `T`, reporting what was wrong otherwise.
+fn integer<T>(cx: &Ctxt, expr: &Expr, name: &str, expected: &str) -> Option<Spanned<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match expr {
+        Expr::Lit(ExprLit { lit: Lit::Int(lit), .. }) => match lit.base10_parse::<T>() {
+            Ok(value) => Some(Spanned { value, span: lit.span() }),
+            Err(_) => {
+                cx.error_spanned_by(lit, format_args!("`{name}` is out of range; expected {expected}"));
+                None
+            }
+        },
+        Expr::Unary(ExprUnary { op: UnOp::Neg(_), .. }) => {
+            cx.error_spanned_by(expr, format_args!("`{name}` cannot be negative; expected {expected}"));
+            None
+        }
+        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => {
+            cx.error_spanned_by(
+                s,
+                format_args!("`{name}` takes an integer, not a string; expected {expected}"),
+            );
+            None
+        }
+        other => {
+            cx.error_spanned_by(other, format_args!("`{name}` takes an integer literal; expected {expected}"));
+            None
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The semantic checks of a declaration; every failure is recorded, none stops the others.
+
+use syn::{Data, LitStr, Type};
+
+use crate::ast::{Input, Shape};
+use crate::attr::CodecChoice;
+use crate::ctxt::Ctxt;
+
+/// The TTL used when `ttl` is not given, in seconds.
+const DEFAULT_TTL: u64 = 600;
+
+/// A declaration that passed every check.
+pub(crate) struct Decl<'a> {
+    pub namespace: &'a LitStr,
+    pub ttl: u64,
+    pub key: &'a Type,
+    /// `Some` for a mapping (form A); `None` when the item is the value type (form B).
+    pub value: Option<&'a Type>,
+    pub codec: Option<&'a CodecChoice>,
+    pub version: u32,
+}
+
+pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
+    let attrs = &input.attrs;
+    let item = input.item;
+    let Some(attr_span) = attrs.span else {
+        cx.error_spanned_by(
+            &item.ident,
+            "missing `#[cache(namespace = \"...\", key = Type)]`: `#[derive(Cache)]` needs at least a namespace and a key type",
+        );
+        return None;
+    };
+
+    if let Some(namespace) = &attrs.namespace {
+        if let Err(message) = check_namespace(&namespace.value()) {
+            cx.error_spanned_by(namespace, message);
+        }
+    } else {
+        cx.error_at(attr_span, "missing `namespace = \"...\"`, the prefix of this cache's Redis keys, e.g. `namespace = \"user:profile\"`");
+    }
+
+    if let Some(ttl) = &attrs.ttl {
+        if ttl.value == 0 {
+            cx.error_at(ttl.span, "`ttl` must be at least 1 second (the default is 600)");
+        } else if ttl.value > u64::from(u32::MAX) {
+            cx.error_at(ttl.span, "`ttl` must be at most 4294967295 seconds");
+        }
+    }
+
+    if attrs.key.is_none() {
+        cx.error_at(attr_span, "missing `key = Type`, the type of this cache's keys, e.g. `key = i64`");
+    }
+
+    match (&input.shape, &attrs.value) {
+        (Shape::Union, _) => {
+            let Data::Union(u) = &item.data else { unreachable!("shape follows data") };
+            cx.error_spanned_by(u.union_token, "`Cache` cannot be derived for a union; use a struct or an enum");
+        }
+        (Shape::Data, Some(value)) => cx.error_spanned_by(
+            value,
+            format_args!(
+                "`value = ...` belongs on a unit struct that declares a mapping; `{}` has fields, so it is the value type itself: remove `value`",
+                item.ident
+            ),
+        ),
+        (Shape::Unit, None) => cx.error_at(
+            attr_span,
+            "missing `value = Type`: a unit struct declares a mapping from `key` to `value`; to cache a type itself, derive `Cache` on that type",
+        ),
+        (Shape::Unit, Some(_)) | (Shape::Data, None) => {}
+    }
+
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        cx.error_spanned_by(
+            &item.generics,
+            "a cache declaration cannot be generic; declare one cache per concrete type",
+        );
+    }
+
+    Some(Decl {
+        namespace: attrs.namespace.as_ref()?,
+        ttl: attrs.ttl.as_ref().map_or(DEFAULT_TTL, |t| t.value),
+        key: attrs.key.as_ref()?,
+        value: attrs.value.as_ref(),
+        codec: attrs.codec.as_ref(),
+        version: attrs.version.as_ref().map_or(0, |v| v.value),
+    })
+}
+
+/// The namespace grammar: ASCII letters, digits and `: _ - .`; no empty, leading,
+/// trailing or doubled `:` segment.
+fn check_namespace(namespace: &str) -> Result<(), String> {
+    if namespace.is_empty() {
+        return Err("the namespace cannot be empty; use e.g. `namespace = \"user:profile\"`".into());
+    }
+    if let Some(bad) = namespace
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.')))
+    {
+        return Err(format!(
+            "the namespace `{namespace}` contains {bad:?}; only ASCII letters, digits and `:` `_` `-` `.` are allowed"
+        ));
+    }
+    if namespace.starts_with(':') || namespace.ends_with(':') {
+        return Err(format!(
+            "the namespace `{namespace}` starts or ends with `:`; `:` only separates segments, as in `user:profile`"
+        ));
+    }
+    if namespace.contains("::") {
+        return Err(format!(
+            "the namespace `{namespace}` contains an empty segment `::`; `:` only separates segments, as in `user:profile`"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_namespace;
+
+    #[test]
+    fn namespace_grammar() {
+        for ok in ["user", "user:uuid_to_id", "a.b-c_d:9", "X"] {
+            assert!(check_namespace(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ":user", "user:", "user::x", "user profile", "usér", "a*b", "a{b}", "a\nb"] {
+            assert!(check_namespace(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Typed, Redis-backed caches, declared with `#[derive(Cache)]` and registered at compile
+//! time with [`cache_registry!`].
+//!
+//! ```
+//! use cache_manager::{cache_registry, Cache};
+//! use serde::{Deserialize, Serialize};
+//! use uuid::Uuid;
+//!
+//! /// A mapping between existing types, declared on a unit struct (form A).
+//! #[derive(Cache)]
+//! #[cache(namespace = "user:uuid_to_id", ttl = 600, key = Uuid, value = i64)]
+//! pub struct UserUuidToIdCache;
+//!
+//! /// A value type that is cached itself (form B): the derive generates `UserProfileCache`.
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Cache)]
+//! #[cache(namespace = "user:profile", key = i64)]
+//! pub struct UserProfile {
+//!     pub name: String,
+//! }
+//!
+//! cache_registry! {
+//!     /// Every cache of this application.
+//!     pub struct CacheManager {
+//!         uuid_to_id: UserUuidToIdCache,
+//!         profiles: UserProfileCache,
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), cache_manager::CacheError> {
+//! let manager = CacheManager::new();
+//! let id = Uuid::new_v4();
+//!
+//! // Before `connect`, caches degrade: reads miss, writes report `false`.
+//! assert_eq!(manager.uuid_to_id().get(&id).await, None);
+//! assert_eq!(manager.uuid_to_id().set(&id, &42).await?, false);
+//!
+//! manager.connect("memory://").await?; // or "redis://:password@127.0.0.1:6379/0"
+//! assert!(manager.uuid_to_id().set(&id, &42).await?);
+//! assert_eq!(manager.uuid_to_id().get(&id).await, Some(42));
+//!
+//! let ada = UserProfile { name: "Ada".into() };
+//! manager.profiles().set(&1, &ada).await?;
+//! assert_eq!(manager.profiles().get(&1).await, Some(ada));
+//! assert!(manager.health().await.healthy);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # `#[cache(...)]`
+//!
+//! | key | meaning |
+//! | --- | --- |
+//! | `namespace = "..."` | required; ASCII letters, digits and `: _ - .`, no empty, leading, trailing or doubled `:` segment. Redis keys are `"{namespace}:{key}"` |
+//! | `ttl = N` | seconds, at least 1; default 600. Every write sets this expiry |
+//! | `key = Type` | required; a [`CacheKey`]: integers, `String`, `Uuid`, or your own |
+//! | `value = Type` | required on a unit struct (form A), forbidden when deriving on the value type (form B) |
+//! | `codec = "bincode" \| "json" \| "string"` | default `"bincode"`; or the path of your own [`Codec`] type. See [`codec`] |
+//! | `version = N` | bump when the value type changes in a way its fingerprint cannot see ([`codec`] says what it sees) |
+//!
+//! Anything else is a compile error pointing at the offending tokens.
+//!
+//! # What calls do when things go wrong
+//!
+//! | situation | `get` / `mget` | `set` / `mset` | `invalidate` |
+//! | --- | --- | --- | --- |
+//! | backend down, not connected | `None` for every key | `Ok(false)` | `false` |
+//! | entry does not decode | `None`; logged at error level and deleted | | |
+//! | value does not encode | | `Err(CacheError::Serialization)`, nothing written | |
+//! | more than [`MAX_BATCH`] keys or entries | `Err(CacheError::Validation)`, nothing sent | same | |
+//!
+//! [`cache_registry!`] rejects at compile time two caches with the same namespace, or one
+//! whose namespace is a `:`-prefix of another's (`user` and `user:profile`).
+#![deny(missing_docs)]
+
+pub use cache_core::{
+    Cache, CacheError, CacheInfo, CacheKey, Codec, CodecError, Health, HealthStatus, MAX_BATCH, TypedCache,
+    codec,
+};
+/// Declares a cache; see the [crate documentation](crate) for the `#[cache(...)]` keys.
+pub use cache_derive::Cache;
+
+/// What the macros expand to. Not public API: no stability promise.
+#[doc(hidden)]
+pub mod __private {
+    pub use cache_core::__private::*;
+}
+
+/// Generates the manager that owns the connection and hands out one typed handle per
+/// registered cache.
+///
+/// ```
+/// # use cache_manager::{cache_registry, Cache};
+/// # #[derive(Cache)]
+/// # #[cache(namespace = "session:token", ttl = 300, key = String, value = i64, codec = "string")]
+/// # pub struct SessionTokenCache;
+/// cache_registry! {
+///     /// The application's caches.
+///     pub struct CacheManager {
+///         /// Session token to user id.
+///         session: SessionTokenCache,
+///     }
+/// }
+///
+/// let manager: &'static CacheManager = CacheManager::global();
+/// assert_eq!(manager.session().namespace(), "session:token");
+/// assert_eq!(CacheManager::CACHES[0].field, "session");
+/// ```
+///
+/// The generated type has:
+/// - `new()`: an independent manager, not connected; `global()`: the process-wide one;
+/// - `connect(url)`, `disconnect()`, `health()`;
+/// - one accessor per field, returning `&TypedCache<C>`;
+/// - `CACHES` and `caches()`: each registered cache's field, namespace, TTL and codec.
+///
+/// Registering two caches whose namespaces are equal, or where one is a `:`-prefix of the
+/// other, is a compile error: their Redis keys could collide.
+#[macro_export]
+macro_rules! cache_registry {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[$field_meta:meta])*
+                $field:ident : $cache:ty
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            __core: $crate::__private::ManagerCore,
+            $( $field: $crate::TypedCache<$cache>, )*
+        }
+
+        const _: () = $crate::__private::check_namespaces(&[
+            $( (::core::stringify!($field), <$cache as $crate::Cache>::NAMESPACE), )*
+        ]);
+
+        impl $name {
+            /// Every registered cache: field, namespace, TTL, codec, fingerprint.
+            pub const CACHES: &'static [$crate::CacheInfo] = &[
+                $( $crate::CacheInfo::__new::<$cache>(::core::stringify!($field)), )*
+            ];
+
+            /// Creates an independent manager. It is not connected: every cache call
+            /// degrades (reads miss, writes return `Ok(false)`) until `connect`.
+            pub fn new() -> Self {
+                let __core = $crate::__private::ManagerCore::new(Self::CACHES);
+                Self {
+                    $( $field: __core.cache::<$cache>(), )*
+                    __core,
+                }
+            }
+
+            /// The process-wide manager, created on first use.
+            pub fn global() -> &'static Self {
+                static GLOBAL: $crate::__private::OnceLock<$name> = $crate::__private::OnceLock::new();
+                GLOBAL.get_or_init(Self::new)
+            }
+
+            /// Connects every cache to `url`: `redis://[:password@]host[:port][/db]` or
+            /// `memory://`, replacing any current connection.
+            ///
+            /// Fails only on a URL or option it cannot use (`CacheError::Config`). An
+            /// unreachable server is not an error: the manager starts degraded and keeps
+            /// reconnecting in the background.
+            pub async fn connect(&self, url: &str) -> ::core::result::Result<(), $crate::CacheError> {
+                self.__core.connect(url).await
+            }
+
+            /// Drops the connection; cache calls degrade until the next `connect`.
+            pub async fn disconnect(&self) {
+                self.__core.disconnect().await
+            }
+
+            /// Pings the backend and reports the connection's state.
+            pub async fn health(&self) -> $crate::Health {
+                self.__core.health().await
+            }
+
+            /// Every registered cache: field, namespace, TTL, codec, fingerprint.
+            pub fn caches(&self) -> &'static [$crate::CacheInfo] {
+                self.__core.caches()
+            }
+
+            $(
+                #[doc = ::core::concat!("The `", ::core::stringify!($field), "` cache.")]
+                $(#[$field_meta])*
+                pub fn $field(&self) -> &$crate::TypedCache<$cache> {
+                    &self.$field
+                }
+            )*
+        }
+
+        impl ::core::default::Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl ::core::fmt::Debug for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!($name))
+                    .field("core", &self.__core)
+                    $( .field(::core::stringify!($field), &self.$field) )*
+                    .finish()
+            }
+        }
+    };
+}
