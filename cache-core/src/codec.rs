@@ -140,7 +140,10 @@ where
 }
 
 /// Encodes `value` for storage: the header for framed codecs, then the codec's bytes.
-pub(crate) fn encode_entry<V, C: Codec<V>>(value: &V, fingerprint: u32) -> Result<Vec<u8>, CodecError> {
+pub(crate) fn encode_entry<V, C: Codec<V>>(
+    value: &V,
+    fingerprint: u32,
+) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(64);
     if C::FRAMED {
         out.push(FRAME_TAG);
@@ -151,10 +154,13 @@ pub(crate) fn encode_entry<V, C: Codec<V>>(value: &V, fingerprint: u32) -> Resul
 }
 
 /// Decodes a stored entry, checking the header of framed codecs.
-pub(crate) fn decode_entry<V, C: Codec<V>>(bytes: &[u8], fingerprint: u32) -> Result<V, CodecError> {
+pub(crate) fn decode_entry<V, C: Codec<V>>(
+    bytes: &[u8],
+    fingerprint: u32,
+) -> Result<V, CodecError> {
     let body = if C::FRAMED {
         match bytes {
-            [FRAME_TAG, fp @ .., ] if fp.len() >= 4 => {
+            [FRAME_TAG, fp @ ..] if fp.len() >= 4 => {
                 let stored = u32::from_le_bytes([fp[0], fp[1], fp[2], fp[3]]);
                 if stored != fingerprint {
                     return Err(CodecError::msg(format_args!(
@@ -164,7 +170,11 @@ pub(crate) fn decode_entry<V, C: Codec<V>>(bytes: &[u8], fingerprint: u32) -> Re
                 }
                 &bytes[FRAME_LEN..]
             }
-            _ => return Err(CodecError::msg("entry has no bincode header; it was not written by this cache")),
+            _ => {
+                return Err(CodecError::msg(
+                    "entry has no bincode header; it was not written by this cache",
+                ));
+            }
         }
     } else {
         bytes
@@ -185,10 +195,16 @@ mod tests {
 
     #[test]
     fn bincode_round_trips_behind_its_header() {
-        let p = Profile { name: "ada".into(), age: 36 };
+        let p = Profile {
+            name: "ada".into(),
+            age: 36,
+        };
         let bytes = encode_entry::<_, Bincode>(&p, 0xDEADBEEF).unwrap();
         assert_eq!(bytes[..FRAME_LEN], [FRAME_TAG, 0xEF, 0xBE, 0xAD, 0xDE]);
-        assert_eq!(decode_entry::<Profile, Bincode>(&bytes, 0xDEADBEEF).unwrap(), p);
+        assert_eq!(
+            decode_entry::<Profile, Bincode>(&bytes, 0xDEADBEEF).unwrap(),
+            p
+        );
     }
 
     #[test]
@@ -233,10 +249,16 @@ mod tests {
 
     #[test]
     fn json_is_plain_serde_json() {
-        let p = Profile { name: "ada".into(), age: 36 };
+        let p = Profile {
+            name: "ada".into(),
+            age: 36,
+        };
         let bytes = encode_entry::<_, Json>(&p, 0).unwrap();
         assert_eq!(bytes, br#"{"name":"ada","age":36}"#);
-        assert_eq!(decode_entry::<Profile, Json>(br#"{"name": "ada", "age": 36}"#, 0).unwrap(), p);
+        assert_eq!(
+            decode_entry::<Profile, Json>(br#"{"name": "ada", "age": 36}"#, 0).unwrap(),
+            p
+        );
         assert!(decode_entry::<Profile, Json>(br#"{"name":"ada"}"#, 0).is_err());
     }
 }

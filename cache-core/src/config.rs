@@ -10,7 +10,7 @@ use crate::error::CacheError;
 /// What a URL asks to connect to.
 pub(crate) enum Target {
     Memory,
-    Redis(RedisSettings),
+    Redis(Box<RedisSettings>),
 }
 
 /// Settings of a standalone Redis connection.
@@ -75,7 +75,7 @@ pub(crate) fn parse(input: &str) -> Result<Target, CacheError> {
             }
             Ok(Target::Memory)
         }
-        "redis" => parse_redis(url).map(Target::Redis),
+        "redis" => parse_redis(url).map(|s| Target::Redis(Box::new(s))),
         "rediss" => Err(CacheError::config(
             "TLS (`rediss://`) is not supported by this build yet; use `redis://` on a trusted network",
         )),
@@ -177,7 +177,9 @@ mod tests {
     #[test]
     fn accepts_the_contract_urls() {
         assert!(matches!(parse("memory://"), Ok(Target::Memory)));
-        let Ok(Target::Redis(s)) = parse("redis://:hunter2@127.0.0.1:6379/0?response_timeout_ms=80") else {
+        let Ok(Target::Redis(s)) =
+            parse("redis://:hunter2@127.0.0.1:6379/0?response_timeout_ms=80")
+        else {
             panic!("redis URL rejected");
         };
         assert_eq!(s.redacted, "redis://:***@127.0.0.1:6379/0");
@@ -195,7 +197,11 @@ mod tests {
         assert!(unknown.contains("`tiemout`") && unknown.contains("response_timeout_ms"));
         assert!(config_error("redis://:s3cret@h/0?connect_timeout_ms=0").contains("above 0"));
         assert!(config_error("memory://?x=1").contains("unknown option `x`"));
-        for url in ["redis://:s3cret@127.0.0.1/x", "redis://:s3cret@h:99999/0", "redis://u:s3cret@/0"] {
+        for url in [
+            "redis://:s3cret@127.0.0.1/x",
+            "redis://:s3cret@h:99999/0",
+            "redis://u:s3cret@/0",
+        ] {
             let msg = match parse(url) {
                 Err(e) => e.to_string(),
                 Ok(_) => panic!("{url} accepted"),

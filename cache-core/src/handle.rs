@@ -93,7 +93,12 @@ impl<C: Cache> TypedCache<C> {
     ///
     /// A TTL under one millisecond is `Err(CacheError::Validation)`; otherwise as
     /// [`set`](Self::set).
-    pub async fn set_with_ttl(&self, key: &C::Key, value: &C::Value, ttl: Duration) -> Result<bool, CacheError> {
+    pub async fn set_with_ttl(
+        &self,
+        key: &C::Key,
+        value: &C::Value,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
         if ttl.as_millis() == 0 {
             return Err(CacheError::validation(
                 C::NAMESPACE,
@@ -111,7 +116,12 @@ impl<C: Cache> TypedCache<C> {
         self.write(key, value, ttl).await
     }
 
-    async fn write(&self, key: &C::Key, value: &C::Value, ttl: Duration) -> Result<bool, CacheError> {
+    async fn write(
+        &self,
+        key: &C::Key,
+        value: &C::Value,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
         let bytes = self.encode(value)?;
         let backend = self.shared.backend();
         Ok(backend.set(&self.redis_key(key), &bytes, ttl).await.is_ok())
@@ -122,7 +132,10 @@ impl<C: Cache> TypedCache<C> {
     /// The map has one entry per distinct key: `Some` for a hit, `None` for a miss, a
     /// corrupt entry (logged and deleted) or an unavailable backend. More than
     /// [`MAX_BATCH`] distinct keys is `Err(CacheError::Validation)` and nothing is sent.
-    pub async fn mget(&self, keys: &[C::Key]) -> Result<HashMap<C::Key, Option<C::Value>>, CacheError> {
+    pub async fn mget(
+        &self,
+        keys: &[C::Key],
+    ) -> Result<HashMap<C::Key, Option<C::Value>>, CacheError> {
         let mut distinct: Vec<&C::Key> = Vec::with_capacity(keys.len().min(MAX_BATCH));
         let mut seen = HashSet::with_capacity(keys.len().min(MAX_BATCH));
         for key in keys {
@@ -213,15 +226,22 @@ impl<C: Cache> TypedCache<C> {
     }
 
     fn encode(&self, value: &C::Value) -> Result<Vec<u8>, CacheError> {
-        encode_entry::<C::Value, C::Codec>(value, C::FINGERPRINT).map_err(|source| CacheError::Serialization {
-            namespace: C::NAMESPACE,
-            source,
+        encode_entry::<C::Value, C::Codec>(value, C::FINGERPRINT).map_err(|source| {
+            CacheError::Serialization {
+                namespace: C::NAMESPACE,
+                source,
+            }
         })
     }
 }
 
 /// Logs a corrupt entry and deletes it, unless another writer replaced it meanwhile.
-async fn evict_corrupt<C: Cache>(backend: &Backend, redis_key: &str, bytes: &[u8], error: &CodecError) {
+async fn evict_corrupt<C: Cache>(
+    backend: &Backend,
+    redis_key: &str,
+    bytes: &[u8],
+    error: &CodecError,
+) {
     let deleted = backend.del_if_eq(redis_key, bytes).await;
     tracing::error!(
         namespace = C::NAMESPACE,
@@ -232,4 +252,345 @@ async fn evict_corrupt<C: Cache>(backend: &Backend, redis_key: &str, bytes: &[u8
         deleted = deleted.unwrap_or(false),
         "corrupt cache entry: it does not decode as this cache's value type; deleted and read as a miss"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::cache::CacheInfo;
+    use crate::codec::{self, FRAME_TAG};
+    use crate::manager::ManagerCore;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Profile {
+        name: String,
+        tags: Vec<String>,
+    }
+
+    enum Profiles {}
+    impl Cache for Profiles {
+        type Key = i64;
+        type Value = Profile;
+        type Codec = codec::Bincode;
+        const NAMESPACE: &'static str = "user:profile";
+        const TTL: Duration = Duration::from_secs(600);
+        const VERSION: u32 = 0;
+        const FINGERPRINT: u32 = 0x1234_5678;
+    }
+
+    /// The same namespace and type as `Profiles`, declared with another version.
+    enum ProfilesV2 {}
+    impl Cache for ProfilesV2 {
+        type Key = i64;
+        type Value = Profile;
+        type Codec = codec::Bincode;
+        const NAMESPACE: &'static str = "user:profile";
+        const TTL: Duration = Duration::from_secs(600);
+        const VERSION: u32 = 2;
+        const FINGERPRINT: u32 = 0x8765_4321;
+    }
+
+    enum Sessions {}
+    impl Cache for Sessions {
+        type Key = String;
+        type Value = i64;
+        type Codec = codec::Text;
+        const NAMESPACE: &'static str = "session:token";
+        const TTL: Duration = Duration::from_secs(300);
+        const VERSION: u32 = 0;
+        const FINGERPRINT: u32 = 0;
+    }
+
+    /// A value serde_json cannot encode: map keys must be strings.
+    enum Unencodable {}
+    impl Cache for Unencodable {
+        type Key = i64;
+        type Value = HashMap<Vec<u8>, i64>;
+        type Codec = codec::Json;
+        const NAMESPACE: &'static str = "bad";
+        const TTL: Duration = Duration::from_secs(60);
+        const VERSION: u32 = 0;
+        const FINGERPRINT: u32 = 0;
+    }
+
+    static CACHES: &[CacheInfo] = &[];
+
+    async fn memory() -> ManagerCore {
+        let core = ManagerCore::new(CACHES);
+        core.connect("memory://").await.unwrap();
+        core
+    }
+
+    fn store(core: &ManagerCore) -> Arc<Backend> {
+        core.shared.backend()
+    }
+
+    fn with_store<R>(
+        core: &ManagerCore,
+        f: impl FnOnce(&crate::backend::memory::MemoryStore) -> R,
+    ) -> R {
+        match &*store(core) {
+            Backend::Memory(m) => f(m),
+            _ => panic!("not a memory backend"),
+        }
+    }
+
+    fn ada() -> Profile {
+        Profile {
+            name: "Ada".into(),
+            tags: vec!["math".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_degrade_before_connect_and_after_disconnect() {
+        let core = ManagerCore::new(CACHES);
+        let cache = core.cache::<Profiles>();
+        assert_eq!(cache.get(&1).await, None);
+        assert!(!cache.set(&1, &ada()).await.unwrap());
+        assert!(!cache.mset(&HashMap::from([(1, ada())])).await.unwrap());
+        assert_eq!(
+            cache.mget(&[1, 2]).await.unwrap(),
+            HashMap::from([(1, None), (2, None)])
+        );
+        assert!(!cache.invalidate(&1).await);
+
+        core.connect("memory://").await.unwrap();
+        assert!(cache.set(&1, &ada()).await.unwrap());
+        assert_eq!(cache.get(&1).await, Some(ada()));
+
+        core.disconnect().await;
+        assert_eq!(cache.get(&1).await, None);
+        assert!(!cache.set(&1, &ada()).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire_after_the_declared_ttl() {
+        let core = memory().await;
+        let cache = core.cache::<Sessions>();
+        cache.set(&"tok".to_owned(), &7).await.unwrap();
+        assert_eq!(
+            with_store(&core, |m| m.ttl("session:token:tok")),
+            Some(Duration::from_secs(300))
+        );
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert_eq!(cache.get(&"tok".to_owned()).await, Some(7));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(cache.get(&"tok".to_owned()).await, None);
+        assert!(
+            !cache.invalidate(&"tok".to_owned()).await,
+            "an expired entry is not removed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_with_ttl_uses_millisecond_precision() {
+        let core = memory().await;
+        let cache = core.cache::<Sessions>();
+        let key = "t".to_owned();
+        cache
+            .set_with_ttl(&key, &1, Duration::from_micros(1_500_900))
+            .await
+            .unwrap();
+        assert_eq!(
+            with_store(&core, |m| m.ttl("session:token:t")),
+            Some(Duration::from_millis(1500))
+        );
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(cache.get(&key).await, None);
+    }
+
+    #[tokio::test]
+    async fn set_with_ttl_rejects_ttls_under_a_millisecond() {
+        let core = memory().await;
+        let cache = core.cache::<Sessions>();
+        for ttl in [Duration::ZERO, Duration::from_micros(999)] {
+            let err = cache
+                .set_with_ttl(&"t".to_owned(), &1, ttl)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    CacheError::Validation {
+                        namespace: "session:token",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("at least 1 ms"), "{err}");
+        }
+        assert_eq!(with_store(&core, |m| m.len()), 0);
+    }
+
+    #[tokio::test]
+    async fn get_deletes_corrupt_entry() {
+        let core = memory().await;
+        let cache = core.cache::<Profiles>();
+        for garbage in [
+            &b"not bincode"[..],
+            &[FRAME_TAG, 0x78, 0x56, 0x34, 0x12, 0xff][..],
+            &[][..],
+        ] {
+            with_store(&core, |m| m.put_raw("user:profile:1", garbage));
+            assert_eq!(cache.get(&1).await, None);
+            assert_eq!(
+                with_store(&core, |m| m.get("user:profile:1")),
+                None,
+                "{garbage:?} not deleted"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_of_another_version_are_misses_and_deleted() {
+        let core = memory().await;
+        core.cache::<Profiles>().set(&1, &ada()).await.unwrap();
+        let v2 = core.cache::<ProfilesV2>();
+        assert_eq!(v2.get(&1).await, None);
+        assert_eq!(with_store(&core, |m| m.len()), 0);
+        v2.set(&1, &ada()).await.unwrap();
+        assert_eq!(v2.get(&1).await, Some(ada()));
+    }
+
+    #[tokio::test]
+    async fn mget_returns_one_entry_per_distinct_key_and_evicts_corrupt_ones() {
+        let core = memory().await;
+        let cache = core.cache::<Profiles>();
+        cache.set(&1, &ada()).await.unwrap();
+        with_store(&core, |m| m.put_raw("user:profile:2", b"junk"));
+        let got = cache.mget(&[1, 2, 3, 1, 2]).await.unwrap();
+        assert_eq!(got, HashMap::from([(1, Some(ada())), (2, None), (3, None)]));
+        assert_eq!(with_store(&core, |m| m.get("user:profile:2")), None);
+        assert_eq!(cache.get(&1).await, Some(ada()), "good entries stay");
+    }
+
+    #[tokio::test]
+    async fn batches_over_the_limit_are_rejected_and_send_nothing() {
+        let core = memory().await;
+        let cache = core.cache::<Sessions>();
+        let keys: Vec<String> = (0..=MAX_BATCH).map(|i| i.to_string()).collect();
+        let err = cache.mget(&keys).await.unwrap_err();
+        assert!(matches!(
+            err,
+            CacheError::Validation {
+                namespace: "session:token",
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("101 keys"), "{err}");
+        // Duplicates do not count against the limit.
+        let mut dup = keys[..MAX_BATCH].to_vec();
+        dup.push(keys[0].clone());
+        assert_eq!(cache.mget(&dup).await.unwrap().len(), MAX_BATCH);
+
+        let entries: HashMap<String, i64> = keys.iter().cloned().zip(0..).collect();
+        let err = cache.mset(&entries).await.unwrap_err();
+        assert!(matches!(err, CacheError::Validation { .. }), "{err}");
+        assert_eq!(
+            with_store(&core, |m| m.len()),
+            0,
+            "a rejected batch wrote something"
+        );
+
+        let entries: HashMap<String, i64> = keys[..MAX_BATCH].iter().cloned().zip(0..).collect();
+        assert!(cache.mset(&entries).await.unwrap());
+        assert_eq!(with_store(&core, |m| m.len()), MAX_BATCH);
+    }
+
+    #[tokio::test]
+    async fn a_value_that_cannot_be_encoded_is_an_error_and_writes_nothing() {
+        let core = memory().await;
+        let cache = core.cache::<Unencodable>();
+        let bad = HashMap::from([(vec![1u8], 1)]);
+        let err = cache.set(&1, &bad).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CacheError::Serialization {
+                    namespace: "bad",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("cache `bad`"), "{err}");
+        let good = HashMap::new();
+        let err = cache.mset([(&1, &good), (&2, &bad)]).await.unwrap_err();
+        assert!(matches!(err, CacheError::Serialization { .. }));
+        assert_eq!(
+            with_store(&core, |m| m.len()),
+            0,
+            "a batch with a bad value wrote something"
+        );
+    }
+
+    #[tokio::test]
+    async fn mset_writes_every_entry_with_the_ttl_and_the_last_duplicate_wins() {
+        let core = memory().await;
+        let cache = core.cache::<Sessions>();
+        let (a, b) = ("a".to_owned(), "b".to_owned());
+        assert!(cache.mset([(&a, &1), (&b, &2), (&a, &3)]).await.unwrap());
+        assert_eq!(cache.get(&a).await, Some(3));
+        assert_eq!(cache.get(&b).await, Some(2));
+        let ttl = with_store(&core, |m| m.ttl("session:token:b")).unwrap();
+        assert!(
+            ttl > Duration::from_secs(299) && ttl <= Duration::from_secs(300),
+            "{ttl:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalidate_reports_whether_an_entry_was_removed() {
+        let core = memory().await;
+        let cache = core.cache::<Profiles>();
+        cache.set(&9, &ada()).await.unwrap();
+        assert!(cache.invalidate(&9).await);
+        assert!(!cache.invalidate(&9).await);
+        assert_eq!(cache.get(&9).await, None);
+    }
+
+    #[tokio::test]
+    async fn connect_replaces_the_backend() {
+        let core = memory().await;
+        let cache = core.cache::<Profiles>();
+        cache.set(&1, &ada()).await.unwrap();
+        core.connect("memory://").await.unwrap();
+        assert_eq!(cache.get(&1).await, None, "a new memory:// starts empty");
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_connection() {
+        let core = ManagerCore::new(CACHES);
+        let h = core.health().await;
+        assert_eq!(
+            (h.status, h.healthy, h.backend),
+            (crate::HealthStatus::Disconnected, false, "none")
+        );
+        core.connect("memory://").await.unwrap();
+        let h = core.health().await;
+        assert_eq!(
+            (h.status, h.healthy, h.backend),
+            (crate::HealthStatus::Connected, true, "memory")
+        );
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["status"], "connected");
+        assert_eq!(json["healthy"], true);
+    }
+
+    #[tokio::test]
+    async fn redis_keys_are_namespace_colon_key() {
+        let core = memory().await;
+        assert_eq!(core.cache::<Profiles>().redis_key(&-3), "user:profile:-3");
+        assert_eq!(
+            core.cache::<Sessions>().redis_key(&"a:b".to_owned()),
+            "session:token:a:b"
+        );
+    }
 }

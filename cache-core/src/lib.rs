@@ -53,10 +53,14 @@ pub mod __private {
     impl<V> crate::Codec<V> for Unconfigured {
         const NAME: &'static str = "unconfigured";
         fn encode(_: &V, _: &mut Vec<u8>) -> Result<(), crate::CodecError> {
-            Err(crate::CodecError::msg("cache declaration failed to compile"))
+            Err(crate::CodecError::msg(
+                "cache declaration failed to compile",
+            ))
         }
         fn decode(_: &[u8]) -> Result<V, crate::CodecError> {
-            Err(crate::CodecError::msg("cache declaration failed to compile"))
+            Err(crate::CodecError::msg(
+                "cache declaration failed to compile",
+            ))
         }
     }
 }

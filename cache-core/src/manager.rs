@@ -30,7 +30,7 @@ impl Shared {
 /// The engine behind a `cache_registry!` manager. Not meant to be used directly.
 #[doc(hidden)]
 pub struct ManagerCore {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     caches: &'static [CacheInfo],
 }
 
@@ -68,10 +68,14 @@ impl ManagerCore {
     pub async fn connect(&self, url: &str) -> Result<(), CacheError> {
         let backend = match config::parse(url)? {
             Target::Memory => {
-                tracing::info!(backend = "memory", caches = self.caches.len(), "cache connected");
+                tracing::info!(
+                    backend = "memory",
+                    caches = self.caches.len(),
+                    "cache connected"
+                );
                 Backend::Memory(MemoryStore::default())
             }
-            Target::Redis(settings) => Backend::Redis(RedisBackend::start(settings).await),
+            Target::Redis(settings) => Backend::Redis(RedisBackend::start(*settings).await),
         };
         self.shared.backend.store(Arc::new(backend));
         Ok(())

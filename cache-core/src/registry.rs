@@ -16,12 +16,34 @@ pub const fn check_namespaces(caches: &[(&str, &str)]) {
             let (b_field, b) = caches[j];
             if !a.is_empty() && !b.is_empty() {
                 let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-                let (short_field, long_field) = if a.len() <= b.len() { (a_field, b_field) } else { (b_field, a_field) };
+                let (short_field, long_field) = if a.len() <= b.len() {
+                    (a_field, b_field)
+                } else {
+                    (b_field, a_field)
+                };
                 if bytes_eq(short.as_bytes(), long.as_bytes()) {
-                    collision(&["cache_registry!: caches `", a_field, "` and `", b_field, "` both use namespace `", a, "`; their keys would overwrite each other. Give each cache its own namespace."]);
+                    collision(&[
+                        "cache_registry!: caches `",
+                        a_field,
+                        "` and `",
+                        b_field,
+                        "` both use namespace `",
+                        a,
+                        "`; their keys would overwrite each other. Give each cache its own namespace.",
+                    ]);
                 }
                 if is_colon_prefix(short.as_bytes(), long.as_bytes()) {
-                    collision(&["cache_registry!: namespace `", short, "` (cache `", short_field, "`) is a `:`-prefix of `", long, "` (cache `", long_field, "`), so their Redis keys could collide. Rename one so neither is a prefix of the other."]);
+                    collision(&[
+                        "cache_registry!: namespace `",
+                        short,
+                        "` (cache `",
+                        short_field,
+                        "`) is a `:`-prefix of `",
+                        long,
+                        "` (cache `",
+                        long_field,
+                        "`), so their Redis keys could collide. Rename one so neither is a prefix of the other.",
+                    ]);
                 }
             }
             j += 1;
@@ -87,7 +109,13 @@ mod tests {
 
     #[test]
     fn distinct_namespaces_pass() {
-        check_namespaces(&[("a", "user:uuid_to_id"), ("b", "user:id_to_uuid"), ("c", "user:profile"), ("d", "users"), ("e", "")]);
+        check_namespaces(&[
+            ("a", "user:uuid_to_id"),
+            ("b", "user:id_to_uuid"),
+            ("c", "user:profile"),
+            ("d", "users"),
+            ("e", ""),
+        ]);
     }
 
     #[test]
@@ -97,7 +125,9 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "namespace `user` (cache `b`) is a `:`-prefix of `user:profile` (cache `a`)")]
+    #[should_panic(
+        expected = "namespace `user` (cache `b`) is a `:`-prefix of `user:profile` (cache `a`)"
+    )]
     fn colon_prefixes_collide() {
         check_namespaces(&[("a", "user:profile"), ("b", "user")]);
     }

@@ -55,8 +55,13 @@ fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Re
         "namespace" => {
             let expr: Expr = meta.value()?.parse()?;
             match expr {
-                Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => set_once(cx, &mut out.namespace, lit, &path),
-                other => cx.error_spanned_by(other, "expected a string literal: `namespace = \"user:profile\"`"),
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(lit), ..
+                }) => set_once(cx, &mut out.namespace, lit, &path),
+                other => cx.error_spanned_by(
+                    other,
+                    "expected a string literal: `namespace = \"user:profile\"`",
+                ),
             }
         }
         "ttl" => {
@@ -67,7 +72,12 @@ fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Re
         }
         "version" => {
             let expr: Expr = meta.value()?.parse()?;
-            if let Some(version) = integer::<u32>(cx, &expr, "version", "an integer from 0 to 4294967295, e.g. `version = 2`") {
+            if let Some(version) = integer::<u32>(
+                cx,
+                &expr,
+                "version",
+                "an integer from 0 to 4294967295, e.g. `version = 2`",
+            ) {
                 set_once(cx, &mut out.version, version, &path);
             }
         }
@@ -81,7 +91,11 @@ fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Re
                 );
             } else {
                 let ty: Type = input.parse()?;
-                let slot = if name == "key" { &mut out.key } else { &mut out.value };
+                let slot = if name == "key" {
+                    &mut out.key
+                } else {
+                    &mut out.value
+                };
                 set_once(cx, slot, ty, &path);
             }
         }
@@ -120,7 +134,10 @@ fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Re
             }
         }
         _ => {
-            cx.error_spanned_by(&path, format_args!("unknown cache attribute `{name}`; expected one of {KEYS}"));
+            cx.error_spanned_by(
+                &path,
+                format_args!("unknown cache attribute `{name}`; expected one of {KEYS}"),
+            );
             skip_value(&meta)?;
         }
     }
@@ -142,7 +159,10 @@ fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
 fn set_once<T>(cx: &Ctxt, slot: &mut Option<T>, value: T, path: &Path) {
     if slot.is_some() {
         let name = path.to_token_stream().to_string();
-        cx.error_spanned_by(path, format_args!("duplicate cache attribute `{name}`; give it once"));
+        cx.error_spanned_by(
+            path,
+            format_args!("duplicate cache attribute `{name}`; give it once"),
+        );
     } else {
         *slot = Some(value);
     }
@@ -155,18 +175,33 @@ where
     T::Err: std::fmt::Display,
 {
     match expr {
-        Expr::Lit(ExprLit { lit: Lit::Int(lit), .. }) => match lit.base10_parse::<T>() {
-            Ok(value) => Some(Spanned { value, span: lit.span() }),
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(lit), ..
+        }) => match lit.base10_parse::<T>() {
+            Ok(value) => Some(Spanned {
+                value,
+                span: lit.span(),
+            }),
             Err(_) => {
-                cx.error_spanned_by(lit, format_args!("`{name}` is out of range; expected {expected}"));
+                cx.error_spanned_by(
+                    lit,
+                    format_args!("`{name}` is out of range; expected {expected}"),
+                );
                 None
             }
         },
-        Expr::Unary(ExprUnary { op: UnOp::Neg(_), .. }) => {
-            cx.error_spanned_by(expr, format_args!("`{name}` cannot be negative; expected {expected}"));
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_), ..
+        }) => {
+            cx.error_spanned_by(
+                expr,
+                format_args!("`{name}` cannot be negative; expected {expected}"),
+            );
             None
         }
-        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => {
             cx.error_spanned_by(
                 s,
                 format_args!("`{name}` takes an integer, not a string; expected {expected}"),
@@ -174,7 +209,10 @@ where
             None
         }
         other => {
-            cx.error_spanned_by(other, format_args!("`{name}` takes an integer literal; expected {expected}"));
+            cx.error_spanned_by(
+                other,
+                format_args!("`{name}` takes an integer literal; expected {expected}"),
+            );
             None
         }
     }

@@ -20,7 +20,9 @@ impl Ctxt {
 
     /// Records an error at `span`.
     pub(crate) fn error_at(&self, span: proc_macro2::Span, message: impl Display) {
-        self.errors.borrow_mut().push(syn::Error::new(span, message));
+        self.errors
+            .borrow_mut()
+            .push(syn::Error::new(span, message));
     }
 
     /// Records a parse error.

@@ -107,12 +107,21 @@ mod tests {
     #[test]
     fn formatting_does_not_matter_but_shape_does() {
         let base = item("struct P { name: String, age: u32 }");
-        assert_eq!(base, item("/// docs\n#[derive(Debug)] struct Q {\n  name : String,\n  age: u32, }"));
+        assert_eq!(
+            base,
+            item("/// docs\n#[derive(Debug)] struct Q {\n  name : String,\n  age: u32, }")
+        );
         assert_ne!(base, item("struct P { name: String, age: u64 }"));
         assert_ne!(base, item("struct P { age: u32, name: String }"));
         assert_ne!(base, item("struct P { name: String, years: u32 }"));
-        assert_ne!(base, item("struct P { name: String, age: u32, email: String }"));
-        assert_ne!(base, item("#[serde(rename_all = \"camelCase\")] struct P { name: String, age: u32 }"));
+        assert_ne!(
+            base,
+            item("struct P { name: String, age: u32, email: String }")
+        );
+        assert_ne!(
+            base,
+            item("#[serde(rename_all = \"camelCase\")] struct P { name: String, age: u32 }")
+        );
         assert_ne!(base, item("struct P(String, u32);"));
         assert_ne!(item("enum E { A, B }"), item("enum E { B, A }"));
     }

@@ -41,14 +41,20 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
 
     if let Some(ttl) = &attrs.ttl {
         if ttl.value == 0 {
-            cx.error_at(ttl.span, "`ttl` must be at least 1 second (the default is 600)");
+            cx.error_at(
+                ttl.span,
+                "`ttl` must be at least 1 second (the default is 600)",
+            );
         } else if ttl.value > u64::from(u32::MAX) {
             cx.error_at(ttl.span, "`ttl` must be at most 4294967295 seconds");
         }
     }
 
     if attrs.key.is_none() {
-        cx.error_at(attr_span, "missing `key = Type`, the type of this cache's keys, e.g. `key = i64`");
+        cx.error_at(
+            attr_span,
+            "missing `key = Type`, the type of this cache's keys, e.g. `key = i64`",
+        );
     }
 
     match (&input.shape, &attrs.value) {
@@ -91,7 +97,9 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
 /// trailing or doubled `:` segment.
 fn check_namespace(namespace: &str) -> Result<(), String> {
     if namespace.is_empty() {
-        return Err("the namespace cannot be empty; use e.g. `namespace = \"user:profile\"`".into());
+        return Err(
+            "the namespace cannot be empty; use e.g. `namespace = \"user:profile\"`".into(),
+        );
     }
     if let Some(bad) = namespace
         .chars()
@@ -123,7 +131,17 @@ mod tests {
         for ok in ["user", "user:uuid_to_id", "a.b-c_d:9", "X"] {
             assert!(check_namespace(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ":user", "user:", "user::x", "user profile", "usér", "a*b", "a{b}", "a\nb"] {
+        for bad in [
+            "",
+            ":user",
+            "user:",
+            "user::x",
+            "user profile",
+            "usér",
+            "a*b",
+            "a{b}",
+            "a\nb",
+        ] {
             assert!(check_namespace(bad).is_err(), "{bad:?}");
         }
     }

@@ -74,8 +74,8 @@
 #![deny(missing_docs)]
 
 pub use cache_core::{
-    Cache, CacheError, CacheInfo, CacheKey, Codec, CodecError, Health, HealthStatus, MAX_BATCH, TypedCache,
-    codec,
+    Cache, CacheError, CacheInfo, CacheKey, Codec, CodecError, Health, HealthStatus, MAX_BATCH,
+    TypedCache, codec,
 };
 /// Declares a cache; see the [crate documentation](crate) for the `#[cache(...)]` keys.
 pub use cache_derive::Cache;

@@ -34,11 +34,17 @@ impl State {
 
     fn insert(&mut self, key: &str, bytes: &[u8], expires_at: Instant) {
         self.writes = self.writes.wrapping_add(1);
-        if self.writes % PURGE_EVERY == 0 {
+        if self.writes.is_multiple_of(PURGE_EVERY) {
             let now = Instant::now();
             self.entries.retain(|_, e| e.expires_at > now);
         }
-        self.entries.insert(key.to_owned(), Entry { bytes: bytes.to_vec(), expires_at });
+        self.entries.insert(
+            key.to_owned(),
+            Entry {
+                bytes: bytes.to_vec(),
+                expires_at,
+            },
+        );
     }
 }
 
@@ -46,17 +52,23 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the map half-updated (every
         // mutation is a single HashMap call), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.lock().live(key, Instant::now()).map(|e| e.bytes.clone())
+        self.lock()
+            .live(key, Instant::now())
+            .map(|e| e.bytes.clone())
     }
 
     pub(crate) fn mget(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
         let now = Instant::now();
         let state = self.lock();
-        keys.iter().map(|k| state.live(k, now).map(|e| e.bytes.clone())).collect()
+        keys.iter()
+            .map(|k| state.live(k, now).map(|e| e.bytes.clone()))
+            .collect()
     }
 
     pub(crate) fn set(&self, key: &str, value: &[u8], ttl: Duration) {
@@ -74,7 +86,10 @@ impl MemoryStore {
 
     pub(crate) fn del(&self, key: &str) -> bool {
         let now = Instant::now();
-        self.lock().entries.remove(key).is_some_and(|e| e.expires_at > now)
+        self.lock()
+            .entries
+            .remove(key)
+            .is_some_and(|e| e.expires_at > now)
     }
 
     pub(crate) fn del_if_eq(&self, key: &str, expected: &[u8]) -> bool {
@@ -104,6 +119,10 @@ impl MemoryStore {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         let now = Instant::now();
-        self.lock().entries.values().filter(|e| e.expires_at > now).count()
+        self.lock()
+            .entries
+            .values()
+            .filter(|e| e.expires_at > now)
+            .count()
     }
 }

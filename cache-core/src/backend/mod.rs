@@ -42,7 +42,12 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Unavailable> {
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
         match self {
             Backend::Disconnected => Err(Unavailable),
             Backend::Memory(m) => {
@@ -53,7 +58,11 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn mset(&self, entries: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), Unavailable> {
+    pub(crate) async fn mset(
+        &self,
+        entries: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
         match self {
             Backend::Disconnected => Err(Unavailable),
             Backend::Memory(m) => {

@@ -94,8 +94,10 @@ impl Outage {
             let now = Instant::now();
             state.since = Some(now);
             state.last_summary = Some(now);
-            self.degraded_at_down
-                .store(self.degraded_total.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.degraded_at_down.store(
+                self.degraded_total.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
             tracing::error!(
                 backend = "redis",
                 url,
@@ -127,7 +129,11 @@ impl Outage {
     fn came_back(&self, url: &str) {
         if self.down.swap(false, Ordering::AcqRel) {
             let mut state = self.state();
-            let down_for = state.since.take().map(|s| Instant::now() - s).unwrap_or_default();
+            let down_for = state
+                .since
+                .take()
+                .map(|s| Instant::now() - s)
+                .unwrap_or_default();
             state.last_error = None;
             tracing::info!(
                 backend = "redis",
@@ -147,7 +153,10 @@ impl Outage {
     fn refused(&self, url: &str, error: String) {
         let mut state = self.state();
         let now = Instant::now();
-        if state.last_refusal_log.is_some_and(|t| now - t < REFUSAL_LOG_EVERY) {
+        if state
+            .last_refusal_log
+            .is_some_and(|t| now - t < REFUSAL_LOG_EVERY)
+        {
             state.refusals_unlogged += 1;
             return;
         }
@@ -193,14 +202,9 @@ impl RedisBackend {
                 inner.conn.store(Some(Arc::new(conn)));
                 tracing::info!(backend = "redis", url = %inner.url, "cache connected");
             }
-            Err(error) => {
-                tracing::warn!(
-                    backend = "redis",
-                    url = %inner.url,
-                    "redis unreachable at connect; starting degraded and reconnecting in the background"
-                );
-                inner.outage.went_down(&inner.url, error);
-            }
+            // Not an error for `connect`: the outage is logged once and the supervisor
+            // below keeps trying.
+            Err(error) => inner.outage.went_down(&inner.url, error),
         }
         let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
         RedisBackend { inner, supervisor }
@@ -223,14 +227,23 @@ impl RedisBackend {
         self.query(redis::cmd("MGET").arg(keys)).await
     }
 
-    pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Unavailable> {
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value);
         expiry_args(&mut cmd, ttl);
         self.query::<()>(&cmd).await
     }
 
-    pub(crate) async fn mset(&self, entries: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), Unavailable> {
+    pub(crate) async fn mset(
+        &self,
+        entries: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
         let Some(conn) = self.inner.conn.load_full() else {
             self.inner.outage.count_degraded();
             return Err(Unavailable);
@@ -247,13 +260,14 @@ impl RedisBackend {
     }
 
     pub(crate) async fn del(&self, key: &str) -> Result<bool, Unavailable> {
-        self.query::<u64>(redis::cmd("DEL").arg(key)).await.map(|n| n > 0)
+        self.query::<u64>(redis::cmd("DEL").arg(key))
+            .await
+            .map(|n| n > 0)
     }
 
     pub(crate) async fn del_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, Unavailable> {
         // EVAL rather than EVALSHA: corrupt entries are rare, and EVAL needs no script cache.
-        const SCRIPT: &str =
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
         self.query::<u64>(redis::cmd("EVAL").arg(SCRIPT).arg(1).arg(key).arg(expected))
             .await
             .map(|n| n > 0)
@@ -270,7 +284,9 @@ impl RedisBackend {
                 .unwrap_or_else(|| "not connected; reconnecting".to_owned())),
             Some(conn) => {
                 let started = Instant::now();
-                let result = redis::cmd("PING").query_async::<()>(&mut (*conn).clone()).await;
+                let result = redis::cmd("PING")
+                    .query_async::<()>(&mut (*conn).clone())
+                    .await;
                 let rtt = started.elapsed();
                 let error = result.as_ref().err().map(|e| self.inner.describe(e));
                 match self.inner.settle(&conn, result) {
@@ -294,11 +310,16 @@ fn expiry_args(cmd: &mut redis::Cmd, ttl: Duration) {
 
 impl Inner {
     async fn open(&self) -> Result<MultiplexedConnection, String> {
-        let attempt = self.client.get_multiplexed_async_connection_with_config(&self.config);
+        let attempt = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config);
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(self.describe(&e)),
-            Err(_) => Err(format!("connection attempt timed out after {:?}", self.connect_timeout)),
+            Err(_) => Err(format!(
+                "connection attempt timed out after {:?}",
+                self.connect_timeout
+            )),
         }
     }
 
@@ -313,7 +334,11 @@ impl Inner {
 
     /// Turns a command result into the call's outcome, recording failures and deciding
     /// whether the connection must be rebuilt.
-    fn settle<T>(&self, conn: &Arc<MultiplexedConnection>, result: Result<T, RedisError>) -> Result<T, Unavailable> {
+    fn settle<T>(
+        &self,
+        conn: &Arc<MultiplexedConnection>,
+        result: Result<T, RedisError>,
+    ) -> Result<T, Unavailable> {
         match result {
             Ok(value) => {
                 if self.timeouts_in_a_row.load(Ordering::Relaxed) != 0 {
