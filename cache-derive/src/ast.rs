@@ -1,16 +1,18 @@
 //! A typed view of the item `#[derive(Cache)]` is on.
 
-use syn::{Data, DeriveInput, Fields};
+use syn::{Data, DeriveInput};
 
 use crate::attr::{self, Attrs};
 use crate::ctxt::Ctxt;
 
 /// What kind of item carries the attribute.
 pub(crate) enum Shape {
-    /// `struct Name;`: declares a mapping (form A) when it has `value = Type`.
+    /// A struct without fields (`struct Name;`, `{}` or `()`): declares a mapping (form A).
     Unit,
-    /// A struct with fields or an enum: a value type cached itself (form B).
-    Data,
+    /// A struct with fields: a value type cached itself (form B).
+    Struct,
+    /// An enum: a value type cached itself (form B).
+    Enum,
     /// A union, which cannot be cached.
     Union,
 }
@@ -24,8 +26,9 @@ pub(crate) struct Input<'a> {
 impl<'a> Input<'a> {
     pub(crate) fn from_syn(cx: &Ctxt, item: &'a DeriveInput) -> Self {
         let shape = match &item.data {
-            Data::Struct(s) if matches!(s.fields, Fields::Unit) => Shape::Unit,
-            Data::Struct(_) | Data::Enum(_) => Shape::Data,
+            Data::Struct(s) if s.fields.is_empty() => Shape::Unit,
+            Data::Struct(_) => Shape::Struct,
+            Data::Enum(_) => Shape::Enum,
             Data::Union(_) => Shape::Union,
         };
         Input {
@@ -37,6 +40,6 @@ impl<'a> Input<'a> {
 
     /// Form B: the item is the value type.
     pub(crate) fn is_value_type(&self) -> bool {
-        self.attrs.value.is_none() && matches!(self.shape, Shape::Data)
+        self.attrs.value.is_none() && matches!(self.shape, Shape::Struct | Shape::Enum)
     }
 }

@@ -1,9 +1,8 @@
 //! Parses `#[cache(...)]`, keeping each value's span for later checks.
 
-use proc_macro2::Span;
+use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
-use syn::spanned::Spanned as _;
 use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, Path, Type, UnOp};
 
 use crate::ctxt::Ctxt;
@@ -27,8 +26,12 @@ pub(crate) enum CodecChoice {
 /// Everything `#[cache(...)]` said, unchecked beyond literal types.
 #[derive(Default)]
 pub(crate) struct Attrs {
-    /// The span of the first `#[cache]`, for errors about missing keys.
-    pub span: Option<Span>,
+    /// The first `#[cache(...)]`, for errors about what it lacks.
+    pub attr: Option<TokenStream>,
+    /// A `#[cache(...)]` did not parse to the end: what it lacks is unknown.
+    pub incomplete: bool,
+    /// Keys that were written, valid or not.
+    pub seen: Vec<&'static str>,
     pub namespace: Option<LitStr>,
     pub ttl: Option<Spanned<u64>>,
     pub key: Option<Type>,
@@ -37,11 +40,19 @@ pub(crate) struct Attrs {
     pub version: Option<Spanned<u32>>,
 }
 
+impl Attrs {
+    /// Whether `key` was written, even with an invalid value.
+    pub(crate) fn saw(&self, key: &str) -> bool {
+        self.seen.contains(&key)
+    }
+}
+
 pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
     let mut out = Attrs::default();
     for attr in attrs.iter().filter(|a| a.path().is_ident("cache")) {
-        out.span.get_or_insert(attr.span());
+        out.attr.get_or_insert_with(|| attr.to_token_stream());
         if let Err(error) = attr.parse_nested_meta(|meta| parse_entry(cx, &mut out, meta)) {
+            out.incomplete = true;
             cx.syn_error(error);
         }
     }
@@ -51,56 +62,85 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
 fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
     let path = meta.path.clone();
     let name = path.to_token_stream().to_string().replace(' ', "");
-    match name.as_str() {
-        "namespace" => {
-            let expr: Expr = meta.value()?.parse()?;
-            match expr {
-                Expr::Lit(ExprLit {
-                    lit: Lit::Str(lit), ..
-                }) => set_once(cx, &mut out.namespace, lit, &path),
-                other => cx.error_spanned_by(
-                    other,
-                    "expected a string literal: `namespace = \"user:profile\"`",
-                ),
-            }
-        }
+    let Some(key) = ["namespace", "ttl", "version", "key", "value", "codec"]
+        .into_iter()
+        .find(|k| *k == name)
+    else {
+        cx.error_spanned_by(
+            &path,
+            format_args!("unknown cache attribute `{name}`; expected one of {KEYS}"),
+        );
+        return skip_value(&meta);
+    };
+    if !meta.input.peek(syn::Token![=]) {
+        return Err(meta.error(format_args!("`{key}` needs a value: {}", example(key))));
+    }
+    out.seen.push(key);
+    let input = meta.value()?;
+    match key {
+        "namespace" => match input.parse::<Expr>()? {
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(lit), ..
+            }) => set_once(cx, &mut out.namespace, lit, &path),
+            other => cx.error_spanned_by(
+                other,
+                format_args!("expected a string literal: {}", example(key)),
+            ),
+        },
         "ttl" => {
-            let expr: Expr = meta.value()?.parse()?;
-            if let Some(ttl) = integer::<u64>(cx, &expr, "ttl", "whole seconds, e.g. `ttl = 600`") {
+            let expr: Expr = input.parse()?;
+            if let Some(ttl) = integer::<u64>(
+                cx,
+                &expr,
+                key,
+                "whole seconds from 1 to 4294967295, e.g. `ttl = 600`",
+            ) {
                 set_once(cx, &mut out.ttl, ttl, &path);
             }
         }
         "version" => {
-            let expr: Expr = meta.value()?.parse()?;
+            let expr: Expr = input.parse()?;
             if let Some(version) = integer::<u32>(
                 cx,
                 &expr,
-                "version",
+                key,
                 "an integer from 0 to 4294967295, e.g. `version = 2`",
             ) {
                 set_once(cx, &mut out.version, version, &path);
             }
         }
         "key" | "value" => {
-            let input = meta.value()?;
             if input.peek(LitStr) {
                 let lit: LitStr = input.parse()?;
                 cx.error_spanned_by(
                     &lit,
-                    format_args!("expected a type, not a string: `{name} = {}`", lit.value()),
+                    format_args!("expected a type, not a string: `{key} = {}`", lit.value()),
                 );
-            } else {
-                let ty: Type = input.parse()?;
-                let slot = if name == "key" {
-                    &mut out.key
-                } else {
-                    &mut out.value
-                };
-                set_once(cx, slot, ty, &path);
+                return Ok(());
             }
+            let ty: Type = input.parse().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    format_args!("expected a type after `{key} =`: {}", example(key)),
+                )
+            })?;
+            if let Type::Reference(reference) = &ty {
+                cx.error_spanned_by(
+                    reference,
+                    format_args!(
+                        "a cache {key} must be an owned type: use `String` rather than `&str`, `Vec<u8>` rather than `&[u8]`"
+                    ),
+                );
+                return Ok(());
+            }
+            let slot = if key == "key" {
+                &mut out.key
+            } else {
+                &mut out.value
+            };
+            set_once(cx, slot, ty, &path);
         }
         "codec" => {
-            let input = meta.value()?;
             let choice = if input.peek(LitStr) {
                 let lit: LitStr = input.parse()?;
                 match lit.value().as_str() {
@@ -133,15 +173,21 @@ fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Re
                 set_once(cx, &mut out.codec, choice, &path);
             }
         }
-        _ => {
-            cx.error_spanned_by(
-                &path,
-                format_args!("unknown cache attribute `{name}`; expected one of {KEYS}"),
-            );
-            skip_value(&meta)?;
-        }
+        _ => unreachable!("`key` is one of the known keys"),
     }
     Ok(())
+}
+
+/// How a key is written, for messages.
+pub(crate) fn example(key: &str) -> &'static str {
+    match key {
+        "namespace" => "`namespace = \"user:profile\"`",
+        "ttl" => "`ttl = 600`",
+        "version" => "`version = 2`",
+        "key" => "`key = i64`",
+        "value" => "`value = Uuid`",
+        _ => "`codec = \"json\"`",
+    }
 }
 
 /// Consumes `= value` or `(...)` after an unknown key so parsing can go on.
@@ -151,7 +197,7 @@ fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
     } else if meta.input.peek(syn::token::Paren) {
         let content;
         syn::parenthesized!(content in meta.input);
-        content.parse::<proc_macro2::TokenStream>()?;
+        content.parse::<TokenStream>()?;
     }
     Ok(())
 }
@@ -175,6 +221,17 @@ where
     T::Err: std::fmt::Display,
 {
     match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(lit), ..
+        }) if !lit.suffix().is_empty() => {
+            cx.error_spanned_by(
+                lit,
+                format_args!(
+                    "`{name}` takes a plain integer without a type suffix; expected {expected}"
+                ),
+            );
+            None
+        }
         Expr::Lit(ExprLit {
             lit: Lit::Int(lit), ..
         }) => match lit.base10_parse::<T>() {

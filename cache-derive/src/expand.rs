@@ -1,7 +1,8 @@
 //! Code generation for `#[derive(Cache)]`.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned as _;
 use syn::{DeriveInput, Ident, Type};
 
 use crate::ast::{Input, Shape};
@@ -67,17 +68,18 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
     };
     let fingerprint = fingerprint::finish(definition, decl.version);
     let key = decl.key;
+    // The codec path carries the span of what the user wrote, so an unmet codec bound
+    // (a value without `Serialize`, say) points at it rather than at the derive.
     let codec = match decl.codec {
-        None => quote!(#private::codec::Bincode),
-        Some(CodecChoice::Builtin(name, span)) => {
-            let codec = match *name {
-                "json" => format_ident!("Json", span = *span),
-                "string" => format_ident!("Text", span = *span),
-                _ => format_ident!("Bincode", span = *span),
-            };
-            quote_spanned!(*span=> #private::codec::#codec)
-        }
         Some(CodecChoice::Custom(path)) => quote!(#path),
+        Some(CodecChoice::Builtin(name, span)) => builtin_codec(name, *span),
+        None => {
+            let span = match decl.value {
+                Some(ty) => ty.span(),
+                None => item.ident.span(),
+            };
+            builtin_codec("bincode", span)
+        }
     };
     let namespace = decl.namespace;
     let ttl = decl.ttl;
@@ -97,6 +99,16 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
             const FINGERPRINT: u32 = #fingerprint;
         }
     }
+}
+
+fn builtin_codec(name: &str, span: Span) -> TokenStream {
+    let codec = match name {
+        "json" => "Json",
+        "string" => "Text",
+        _ => "Bincode",
+    };
+    let codec = Ident::new(codec, span);
+    quote_spanned!(span=> ::cache_manager::__private::codec::#codec)
 }
 
 /// Emitted next to the errors: enough of the declaration that the registry and the code

@@ -3,7 +3,7 @@
 use syn::{Data, LitStr, Type};
 
 use crate::ast::{Input, Shape};
-use crate::attr::CodecChoice;
+use crate::attr::{CodecChoice, example};
 use crate::ctxt::Ctxt;
 
 /// The TTL used when `ttl` is not given, in seconds.
@@ -23,7 +23,7 @@ pub(crate) struct Decl<'a> {
 pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
     let attrs = &input.attrs;
     let item = input.item;
-    let Some(attr_span) = attrs.span else {
+    let Some(attr) = &attrs.attr else {
         cx.error_spanned_by(
             &item.ident,
             "missing `#[cache(namespace = \"...\", key = Type)]`: `#[derive(Cache)]` needs at least a namespace and a key type",
@@ -31,12 +31,10 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
         return None;
     };
 
-    if let Some(namespace) = &attrs.namespace {
-        if let Err(message) = check_namespace(&namespace.value()) {
-            cx.error_spanned_by(namespace, message);
-        }
-    } else {
-        cx.error_at(attr_span, "missing `namespace = \"...\"`, the prefix of this cache's Redis keys, e.g. `namespace = \"user:profile\"`");
+    if let Some(namespace) = &attrs.namespace
+        && let Err(message) = check_namespace(&namespace.value())
+    {
+        cx.error_spanned_by(namespace, message);
     }
 
     if let Some(ttl) = &attrs.ttl {
@@ -50,36 +48,61 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
         }
     }
 
-    if attrs.key.is_none() {
-        cx.error_at(
-            attr_span,
-            "missing `key = Type`, the type of this cache's keys, e.g. `key = i64`",
-        );
-    }
-
+    let shape_name = match input.shape {
+        Shape::Enum => Some("an enum"),
+        Shape::Struct => Some("a struct with fields"),
+        Shape::Unit | Shape::Union => None,
+    };
     match (&input.shape, &attrs.value) {
         (Shape::Union, _) => {
             let Data::Union(u) = &item.data else { unreachable!("shape follows data") };
             cx.error_spanned_by(u.union_token, "`Cache` cannot be derived for a union; use a struct or an enum");
         }
-        (Shape::Data, Some(value)) => cx.error_spanned_by(
+        (Shape::Struct | Shape::Enum, Some(value)) => cx.error_spanned_by(
             value,
             format_args!(
-                "`value = ...` belongs on a unit struct that declares a mapping; `{}` has fields, so it is the value type itself: remove `value`",
-                item.ident
+                "`value = ...` belongs on a unit struct that declares a mapping; `{}` is {}, so it is the value type itself: remove `value`",
+                item.ident,
+                shape_name.unwrap_or_default()
             ),
         ),
-        (Shape::Unit, None) => cx.error_at(
-            attr_span,
-            "missing `value = Type`: a unit struct declares a mapping from `key` to `value`; to cache a type itself, derive `Cache` on that type",
-        ),
-        (Shape::Unit, Some(_)) | (Shape::Data, None) => {}
+        _ => {}
     }
 
-    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+    // What is missing is only known when every attribute parsed to its end.
+    if !attrs.incomplete {
+        let mut missing = Vec::new();
+        for (key, what) in [
+            ("namespace", "the prefix of this cache's Redis keys"),
+            ("key", "the type of this cache's keys"),
+        ] {
+            if !attrs.saw(key) {
+                missing.push(format!("{} ({what})", example(key)));
+            }
+        }
+        if matches!(input.shape, Shape::Unit) && !attrs.saw("value") {
+            missing.push(format!(
+                "{} (a unit struct declares a mapping from `key` to `value`; to cache a type itself, derive `Cache` on that type)",
+                example("value")
+            ));
+        }
+        if !missing.is_empty() {
+            cx.error_spanned_by(
+                attr,
+                format_args!("`#[cache(...)]` is missing {}", missing.join(" and ")),
+            );
+        }
+    }
+
+    if !item.generics.params.is_empty() {
         cx.error_spanned_by(
-            &item.generics,
+            &item.generics.params,
             "a cache declaration cannot be generic; declare one cache per concrete type",
+        );
+    } else if let Some(clause) = &item.generics.where_clause {
+        cx.error_spanned_by(
+            clause,
+            "a cache declaration cannot have a where clause; declare it on a concrete type",
         );
     }
 

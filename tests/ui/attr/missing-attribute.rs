@@ -1,0 +1,6 @@
+use cache_manager::Cache;
+
+#[derive(Cache)]
+pub struct UserCache;
+
+fn main() {}

@@ -1,0 +1,7 @@
+use cache_manager::Cache;
+
+#[derive(Cache)]
+#[cache = "user"]
+pub struct UserCache;
+
+fn main() {}

@@ -1,0 +1,9 @@
+use cache_manager::Cache;
+
+#[derive(Cache)]
+#[cache(namespace = "user", key = i64, value = String)]
+pub struct UserCache
+where
+    String: Clone;
+
+fn main() {}

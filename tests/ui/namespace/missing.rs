@@ -1,0 +1,7 @@
+use cache_manager::Cache;
+
+#[derive(Cache)]
+#[cache(ttl = 60, key = i64, value = String)]
+pub struct UserCache;
+
+fn main() {}
