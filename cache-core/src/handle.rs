@@ -7,12 +7,13 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Unavailable};
 use crate::cache::{Cache, MAX_BATCH};
 use crate::codec::{decode_entry, encode_entry};
 use crate::error::{CacheError, CodecError};
 use crate::key::CacheKey;
 use crate::manager::Shared;
+use crate::stats::{CacheStats, Counters};
 
 /// Longest TTL a call may set: what fits Redis's millisecond expiry arithmetic.
 const MAX_TTL: Duration = Duration::from_millis(i64::MAX as u64 / 2);
@@ -24,6 +25,8 @@ const MAX_TTL: Duration = Duration::from_millis(i64::MAX as u64 / 2);
 /// writes `Ok(false)`.
 pub struct TypedCache<C: Cache> {
     shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    field: &'static str,
     _cache: PhantomData<fn() -> C>,
 }
 
@@ -37,11 +40,18 @@ impl<C: Cache> fmt::Debug for TypedCache<C> {
 }
 
 impl<C: Cache> TypedCache<C> {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, field: &'static str, counters: Arc<Counters>) -> Self {
         TypedCache {
             shared,
+            counters,
+            field,
             _cache: PhantomData,
         }
+    }
+
+    /// This cache's counters: hits, misses, degraded calls, timeouts, corrupt entries.
+    pub fn stats(&self) -> CacheStats {
+        self.counters.snapshot(self.field, C::NAMESPACE)
     }
 
     /// The declared namespace: every key of this cache is `"{namespace}:{key}"`.
@@ -70,11 +80,25 @@ impl<C: Cache> TypedCache<C> {
     pub async fn get(&self, key: &C::Key) -> Option<C::Value> {
         let backend = self.shared.backend();
         let redis_key = self.redis_key(key);
-        let bytes = backend.get(&redis_key).await.ok()??;
+        let bytes = match backend.get(&redis_key).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                self.counters.misses(1);
+                return None;
+            }
+            Err(why) => {
+                self.counters.degraded(why);
+                return None;
+            }
+        };
         match decode_entry::<C::Value, C::Codec>(&bytes, C::FINGERPRINT) {
-            Ok(value) => Some(value),
+            Ok(value) => {
+                self.counters.hits(1);
+                Some(value)
+            }
             Err(error) => {
-                evict_corrupt::<C>(&backend, &redis_key, &bytes, &error).await;
+                self.evict_corrupt(&backend, &redis_key, &bytes, &error)
+                    .await;
                 None
             }
         }
@@ -124,7 +148,8 @@ impl<C: Cache> TypedCache<C> {
     ) -> Result<bool, CacheError> {
         let bytes = self.encode(value)?;
         let backend = self.shared.backend();
-        Ok(backend.set(&self.redis_key(key), &bytes, ttl).await.is_ok())
+        let stored = backend.set(&self.redis_key(key), &bytes, ttl).await;
+        Ok(self.written(stored))
     }
 
     /// Reads many keys in one round trip.
@@ -158,23 +183,34 @@ impl<C: Cache> TypedCache<C> {
         }
         let redis_keys: Vec<String> = distinct.iter().map(|k| self.redis_key(k)).collect();
         let backend = self.shared.backend();
-        let Ok(values) = backend.mget(&redis_keys).await else {
-            out.extend(distinct.into_iter().map(|k| (k.clone(), None)));
-            return Ok(out);
+        let values = match backend.mget(&redis_keys).await {
+            Ok(values) => values,
+            Err(why) => {
+                self.counters.degraded(why);
+                out.extend(distinct.into_iter().map(|k| (k.clone(), None)));
+                return Ok(out);
+            }
         };
+        let mut hits = 0;
         for ((key, redis_key), bytes) in distinct.into_iter().zip(&redis_keys).zip(values) {
             let value = match bytes {
                 None => None,
                 Some(bytes) => match decode_entry::<C::Value, C::Codec>(&bytes, C::FINGERPRINT) {
-                    Ok(value) => Some(value),
+                    Ok(value) => {
+                        hits += 1;
+                        Some(value)
+                    }
                     Err(error) => {
-                        evict_corrupt::<C>(&backend, redis_key, &bytes, &error).await;
+                        self.evict_corrupt(&backend, redis_key, &bytes, &error)
+                            .await;
                         None
                     }
                 },
             };
             out.insert(key.clone(), value);
         }
+        self.counters.hits(hits);
+        self.counters.misses(out.len() as u64 - hits);
         Ok(out)
     }
 
@@ -214,7 +250,8 @@ impl<C: Cache> TypedCache<C> {
             return Ok(true);
         }
         let backend = self.shared.backend();
-        Ok(backend.mset(&encoded, C::TTL).await.is_ok())
+        let stored = backend.mset(&encoded, C::TTL).await;
+        Ok(self.written(stored))
     }
 
     /// Removes the entry of `key`; `true` when there was one.
@@ -222,7 +259,45 @@ impl<C: Cache> TypedCache<C> {
     /// `false` also when the backend is unavailable (logged).
     pub async fn invalidate(&self, key: &C::Key) -> bool {
         let backend = self.shared.backend();
-        backend.del(&self.redis_key(key)).await.unwrap_or(false)
+        match backend.del(&self.redis_key(key)).await {
+            Ok(removed) => removed,
+            Err(why) => {
+                self.counters.degraded(why);
+                false
+            }
+        }
+    }
+
+    fn written(&self, result: Result<(), Unavailable>) -> bool {
+        match result {
+            Ok(()) => true,
+            Err(why) => {
+                self.counters.degraded(why);
+                false
+            }
+        }
+    }
+
+    /// Logs a corrupt entry and deletes it, unless another writer replaced it meanwhile.
+    async fn evict_corrupt(
+        &self,
+        backend: &Backend,
+        redis_key: &str,
+        bytes: &[u8],
+        error: &CodecError,
+    ) {
+        self.counters.corrupt();
+        self.counters.misses(1);
+        let deleted = backend.del_if_eq(redis_key, bytes).await;
+        tracing::error!(
+            namespace = C::NAMESPACE,
+            key = redis_key,
+            codec = <C::Codec as crate::codec::Codec<C::Value>>::NAME,
+            len = bytes.len(),
+            error = %error,
+            deleted = deleted.unwrap_or(false),
+            "corrupt cache entry: it does not decode as this cache's value type; deleted and read as a miss"
+        );
     }
 
     fn encode(&self, value: &C::Value) -> Result<Vec<u8>, CacheError> {
@@ -233,25 +308,6 @@ impl<C: Cache> TypedCache<C> {
             }
         })
     }
-}
-
-/// Logs a corrupt entry and deletes it, unless another writer replaced it meanwhile.
-async fn evict_corrupt<C: Cache>(
-    backend: &Backend,
-    redis_key: &str,
-    bytes: &[u8],
-    error: &CodecError,
-) {
-    let deleted = backend.del_if_eq(redis_key, bytes).await;
-    tracing::error!(
-        namespace = C::NAMESPACE,
-        key = redis_key,
-        codec = <C::Codec as crate::codec::Codec<C::Value>>::NAME,
-        len = bytes.len(),
-        error = %error,
-        deleted = deleted.unwrap_or(false),
-        "corrupt cache entry: it does not decode as this cache's value type; deleted and read as a miss"
-    );
 }
 
 #[cfg(test)]
@@ -350,7 +406,7 @@ mod tests {
     #[tokio::test]
     async fn calls_degrade_before_connect_and_after_disconnect() {
         let core = ManagerCore::new(CACHES);
-        let cache = core.cache::<Profiles>();
+        let cache = core.cache::<Profiles>("test");
         assert_eq!(cache.get(&1).await, None);
         assert!(!cache.set(&1, &ada()).await.unwrap());
         assert!(!cache.mset(&HashMap::from([(1, ada())])).await.unwrap());
@@ -372,7 +428,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn entries_expire_after_the_declared_ttl() {
         let core = memory().await;
-        let cache = core.cache::<Sessions>();
+        let cache = core.cache::<Sessions>("test");
         cache.set(&"tok".to_owned(), &7).await.unwrap();
         assert_eq!(
             with_store(&core, |m| m.ttl("session:token:tok")),
@@ -391,7 +447,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn set_with_ttl_uses_millisecond_precision() {
         let core = memory().await;
-        let cache = core.cache::<Sessions>();
+        let cache = core.cache::<Sessions>("test");
         let key = "t".to_owned();
         cache
             .set_with_ttl(&key, &1, Duration::from_micros(1_500_900))
@@ -408,7 +464,7 @@ mod tests {
     #[tokio::test]
     async fn set_with_ttl_rejects_ttls_under_a_millisecond() {
         let core = memory().await;
-        let cache = core.cache::<Sessions>();
+        let cache = core.cache::<Sessions>("test");
         for ttl in [Duration::ZERO, Duration::from_micros(999)] {
             let err = cache
                 .set_with_ttl(&"t".to_owned(), &1, ttl)
@@ -432,7 +488,7 @@ mod tests {
     #[tokio::test]
     async fn get_deletes_corrupt_entry() {
         let core = memory().await;
-        let cache = core.cache::<Profiles>();
+        let cache = core.cache::<Profiles>("test");
         for garbage in [
             &b"not bincode"[..],
             &[FRAME_TAG, 0x78, 0x56, 0x34, 0x12, 0xff][..],
@@ -451,8 +507,11 @@ mod tests {
     #[tokio::test]
     async fn entries_of_another_version_are_misses_and_deleted() {
         let core = memory().await;
-        core.cache::<Profiles>().set(&1, &ada()).await.unwrap();
-        let v2 = core.cache::<ProfilesV2>();
+        core.cache::<Profiles>("test")
+            .set(&1, &ada())
+            .await
+            .unwrap();
+        let v2 = core.cache::<ProfilesV2>("test");
         assert_eq!(v2.get(&1).await, None);
         assert_eq!(with_store(&core, |m| m.len()), 0);
         v2.set(&1, &ada()).await.unwrap();
@@ -462,7 +521,7 @@ mod tests {
     #[tokio::test]
     async fn mget_returns_one_entry_per_distinct_key_and_evicts_corrupt_ones() {
         let core = memory().await;
-        let cache = core.cache::<Profiles>();
+        let cache = core.cache::<Profiles>("test");
         cache.set(&1, &ada()).await.unwrap();
         with_store(&core, |m| m.put_raw("user:profile:2", b"junk"));
         let got = cache.mget(&[1, 2, 3, 1, 2]).await.unwrap();
@@ -474,7 +533,7 @@ mod tests {
     #[tokio::test]
     async fn batches_over_the_limit_are_rejected_and_send_nothing() {
         let core = memory().await;
-        let cache = core.cache::<Sessions>();
+        let cache = core.cache::<Sessions>("test");
         let keys: Vec<String> = (0..=MAX_BATCH).map(|i| i.to_string()).collect();
         let err = cache.mget(&keys).await.unwrap_err();
         assert!(matches!(
@@ -507,7 +566,7 @@ mod tests {
     #[tokio::test]
     async fn a_value_that_cannot_be_encoded_is_an_error_and_writes_nothing() {
         let core = memory().await;
-        let cache = core.cache::<Unencodable>();
+        let cache = core.cache::<Unencodable>("test");
         let bad = HashMap::from([(vec![1u8], 1)]);
         let err = cache.set(&1, &bad).await.unwrap_err();
         assert!(
@@ -534,7 +593,7 @@ mod tests {
     #[tokio::test]
     async fn mset_writes_every_entry_with_the_ttl_and_the_last_duplicate_wins() {
         let core = memory().await;
-        let cache = core.cache::<Sessions>();
+        let cache = core.cache::<Sessions>("test");
         let (a, b) = ("a".to_owned(), "b".to_owned());
         assert!(cache.mset([(&a, &1), (&b, &2), (&a, &3)]).await.unwrap());
         assert_eq!(cache.get(&a).await, Some(3));
@@ -549,7 +608,7 @@ mod tests {
     #[tokio::test]
     async fn invalidate_reports_whether_an_entry_was_removed() {
         let core = memory().await;
-        let cache = core.cache::<Profiles>();
+        let cache = core.cache::<Profiles>("test");
         cache.set(&9, &ada()).await.unwrap();
         assert!(cache.invalidate(&9).await);
         assert!(!cache.invalidate(&9).await);
@@ -559,7 +618,7 @@ mod tests {
     #[tokio::test]
     async fn connect_replaces_the_backend() {
         let core = memory().await;
-        let cache = core.cache::<Profiles>();
+        let cache = core.cache::<Profiles>("test");
         cache.set(&1, &ada()).await.unwrap();
         core.connect("memory://").await.unwrap();
         assert_eq!(cache.get(&1).await, None, "a new memory:// starts empty");
@@ -585,12 +644,129 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn counters_track_hits_misses_corrupt_entries_and_degraded_calls() {
+        let core = ManagerCore::new(CACHES);
+        let cache = core.cache::<Profiles>("profiles");
+        cache.get(&1).await;
+        cache.set(&1, &ada()).await.unwrap();
+        let s = cache.stats();
+        assert_eq!((s.degraded, s.hits, s.misses, s.timeouts), (2, 0, 0, 0));
+
+        core.connect("memory://").await.unwrap();
+        cache.set(&1, &ada()).await.unwrap();
+        cache.get(&1).await;
+        cache.get(&2).await;
+        cache.mget(&[1, 2, 3]).await.unwrap();
+        with_store(&core, |m| m.put_raw("user:profile:4", b"junk"));
+        cache.get(&4).await;
+        let s = cache.stats();
+        assert_eq!((s.field, s.namespace), ("profiles", "user:profile"));
+        assert_eq!(
+            (s.hits, s.misses, s.corrupt_evicted, s.degraded),
+            (2, 4, 1, 2)
+        );
+        assert_eq!(core.stats(), vec![s]);
+    }
+
+    #[tokio::test]
     async fn redis_keys_are_namespace_colon_key() {
         let core = memory().await;
-        assert_eq!(core.cache::<Profiles>().redis_key(&-3), "user:profile:-3");
         assert_eq!(
-            core.cache::<Sessions>().redis_key(&"a:b".to_owned()),
+            core.cache::<Profiles>("test").redis_key(&-3),
+            "user:profile:-3"
+        );
+        assert_eq!(
+            core.cache::<Sessions>("test").redis_key(&"a:b".to_owned()),
             "session:token:a:b"
         );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::registry::namespaces_collide;
+
+        enum Texts {}
+        impl Cache for Texts {
+            type Key = String;
+            type Value = String;
+            type Codec = codec::Text;
+            const NAMESPACE: &'static str = "t";
+            const TTL: Duration = Duration::from_secs(1);
+            const VERSION: u32 = 0;
+            const FINGERPRINT: u32 = 0;
+        }
+
+        fn key_of<K: CacheKey>(namespace: &str, key: &K) -> String {
+            let mut out = format!("{namespace}:");
+            key.write_key(&mut out);
+            out
+        }
+
+        /// Namespaces of the grammar `#[derive(Cache)]` accepts.
+        fn namespace() -> impl Strategy<Value = String> {
+            proptest::collection::vec("[a-z0-9_.-]{1,4}", 1..4)
+                .prop_map(|segments| segments.join(":"))
+        }
+
+        /// Strings with the characters that break naive key schemes.
+        fn nasty() -> impl Strategy<Value = String> {
+            proptest::string::string_regex("[:{}*\\n\\r\\t a-z\\x00é€😀]{0,12}").unwrap()
+        }
+
+        proptest! {
+            #[test]
+            fn distinct_string_keys_never_share_a_redis_key(a in nasty(), b in nasty()) {
+                prop_assume!(a != b);
+                prop_assert_ne!(key_of("t", &a), key_of("t", &b));
+            }
+
+            #[test]
+            fn distinct_integer_and_uuid_keys_never_share_a_redis_key(a: i128, b: i128, u: u128, v: u128) {
+                prop_assume!(a != b && u != v);
+                prop_assert_ne!(key_of("t", &a), key_of("t", &b));
+                prop_assert_ne!(key_of("t", &uuid::Uuid::from_u128(u)), key_of("t", &uuid::Uuid::from_u128(v)));
+            }
+
+            /// Two namespaces a registry accepts never produce the same Redis key, whatever
+            /// the keys: the registry's prefix rule is what makes raw string keys safe.
+            #[test]
+            fn keys_of_namespaces_a_registry_accepts_never_collide(
+                n1 in namespace(), n2 in namespace(), k1 in nasty(), k2 in nasty()
+            ) {
+                prop_assume!(!namespaces_collide(&n1, &n2));
+                prop_assert_ne!(key_of(&n1, &k1), key_of(&n2, &k2));
+            }
+
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let mut framed = vec![FRAME_TAG, 0x78, 0x56, 0x34, 0x12];
+                framed.extend_from_slice(&bytes);
+                for input in [&bytes, &framed] {
+                    let _ = decode_entry::<Profile, codec::Bincode>(input, 0x1234_5678);
+                    let _ = decode_entry::<Vec<String>, codec::Bincode>(input, 0x1234_5678);
+                    let _ = decode_entry::<HashMap<String, u64>, codec::Bincode>(input, 0x1234_5678);
+                    let _ = decode_entry::<i64, codec::Bincode>(input, 0x1234_5678);
+                    let _ = decode_entry::<Profile, codec::Json>(input, 0);
+                    let _ = decode_entry::<i64, codec::Text>(input, 0);
+                    let _ = decode_entry::<uuid::Uuid, codec::Text>(input, 0);
+                    let _ = decode_entry::<String, codec::Text>(input, 0);
+                }
+            }
+
+            #[test]
+            fn every_codec_round_trips_what_it_encodes(name in nasty(), tags in proptest::collection::vec(nasty(), 0..3), n: i64) {
+                let p = Profile { name: name.clone(), tags };
+                let bytes = encode_entry::<_, codec::Bincode>(&p, 7).unwrap();
+                prop_assert_eq!(decode_entry::<Profile, codec::Bincode>(&bytes, 7).unwrap(), p.clone());
+                let bytes = encode_entry::<_, codec::Json>(&p, 0).unwrap();
+                prop_assert_eq!(decode_entry::<Profile, codec::Json>(&bytes, 0).unwrap(), p);
+                let bytes = encode_entry::<_, codec::Text>(&n, 0).unwrap();
+                prop_assert_eq!(decode_entry::<i64, codec::Text>(&bytes, 0).unwrap(), n);
+                let bytes = encode_entry::<String, <Texts as Cache>::Codec>(&name, 0).unwrap();
+                prop_assert_eq!(decode_entry::<String, codec::Text>(&bytes, 0).unwrap(), name);
+            }
+        }
     }
 }

@@ -11,14 +11,26 @@ use serde::Serialize;
 pub enum HealthStatus {
     /// The backend answers; caches work.
     Connected,
-    /// Connected was asked for but the backend does not answer; caches degrade and the
-    /// manager keeps reconnecting in the background.
+    /// A backend was asked for but does not answer; caches degrade and the manager keeps
+    /// reconnecting in the background.
     Degraded,
     /// Not connected (before `connect`, after `disconnect`); caches degrade.
     Disconnected,
 }
 
-/// The manager's health, serializable as JSON: `{"status":"connected","healthy":true,...}`.
+/// The circuit breaker in front of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Breaker {
+    /// Calls go to the backend.
+    Closed,
+    /// Calls degrade at once, without network; a background task probes and reconnects.
+    Open,
+}
+
+/// The manager's health, serializable as JSON:
+/// `{"status":"connected","healthy":true,"breaker":"closed",...}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Health {
@@ -26,6 +38,8 @@ pub struct Health {
     pub status: HealthStatus,
     /// `true` when caches are served by the backend.
     pub healthy: bool,
+    /// The circuit breaker's state.
+    pub breaker: Breaker,
     /// `"redis"`, `"memory"` or `"none"`.
     pub backend: &'static str,
     /// The URL connected to, with any password replaced by `***`.
@@ -34,11 +48,13 @@ pub struct Health {
     /// Round trip of a `PING`, in milliseconds, when it answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
-    /// The last connection error while degraded (password removed).
+    /// The last error while degraded (password removed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Cache calls that degraded (missed or reported `false`) because the backend was
-    /// unavailable, since this backend was connected.
+    /// How long the backend has been unavailable, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub down_for_ms: Option<u64>,
+    /// Cache calls that degraded because the backend was unavailable, since `connect`.
     pub degraded_calls: u64,
 }
 
@@ -47,10 +63,12 @@ impl Health {
         Health {
             status: HealthStatus::Disconnected,
             healthy: false,
+            breaker: Breaker::Open,
             backend: "none",
             url: None,
             latency_ms: None,
             error: None,
+            down_for_ms: None,
             degraded_calls: 0,
         }
     }
@@ -59,27 +77,43 @@ impl Health {
         Health {
             status: HealthStatus::Connected,
             healthy: true,
+            breaker: Breaker::Closed,
             backend: "memory",
             url: Some("memory://".to_owned()),
-            latency_ms: None,
-            error: None,
-            degraded_calls: 0,
+            ..Health::disconnected()
         }
     }
 
-    pub(crate) fn redis(url: &str, ping: Result<Duration, String>, degraded_calls: u64) -> Self {
-        let (status, latency_ms, error) = match ping {
-            Ok(rtt) => (HealthStatus::Connected, Some(rtt.as_secs_f64() * 1e3), None),
-            Err(e) => (HealthStatus::Degraded, None, Some(e)),
-        };
+    pub(crate) fn redis_up(url: &str, rtt: Duration, degraded_calls: u64) -> Self {
         Health {
-            status,
-            healthy: status == HealthStatus::Connected,
+            status: HealthStatus::Connected,
+            healthy: true,
+            breaker: Breaker::Closed,
             backend: "redis",
             url: Some(url.to_owned()),
-            latency_ms,
-            error,
+            latency_ms: Some(rtt.as_secs_f64() * 1e3),
             degraded_calls,
+            ..Health::disconnected()
+        }
+    }
+
+    pub(crate) fn redis_down(
+        url: &str,
+        breaker: Breaker,
+        error: String,
+        down_for: Option<Duration>,
+        degraded_calls: u64,
+    ) -> Self {
+        Health {
+            status: HealthStatus::Degraded,
+            healthy: false,
+            breaker,
+            backend: "redis",
+            url: Some(url.to_owned()),
+            error: Some(error),
+            down_for_ms: down_for.map(|d| d.as_millis() as u64),
+            degraded_calls,
+            ..Health::disconnected()
         }
     }
 }

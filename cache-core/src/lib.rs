@@ -20,13 +20,16 @@ mod health;
 mod key;
 mod manager;
 mod registry;
+mod stats;
 
 pub use cache::{Cache, CacheInfo, MAX_BATCH};
 pub use codec::Codec;
+pub use config::CacheConfig;
 pub use error::{CacheError, CodecError};
 pub use handle::TypedCache;
-pub use health::{Health, HealthStatus};
+pub use health::{Breaker, Health, HealthStatus};
 pub use key::CacheKey;
+pub use stats::CacheStats;
 
 /// Items the macros expand to. Not public API: no stability promise.
 #[doc(hidden)]
@@ -35,6 +38,7 @@ pub mod __private {
     pub use crate::registry::check_namespaces;
     pub use std::sync::OnceLock;
     pub use std::time::Duration;
+    pub use std::vec::Vec;
 
     pub use crate::codec;
     pub use crate::{Cache, CacheInfo, TypedCache};

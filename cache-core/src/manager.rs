@@ -9,10 +9,11 @@ use crate::backend::Backend;
 use crate::backend::memory::MemoryStore;
 use crate::backend::redis::RedisBackend;
 use crate::cache::{Cache, CacheInfo};
-use crate::config::{self, Target};
+use crate::config::{self, CacheConfig, Target};
 use crate::error::CacheError;
 use crate::handle::TypedCache;
 use crate::health::Health;
+use crate::stats::{CacheStats, Counters};
 
 /// What the caches of one manager share.
 pub(crate) struct Shared {
@@ -32,6 +33,7 @@ impl Shared {
 pub struct ManagerCore {
     pub(crate) shared: Arc<Shared>,
     caches: &'static [CacheInfo],
+    counters: std::sync::Mutex<Vec<(&'static str, &'static str, Arc<Counters>)>>,
 }
 
 impl fmt::Debug for ManagerCore {
@@ -56,17 +58,38 @@ impl ManagerCore {
                 backend: ArcSwap::from_pointee(Backend::Disconnected),
             }),
             caches,
+            counters: std::sync::Mutex::default(),
         }
     }
 
-    /// A handle on this manager's connection for cache `C`.
-    pub fn cache<C: Cache>(&self) -> TypedCache<C> {
-        TypedCache::new(Arc::clone(&self.shared))
+    /// A handle on this manager's connection for cache `C`, registered as `field`.
+    pub fn cache<C: Cache>(&self, field: &'static str) -> TypedCache<C> {
+        let counters = Arc::new(Counters::default());
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((field, C::NAMESPACE, Arc::clone(&counters)));
+        TypedCache::new(Arc::clone(&self.shared), field, counters)
     }
 
-    /// Connects to `url`, replacing any current backend.
+    /// Every cache's counters, in registration order.
+    pub fn stats(&self) -> Vec<CacheStats> {
+        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters
+            .iter()
+            .map(|(field, ns, c)| c.snapshot(field, ns))
+            .collect()
+    }
+
+    /// Connects to `url` with the default [`CacheConfig`], replacing any current backend.
     pub async fn connect(&self, url: &str) -> Result<(), CacheError> {
-        let backend = match config::parse(url)? {
+        self.connect_with(url, &CacheConfig::default()).await
+    }
+
+    /// Connects to `url` with `config`, replacing any current backend.
+    pub async fn connect_with(&self, url: &str, config: &CacheConfig) -> Result<(), CacheError> {
+        config.validate()?;
+        let backend = match config::parse(url, config)? {
             Target::Memory => {
                 tracing::info!(
                     backend = "memory",

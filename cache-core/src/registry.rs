@@ -1,5 +1,13 @@
 //! Compile-time checks run by `cache_registry!`.
 
+/// Whether keys of the two namespaces could collide: they are equal, or one is a
+/// `:`-prefix of the other.
+pub(crate) const fn namespaces_collide(a: &str, b: &str) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    bytes_eq(short.as_bytes(), long.as_bytes())
+        || is_colon_prefix(short.as_bytes(), long.as_bytes())
+}
+
 /// Panics (at compile time, inside a `const`) when two registered caches have the same
 /// namespace, or one namespace is a `:`-prefix of another: `user` and `user:profile` could
 /// both own the Redis key `user:profile:1`.
@@ -14,14 +22,8 @@ pub const fn check_namespaces(caches: &[(&str, &str)]) {
         while j < caches.len() {
             let (a_field, a) = caches[i];
             let (b_field, b) = caches[j];
-            if !a.is_empty() && !b.is_empty() {
-                let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-                let (short_field, long_field) = if a.len() <= b.len() {
-                    (a_field, b_field)
-                } else {
-                    (b_field, a_field)
-                };
-                if bytes_eq(short.as_bytes(), long.as_bytes()) {
+            if !a.is_empty() && !b.is_empty() && namespaces_collide(a, b) {
+                if bytes_eq(a.as_bytes(), b.as_bytes()) {
                     collision(&[
                         "cache_registry!: caches `",
                         a_field,
@@ -32,19 +34,22 @@ pub const fn check_namespaces(caches: &[(&str, &str)]) {
                         "`; their keys would overwrite each other. Give each cache its own namespace.",
                     ]);
                 }
-                if is_colon_prefix(short.as_bytes(), long.as_bytes()) {
-                    collision(&[
-                        "cache_registry!: namespace `",
-                        short,
-                        "` (cache `",
-                        short_field,
-                        "`) is a `:`-prefix of `",
-                        long,
-                        "` (cache `",
-                        long_field,
-                        "`), so their Redis keys could collide. Rename one so neither is a prefix of the other.",
-                    ]);
-                }
+                let ((short_field, short), (long_field, long)) = if a.len() < b.len() {
+                    (caches[i], caches[j])
+                } else {
+                    (caches[j], caches[i])
+                };
+                collision(&[
+                    "cache_registry!: namespace `",
+                    short,
+                    "` (cache `",
+                    short_field,
+                    "`) is a `:`-prefix of `",
+                    long,
+                    "` (cache `",
+                    long_field,
+                    "`), so their Redis keys could collide. Rename one so neither is a prefix of the other.",
+                ]);
             }
             j += 1;
         }

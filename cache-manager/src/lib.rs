@@ -74,8 +74,8 @@
 #![deny(missing_docs)]
 
 pub use cache_core::{
-    Cache, CacheError, CacheInfo, CacheKey, Codec, CodecError, Health, HealthStatus, MAX_BATCH,
-    TypedCache, codec,
+    Breaker, Cache, CacheConfig, CacheError, CacheInfo, CacheKey, CacheStats, Codec, CodecError,
+    Health, HealthStatus, MAX_BATCH, TypedCache, codec,
 };
 /// Declares a cache; see the [crate documentation](crate) for the `#[cache(...)]` keys.
 pub use cache_derive::Cache;
@@ -109,7 +109,8 @@ pub mod __private {
 ///
 /// The generated type has:
 /// - `new()`: an independent manager, not connected; `global()`: the process-wide one;
-/// - `connect(url)`, `disconnect()`, `health()`;
+/// - `connect(url)`, `connect_with(url, &CacheConfig)`, `disconnect()`, `health()`;
+/// - `stats()`: every cache's hits, misses, degraded calls, timeouts, corrupt entries;
 /// - one accessor per field, returning `&TypedCache<C>`;
 /// - `CACHES` and `caches()`: each registered cache's field, namespace, TTL and codec.
 ///
@@ -147,7 +148,7 @@ macro_rules! cache_registry {
             pub fn new() -> Self {
                 let __core = $crate::__private::ManagerCore::new(Self::CACHES);
                 Self {
-                    $( $field: __core.cache::<$cache>(), )*
+                    $( $field: __core.cache::<$cache>(::core::stringify!($field)), )*
                     __core,
                 }
             }
@@ -166,6 +167,22 @@ macro_rules! cache_registry {
             /// reconnecting in the background.
             pub async fn connect(&self, url: &str) -> ::core::result::Result<(), $crate::CacheError> {
                 self.__core.connect(url).await
+            }
+
+            /// Connects like `connect`, with explicit timeouts, breaker and backoff settings.
+            /// Options in the URL's query string override the config.
+            pub async fn connect_with(
+                &self,
+                url: &str,
+                config: &$crate::CacheConfig,
+            ) -> ::core::result::Result<(), $crate::CacheError> {
+                self.__core.connect_with(url, config).await
+            }
+
+            /// Every cache's counters (hits, misses, degraded calls, timeouts, corrupt
+            /// entries evicted), in registration order.
+            pub fn stats(&self) -> $crate::__private::Vec<$crate::CacheStats> {
+                self.__core.stats()
             }
 
             /// Drops the connection; cache calls degrade until the next `connect`.

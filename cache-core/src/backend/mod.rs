@@ -11,9 +11,16 @@ use std::time::Duration;
 
 use crate::health::Health;
 
-/// The backend could not serve the call; it has already been recorded and logged.
+/// Why the backend could not serve a call; it has already been recorded and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Unavailable;
+pub(crate) enum Unavailable {
+    /// No connection: not connected, or the breaker is open. Nothing was sent.
+    Down,
+    /// The call hit its deadline.
+    Timeout,
+    /// The connection failed or the server refused the command.
+    Failed,
+}
 
 /// The storage a manager's caches currently use.
 pub(crate) enum Backend {
@@ -28,7 +35,7 @@ pub(crate) enum Backend {
 impl Backend {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
         match self {
-            Backend::Disconnected => Err(Unavailable),
+            Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => Ok(m.get(key)),
             Backend::Redis(r) => r.get(key).await,
         }
@@ -36,7 +43,7 @@ impl Backend {
 
     pub(crate) async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
         match self {
-            Backend::Disconnected => Err(Unavailable),
+            Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => Ok(m.mget(keys)),
             Backend::Redis(r) => r.mget(keys).await,
         }
@@ -49,7 +56,7 @@ impl Backend {
         ttl: Duration,
     ) -> Result<(), Unavailable> {
         match self {
-            Backend::Disconnected => Err(Unavailable),
+            Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => {
                 m.set(key, value, ttl);
                 Ok(())
@@ -64,7 +71,7 @@ impl Backend {
         ttl: Duration,
     ) -> Result<(), Unavailable> {
         match self {
-            Backend::Disconnected => Err(Unavailable),
+            Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => {
                 m.mset(entries, ttl);
                 Ok(())
@@ -75,7 +82,7 @@ impl Backend {
 
     pub(crate) async fn del(&self, key: &str) -> Result<bool, Unavailable> {
         match self {
-            Backend::Disconnected => Err(Unavailable),
+            Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => Ok(m.del(key)),
             Backend::Redis(r) => r.del(key).await,
         }
@@ -85,7 +92,7 @@ impl Backend {
     /// never removes a good value another writer stored in the meantime.
     pub(crate) async fn del_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, Unavailable> {
         match self {
-            Backend::Disconnected => Err(Unavailable),
+            Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => Ok(m.del_if_eq(key, expected)),
             Backend::Redis(r) => r.del_if_eq(key, expected).await,
         }

@@ -1,11 +1,18 @@
-//! `redis://`: one multiplexed connection shared by every cache of a manager, kept alive
-//! by a supervisor task.
+//! `redis://`: one multiplexed connection shared by every cache of a manager, guarded by
+//! a circuit breaker and kept alive by a supervisor task.
 //!
 //! redis-rs's `ConnectionManager` makes callers wait on its reconnect future, unbounded by
-//! the response timeout, and fails its constructor when Redis is down. Here calls never
-//! wait for a connection: while there is none they degrade at once (no network), and a
-//! single background task reconnects with capped exponential backoff.
+//! the response timeout, never reconnects after timeouts, and fails its constructor when
+//! Redis is down. Here:
+//! - every call is bounded by the response timeout, which covers sending and the reply;
+//! - the breaker is closed while there is a connection and open while there is none;
+//!   with it open, calls degrade at once without touching the network;
+//! - it opens on an I/O error, a `READONLY` or `LOADING` reply, or `failure_threshold`
+//!   timeouts in a row (a hung server or half-open socket), and the connection is dropped;
+//! - one supervisor task then reconnects with capped, jittered exponential backoff, and
+//!   closes the breaker only after the new connection answered a `PING`.
 
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -18,14 +25,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Unavailable;
-use crate::config::{RedisSettings, Secret};
-use crate::health::Health;
+use crate::config::{CacheConfig, RedisSettings, Secret};
+use crate::health::{Breaker, Health};
 
-/// Timeouts in a row after which the connection is considered hung and rebuilt.
-const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
-/// How often a still-down backend logs a summary.
-const SUMMARY_EVERY: Duration = Duration::from_secs(30);
-/// At most one warning per this interval for refused commands (e.g. OOM).
+/// At most one warning per this interval for commands the server refused (e.g. OOM).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) struct RedisBackend {
@@ -35,18 +38,19 @@ pub(crate) struct RedisBackend {
 
 struct Inner {
     client: redis::Client,
-    config: AsyncConnectionConfig,
-    connect_timeout: Duration,
-    backoff: (Duration, Duration),
+    redis_config: AsyncConnectionConfig,
+    config: CacheConfig,
     url: String,
     secret: Option<Secret>,
+    /// The breaker: `Some` closed, `None` open.
     conn: ArcSwapOption<MultiplexedConnection>,
     wake: Notify,
     timeouts_in_a_row: AtomicU32,
     outage: Outage,
 }
 
-/// Keeps logging to one line per transition: down, a summary every 30 s while down, back.
+/// Keeps logging to one line per transition: down, a summary per interval while down,
+/// back. Also the source of the health report's error and outage duration.
 struct Outage {
     down: AtomicBool,
     degraded_total: AtomicU64,
@@ -54,6 +58,7 @@ struct Outage {
     state: Mutex<OutageState>,
 }
 
+#[derive(Default)]
 struct OutageState {
     since: Option<Instant>,
     last_error: Option<String>,
@@ -68,13 +73,7 @@ impl Outage {
             down: AtomicBool::new(false),
             degraded_total: AtomicU64::new(0),
             degraded_at_down: AtomicU64::new(0),
-            state: Mutex::new(OutageState {
-                since: None,
-                last_error: None,
-                last_summary: None,
-                last_refusal_log: None,
-                refusals_unlogged: 0,
-            }),
+            state: Mutex::new(OutageState::default()),
         }
     }
 
@@ -86,10 +85,13 @@ impl Outage {
         self.degraded_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records that Redis cannot be reached; logs only on the transition to down.
+    fn degraded_since_down(&self) -> u64 {
+        self.degraded_total.load(Ordering::Relaxed) - self.degraded_at_down.load(Ordering::Relaxed)
+    }
+
+    /// Records that Redis cannot be used; logs only on the transition to down.
     fn went_down(&self, url: &str, error: String) {
         let mut state = self.state();
-        state.last_error = Some(error.clone());
         if !self.down.swap(true, Ordering::AcqRel) {
             let now = Instant::now();
             state.since = Some(now);
@@ -105,13 +107,14 @@ impl Outage {
                 "redis unavailable: cache reads miss and writes return false until it is back"
             );
         }
+        state.last_error = Some(error);
     }
 
     /// Logs the periodic summary while down.
-    fn still_down(&self, url: &str) {
+    fn still_down(&self, url: &str, every: Duration) {
         let mut state = self.state();
         let now = Instant::now();
-        if state.last_summary.is_some_and(|t| now - t < SUMMARY_EVERY) {
+        if state.last_summary.is_some_and(|t| now - t < every) {
             return;
         }
         state.last_summary = Some(now);
@@ -145,10 +148,6 @@ impl Outage {
         }
     }
 
-    fn degraded_since_down(&self) -> u64 {
-        self.degraded_total.load(Ordering::Relaxed) - self.degraded_at_down.load(Ordering::Relaxed)
-    }
-
     /// A command the server refused while the connection is fine (OOM, NOPERM, ...).
     fn refused(&self, url: &str, error: String) {
         let mut state = self.state();
@@ -179,17 +178,17 @@ impl Drop for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects, or starts degraded when Redis cannot be reached; either way a
+    /// Connects, or starts degraded when Redis cannot be reached; either way the
     /// supervisor keeps the connection up from now on.
     pub(crate) async fn start(settings: RedisSettings) -> Self {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.response_timeout));
+        let config = settings.config;
+        let redis_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout));
         let inner = Arc::new(Inner {
             client: settings.client,
+            redis_config,
             config,
-            connect_timeout: settings.connect_timeout,
-            backoff: settings.backoff,
             url: settings.redacted,
             secret: settings.secret,
             conn: ArcSwapOption::empty(),
@@ -203,18 +202,23 @@ impl RedisBackend {
                 tracing::info!(backend = "redis", url = %inner.url, "cache connected");
             }
             // Not an error for `connect`: the outage is logged once and the supervisor
-            // below keeps trying.
+            // keeps trying.
             Err(error) => inner.outage.went_down(&inner.url, error),
         }
         let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
         RedisBackend { inner, supervisor }
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Unavailable> {
-        let Some(conn) = self.inner.conn.load_full() else {
+    /// The connection, or `Down` at once while the breaker is open.
+    fn connection(&self) -> Result<Arc<MultiplexedConnection>, Unavailable> {
+        self.inner.conn.load_full().ok_or_else(|| {
             self.inner.outage.count_degraded();
-            return Err(Unavailable);
-        };
+            Unavailable::Down
+        })
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Unavailable> {
+        let conn = self.connection()?;
         let result = cmd.query_async::<T>(&mut (*conn).clone()).await;
         self.inner.settle(&conn, result)
     }
@@ -244,10 +248,7 @@ impl RedisBackend {
         entries: &[(String, Vec<u8>)],
         ttl: Duration,
     ) -> Result<(), Unavailable> {
-        let Some(conn) = self.inner.conn.load_full() else {
-            self.inner.outage.count_degraded();
-            return Err(Unavailable);
-        };
+        let conn = self.connection()?;
         let mut pipe = redis::pipe();
         for (key, value) in entries {
             let mut cmd = redis::cmd("SET");
@@ -274,29 +275,38 @@ impl RedisBackend {
     }
 
     pub(crate) async fn health(&self) -> Health {
-        let ping = match self.inner.conn.load_full() {
-            None => Err(self
-                .inner
-                .outage
-                .state()
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "not connected; reconnecting".to_owned())),
+        let inner = &self.inner;
+        let ping = match inner.conn.load_full() {
+            None => Err(()),
             Some(conn) => {
                 let started = Instant::now();
                 let result = redis::cmd("PING")
                     .query_async::<()>(&mut (*conn).clone())
                     .await;
                 let rtt = started.elapsed();
-                let error = result.as_ref().err().map(|e| self.inner.describe(e));
-                match self.inner.settle(&conn, result) {
-                    Ok(()) => Ok(rtt),
-                    Err(Unavailable) => Err(error.unwrap_or_default()),
-                }
+                inner.settle(&conn, result).map(|()| rtt).map_err(drop)
             }
         };
-        let degraded = self.inner.outage.degraded_total.load(Ordering::Relaxed);
-        Health::redis(&self.inner.url, ping, degraded)
+        let (error, down_for) = {
+            let state = inner.outage.state();
+            (state.last_error.clone(), state.since.map(|s| s.elapsed()))
+        };
+        let breaker = if inner.conn.load().is_some() {
+            Breaker::Closed
+        } else {
+            Breaker::Open
+        };
+        let degraded = inner.outage.degraded_total.load(Ordering::Relaxed);
+        match ping {
+            Ok(rtt) => Health::redis_up(&inner.url, rtt, degraded),
+            Err(()) => Health::redis_down(
+                &inner.url,
+                breaker,
+                error.unwrap_or_else(|| "no reply".to_owned()),
+                down_for,
+                degraded,
+            ),
+        }
     }
 }
 
@@ -309,16 +319,23 @@ fn expiry_args(cmd: &mut redis::Cmd, ttl: Duration) {
 }
 
 impl Inner {
+    /// One connection attempt, closed only once the server answered a `PING`: a paused
+    /// server accepts TCP connections it never serves.
     async fn open(&self) -> Result<MultiplexedConnection, String> {
-        let attempt = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config);
-        match tokio::time::timeout(self.connect_timeout, attempt).await {
+        let attempt = async {
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&self.redis_config)
+                .await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            Ok::<_, RedisError>(conn)
+        };
+        match tokio::time::timeout(self.config.connect_timeout, attempt).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(self.describe(&e)),
             Err(_) => Err(format!(
-                "connection attempt timed out after {:?}",
-                self.connect_timeout
+                "no answer within the connect timeout ({:?})",
+                self.config.connect_timeout
             )),
         }
     }
@@ -332,8 +349,8 @@ impl Inner {
         }
     }
 
-    /// Turns a command result into the call's outcome, recording failures and deciding
-    /// whether the connection must be rebuilt.
+    /// Turns a command result into the call's outcome, recording failures and opening
+    /// the breaker when the connection cannot be trusted any more.
     fn settle<T>(
         &self,
         conn: &Arc<MultiplexedConnection>,
@@ -344,31 +361,34 @@ impl Inner {
                 if self.timeouts_in_a_row.load(Ordering::Relaxed) != 0 {
                     self.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 }
-                if self.outage.down.load(Ordering::Relaxed) {
-                    self.outage.came_back(&self.url);
-                }
                 Ok(value)
             }
             Err(error) => {
                 self.outage.count_degraded();
-                let text = self.describe(&error);
                 if error.is_timeout() {
                     let in_a_row = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-                    if in_a_row >= TIMEOUTS_BEFORE_RECONNECT {
-                        self.drop_connection(conn, format!("{in_a_row} timeouts in a row: {text}"));
+                    if in_a_row >= self.config.failure_threshold {
+                        let reason = format!(
+                            "{in_a_row} calls in a row got no reply within {:?}",
+                            self.config.response_timeout
+                        );
+                        self.open_breaker(conn, reason);
                     }
-                } else if must_reconnect(&error) {
-                    self.drop_connection(conn, text);
+                    return Err(Unavailable::Timeout);
+                }
+                let text = self.describe(&error);
+                if must_reconnect(&error) {
+                    self.open_breaker(conn, text);
                 } else {
                     self.outage.refused(&self.url, text);
                 }
-                Err(Unavailable)
+                Err(Unavailable::Failed)
             }
         }
     }
 
     /// Forgets `conn` (unless it was already replaced) and wakes the supervisor.
-    fn drop_connection(&self, conn: &Arc<MultiplexedConnection>, reason: String) {
+    fn open_breaker(&self, conn: &Arc<MultiplexedConnection>, reason: String) {
         let previous = self.conn.compare_and_swap(conn, None);
         if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, conn)) {
             self.timeouts_in_a_row.store(0, Ordering::Relaxed);
@@ -391,10 +411,19 @@ fn must_reconnect(error: &RedisError) -> bool {
         )
 }
 
-/// Keeps a connection up: sleeps while there is one, reconnects with capped exponential
-/// backoff while there is none.
+/// Between half and all of `wait`, so many instances do not reconnect in lockstep.
+fn jittered(wait: Duration) -> Duration {
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = wait / 2;
+    half + Duration::from_nanos(random % (half.as_nanos() as u64).max(1))
+}
+
+/// Keeps a connection up: sleeps while the breaker is closed, reconnects with capped
+/// exponential backoff while it is open.
 async fn supervise(inner: Arc<Inner>) {
-    let (first, longest) = inner.backoff;
+    let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
     let mut backoff = first;
     loop {
         if inner.conn.load().is_some() {
@@ -410,10 +439,29 @@ async fn supervise(inner: Arc<Inner>) {
             }
             Err(error) => {
                 inner.outage.went_down(&inner.url, error);
-                inner.outage.still_down(&inner.url);
-                tokio::time::sleep(backoff).await;
+                inner
+                    .outage
+                    .still_down(&inner.url, inner.config.summary_interval);
+                tokio::time::sleep(jittered(backoff)).await;
                 backoff = (backoff * 2).min(longest);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_and_all_of_the_wait() {
+        for _ in 0..1000 {
+            let j = jittered(Duration::from_millis(100));
+            assert!(
+                j >= Duration::from_millis(50) && j <= Duration::from_millis(100),
+                "{j:?}"
+            );
+        }
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 }
