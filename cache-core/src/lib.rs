@@ -35,7 +35,7 @@ pub use stats::CacheStats;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::manager::ManagerCore;
-    pub use crate::registry::check_namespaces;
+    pub use crate::registry::{Message, namespace_collision};
     pub use std::sync::OnceLock;
     pub use std::time::Duration;
     pub use std::vec::Vec;

@@ -8,14 +8,15 @@ pub(crate) const fn namespaces_collide(a: &str, b: &str) -> bool {
         || is_colon_prefix(short.as_bytes(), long.as_bytes())
 }
 
-/// Panics (at compile time, inside a `const`) when two registered caches have the same
-/// namespace, or one namespace is a `:`-prefix of another: `user` and `user:profile` could
-/// both own the Redis key `user:profile:1`.
+/// The first pair of registered caches whose keys could collide, as a message for
+/// `cache_registry!` to panic with inside a `const` (a compile error): equal namespaces,
+/// or one a `:`-prefix of the other (`user` and `user:profile` could both own the Redis
+/// key `user:profile:1`).
 ///
 /// `caches` pairs each registry field with its namespace. Empty namespaces belong to
 /// declarations that already failed to compile and are skipped.
 #[doc(hidden)]
-pub const fn check_namespaces(caches: &[(&str, &str)]) {
+pub const fn namespace_collision(caches: &[(&str, &str)]) -> Option<Message> {
     let mut i = 0;
     while i < caches.len() {
         let mut j = i + 1;
@@ -24,7 +25,7 @@ pub const fn check_namespaces(caches: &[(&str, &str)]) {
             let (b_field, b) = caches[j];
             if !a.is_empty() && !b.is_empty() && namespaces_collide(a, b) {
                 if bytes_eq(a.as_bytes(), b.as_bytes()) {
-                    collision(&[
+                    return Some(Message::concat(&[
                         "cache_registry!: caches `",
                         a_field,
                         "` and `",
@@ -32,14 +33,14 @@ pub const fn check_namespaces(caches: &[(&str, &str)]) {
                         "` both use namespace `",
                         a,
                         "`; their keys would overwrite each other. Give each cache its own namespace.",
-                    ]);
+                    ]));
                 }
                 let ((short_field, short), (long_field, long)) = if a.len() < b.len() {
                     (caches[i], caches[j])
                 } else {
                     (caches[j], caches[i])
                 };
-                collision(&[
+                return Some(Message::concat(&[
                     "cache_registry!: namespace `",
                     short,
                     "` (cache `",
@@ -49,11 +50,46 @@ pub const fn check_namespaces(caches: &[(&str, &str)]) {
                     "` (cache `",
                     long_field,
                     "`), so their Redis keys could collide. Rename one so neither is a prefix of the other.",
-                ]);
+                ]));
             }
             j += 1;
         }
         i += 1;
+    }
+    None
+}
+
+/// A message built at compile time (const fns cannot allocate a `String`).
+#[doc(hidden)]
+pub struct Message {
+    bytes: [u8; 1024],
+    len: usize,
+}
+
+impl Message {
+    const fn concat(parts: &[&str]) -> Self {
+        let mut bytes = [0u8; 1024];
+        let mut len = 0;
+        let mut p = 0;
+        while p < parts.len() {
+            let part = parts[p].as_bytes();
+            let mut i = 0;
+            while i < part.len() && len < bytes.len() {
+                bytes[len] = part[i];
+                len += 1;
+                i += 1;
+            }
+            p += 1;
+        }
+        Message { bytes, len }
+    }
+
+    /// The message; a generic one if truncation split a character.
+    pub const fn as_str(&self) -> &str {
+        match core::str::from_utf8(self.bytes.split_at(self.len).0) {
+            Ok(message) => message,
+            Err(_) => "cache_registry!: two caches have colliding namespaces",
+        }
     }
 }
 
@@ -86,54 +122,51 @@ const fn is_colon_prefix(short: &[u8], long: &[u8]) -> bool {
     true
 }
 
-/// Panics with the concatenation of `parts`, at most 1 KiB of it.
-const fn collision(parts: &[&str]) -> ! {
-    let mut buf = [0u8; 1024];
-    let mut len = 0;
-    let mut p = 0;
-    while p < parts.len() {
-        let bytes = parts[p].as_bytes();
-        let mut i = 0;
-        while i < bytes.len() && len < buf.len() {
-            buf[len] = bytes[i];
-            len += 1;
-            i += 1;
-        }
-        p += 1;
-    }
-    let (message, _) = buf.split_at(len);
-    match core::str::from_utf8(message) {
-        Ok(message) => panic!("{}", message),
-        Err(_) => panic!("cache_registry!: two caches have colliding namespaces"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn collision(caches: &[(&str, &str)]) -> Option<String> {
+        namespace_collision(caches).map(|m| m.as_str().to_owned())
+    }
+
     #[test]
     fn distinct_namespaces_pass() {
-        check_namespaces(&[
+        let caches = [
             ("a", "user:uuid_to_id"),
             ("b", "user:id_to_uuid"),
             ("c", "user:profile"),
             ("d", "users"),
             ("e", ""),
-        ]);
+        ];
+        assert_eq!(collision(&caches), None);
     }
 
     #[test]
-    #[should_panic(expected = "both use namespace `user`")]
     fn equal_namespaces_collide() {
-        check_namespaces(&[("a", "user"), ("b", "x"), ("c", "user")]);
+        let message = collision(&[("a", "user"), ("b", "x"), ("c", "user")]).unwrap();
+        assert!(
+            message.contains("caches `a` and `c` both use namespace `user`"),
+            "{message}"
+        );
     }
 
     #[test]
-    #[should_panic(
-        expected = "namespace `user` (cache `b`) is a `:`-prefix of `user:profile` (cache `a`)"
-    )]
     fn colon_prefixes_collide() {
-        check_namespaces(&[("a", "user:profile"), ("b", "user")]);
+        let message = collision(&[("a", "user:profile"), ("b", "user")]).unwrap();
+        assert!(
+            message.contains(
+                "namespace `user` (cache `b`) is a `:`-prefix of `user:profile` (cache `a`)"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn long_messages_are_truncated_not_broken() {
+        let long = "n".repeat(2000);
+        let message = collision(&[("a", &long), ("b", &long)]).unwrap();
+        assert!(message.starts_with("cache_registry!: caches `a` and `b`"));
+        assert_eq!(message.len(), 1024);
     }
 }

@@ -133,9 +133,14 @@ macro_rules! cache_registry {
             $( $field: $crate::TypedCache<$cache>, )*
         }
 
-        const _: () = $crate::__private::check_namespaces(&[
-            $( (::core::stringify!($field), <$cache as $crate::Cache>::NAMESPACE), )*
-        ]);
+        // Two caches whose keys could collide fail the build, naming both fields.
+        const _: () = {
+            if let ::core::option::Option::Some(message) = &$crate::__private::namespace_collision(&[
+                $( (::core::stringify!($field), <$cache as $crate::Cache>::NAMESPACE), )*
+            ]) {
+                ::core::panic!("{}", message.as_str());
+            }
+        };
 
         impl $name {
             /// Every registered cache: field, namespace, TTL, codec, fingerprint.
