@@ -1,0 +1,1059 @@
+//! Throughput and latency of the library against hand-written `redis` calls, side by side
+//! in one run, on one `redis-server` the bench starts itself.
+//!
+//! Both sides read and write the same keys and the same value bytes, and do the same work
+//! a caller needs: format the key, encode or decode the value with the cache's codec. The
+//! raw side is what a user would write by hand with `redis` 1.x: one multiplexed
+//! connection (a clone per task), with the library's default response timeout, so the
+//! timeout's cost is on both sides; a raw connection without a timeout is measured as a
+//! reference. Each scenario runs raw and library in 5 alternating rounds (raw first, then
+//! library first, ...) after a warm-up; the table shows the medians of the rounds. The
+//! machine may be shared: the output says how much CPU other processes took meanwhile.
+//!
+//! Run: `cargo bench -p cache-tests --bench throughput` (under 3 minutes).
+//! `BENCH_QUICK=1` runs a tenth of the operations (a smoke run of about 20 s).
+//!
+//! Placement: when `taskset` works and there are at least 2 CPUs, every scenario runs
+//! twice: pinned (redis-server on CPU 0, the bench on CPU 1: the client's CPU cost is
+//! isolated, but every sequential call pays a cross-CPU wake-up, which on a VM is slow and
+//! noisy) and unpinned (the scheduler may co-locate them). `BENCH_PIN=1` runs only pinned,
+//! `BENCH_PIN=0` only unpinned.
+
+use std::hint::black_box;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_manager::codec::FRAME_TAG;
+use cache_manager::{Breaker, Cache, CacheConfig, cache_registry};
+use cache_tests::RedisServer;
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Keys of every cache, all populated before the first measurement.
+const KEYS: u64 = 10_000;
+/// Keys per `mget` / entries per `mset`: the library's batch limit.
+const BATCH: u64 = 100;
+/// Rounds of each raw/library pair.
+const ROUNDS: usize = 5;
+
+/// The value of the bincode and json caches: 47 bytes in bincode with the header, about
+/// 90 in JSON, for every key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    id: u64,
+    name: String,
+    email: String,
+    score: u32,
+    active: bool,
+}
+
+impl Profile {
+    fn of(k: u64) -> Self {
+        Profile {
+            // Fixed widths: the same encoded size for every key.
+            id: 1_000_000 + k,
+            name: format!("user-{k:05}"),
+            email: format!("user{k:05}@example.com"),
+            score: 1_000 + (k % 100) as u32,
+            active: true,
+        }
+    }
+}
+
+#[derive(Cache)]
+#[cache(namespace = "bench:bincode", key = u64, value = Profile)]
+struct BincodeProfiles;
+
+#[derive(Cache)]
+#[cache(namespace = "bench:json", key = u64, value = Profile, codec = "json")]
+struct JsonProfiles;
+
+/// Session-token style: a UUID's 36-byte text.
+#[derive(Cache)]
+#[cache(namespace = "bench:string", key = u64, value = Uuid, codec = "string")]
+struct StringTokens;
+
+cache_registry! {
+    struct Caches {
+        bincode: BincodeProfiles,
+        json: JsonProfiles,
+        string: StringTokens,
+    }
+}
+
+fn token(k: u64) -> Uuid {
+    Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0000 | u128::from(k))
+}
+
+/// What both sides read and write.
+struct Data {
+    keys: Vec<u64>,
+    profiles: Vec<Profile>,
+    tokens: Vec<Uuid>,
+    fingerprint: u32,
+    ttl_secs: u64,
+}
+
+impl Data {
+    fn new() -> Self {
+        let info = Caches::CACHES
+            .iter()
+            .find(|c| c.field == "bincode")
+            .expect("the bincode cache is registered");
+        Data {
+            keys: (0..KEYS).collect(),
+            profiles: (0..KEYS).map(Profile::of).collect(),
+            tokens: (0..KEYS).map(token).collect(),
+            fingerprint: info.fingerprint,
+            ttl_secs: info.ttl.as_secs(),
+        }
+    }
+}
+
+// The raw side's codec: exactly the bytes the library's codecs write, checked against
+// what the library stored before anything is measured.
+
+fn encode_bincode(value: &Profile, fingerprint: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(FRAME_TAG);
+    out.extend_from_slice(&fingerprint.to_le_bytes());
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+        .expect("a Profile encodes");
+    out
+}
+
+fn decode_bincode(bytes: &[u8], fingerprint: u32) -> Option<Profile> {
+    let body = match bytes {
+        [FRAME_TAG, a, b, c, d, body @ ..]
+            if u32::from_le_bytes([*a, *b, *c, *d]) == fingerprint =>
+        {
+            body
+        }
+        _ => return None,
+    };
+    let (value, read) =
+        bincode::serde::decode_from_slice(body, bincode::config::standard()).ok()?;
+    (read == body.len()).then_some(value)
+}
+
+fn encode_json(value: &Profile) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a Profile encodes")
+}
+
+fn decode_json(bytes: &[u8]) -> Option<Profile> {
+    serde_json::from_slice(bytes).ok()
+}
+
+fn decode_text(bytes: &[u8]) -> Option<Uuid> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Bincode,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Get(Codec),
+    Set,
+    MGet,
+    MSet,
+}
+
+/// Who makes the calls: hand-written `redis` code, or the library.
+#[derive(Clone)]
+enum Side {
+    Raw(MultiplexedConnection),
+    Lib(Arc<Caches>),
+}
+
+/// One call; `true` when it did what was asked (a hit for reads, stored for writes).
+/// `n` picks the key (or the batch of 100 keys).
+async fn call(side: &mut Side, data: &Data, op: Op, n: u64) -> bool {
+    let k = n % KEYS;
+    let batch =
+        ((n % (KEYS / BATCH)) * BATCH) as usize..((n % (KEYS / BATCH) + 1) * BATCH) as usize;
+    match (side, op) {
+        (Side::Raw(conn), Op::Get(codec)) => {
+            let key = match codec {
+                Codec::Bincode => format!("bench:bincode:{k}"),
+                Codec::Json => format!("bench:json:{k}"),
+                Codec::Text => format!("bench:string:{k}"),
+            };
+            let bytes: Option<Vec<u8>> = match redis::cmd("GET").arg(&key).query_async(conn).await {
+                Ok(bytes) => bytes,
+                Err(_) => return false,
+            };
+            let Some(bytes) = bytes else { return false };
+            match codec {
+                Codec::Bincode => black_box(decode_bincode(&bytes, data.fingerprint)).is_some(),
+                Codec::Json => black_box(decode_json(&bytes)).is_some(),
+                Codec::Text => black_box(decode_text(&bytes)).is_some(),
+            }
+        }
+        (Side::Lib(caches), Op::Get(codec)) => match codec {
+            Codec::Bincode => black_box(caches.bincode().get(&k).await).is_some(),
+            Codec::Json => black_box(caches.json().get(&k).await).is_some(),
+            Codec::Text => black_box(caches.string().get(&k).await).is_some(),
+        },
+        (Side::Raw(conn), Op::Set) => {
+            let bytes = encode_bincode(&data.profiles[k as usize], data.fingerprint);
+            redis::cmd("SET")
+                .arg(format!("bench:bincode:{k}"))
+                .arg(&bytes)
+                .arg("EX")
+                .arg(data.ttl_secs)
+                .query_async::<()>(conn)
+                .await
+                .is_ok()
+        }
+        (Side::Lib(caches), Op::Set) => matches!(
+            caches.bincode().set(&k, &data.profiles[k as usize]).await,
+            Ok(true)
+        ),
+        (Side::Raw(conn), Op::MGet) => {
+            let keys: Vec<String> = data.keys[batch]
+                .iter()
+                .map(|k| format!("bench:bincode:{k}"))
+                .collect();
+            let values: Vec<Option<Vec<u8>>> =
+                match redis::cmd("MGET").arg(&keys).query_async(conn).await {
+                    Ok(values) => values,
+                    Err(_) => return false,
+                };
+            let decoded: Vec<Option<Profile>> = values
+                .iter()
+                .map(|v| {
+                    v.as_deref()
+                        .and_then(|b| decode_bincode(b, data.fingerprint))
+                })
+                .collect();
+            black_box(&decoded).len() == BATCH as usize && decoded.iter().all(Option::is_some)
+        }
+        (Side::Lib(caches), Op::MGet) => match caches.bincode().mget(&data.keys[batch]).await {
+            Ok(found) => {
+                black_box(&found).len() == BATCH as usize && found.values().all(Option::is_some)
+            }
+            Err(_) => false,
+        },
+        (Side::Raw(conn), Op::MSet) => {
+            let mut pipe = redis::pipe();
+            for (k, value) in data.keys[batch.clone()].iter().zip(&data.profiles[batch]) {
+                pipe.cmd("SET")
+                    .arg(format!("bench:bincode:{k}"))
+                    .arg(encode_bincode(value, data.fingerprint))
+                    .arg("EX")
+                    .arg(data.ttl_secs)
+                    .ignore();
+            }
+            pipe.query_async::<()>(conn).await.is_ok()
+        }
+        (Side::Lib(caches), Op::MSet) => matches!(
+            caches
+                .bincode()
+                .mset(data.keys[batch.clone()].iter().zip(&data.profiles[batch]))
+                .await,
+            Ok(true)
+        ),
+    }
+}
+
+/// One side's run of one scenario.
+struct Sample {
+    ops_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: u64,
+    capped: bool,
+}
+
+/// Runs `ops` calls spread over `tasks` spawned tasks, stopping early at `cap`.
+async fn run_side(
+    side: &Side,
+    data: &Arc<Data>,
+    op: Op,
+    tasks: usize,
+    ops: u64,
+    cap: Duration,
+) -> Sample {
+    let per_task = (ops / tasks as u64).max(1);
+    let started = Instant::now();
+    let deadline = started + cap;
+    let handles: Vec<_> = (0..tasks as u64)
+        .map(|task| {
+            let mut side = side.clone();
+            let data = Arc::clone(data);
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task as usize);
+                let mut failed = 0u64;
+                for j in 0..per_task {
+                    // A fixed walk over every key (4729 is prime to 10 000), offset per task.
+                    let n = task * 7_919 + j * 4_729;
+                    let t0 = Instant::now();
+                    if !call(&mut side, &data, op, n).await {
+                        failed += 1;
+                    }
+                    let t1 = Instant::now();
+                    latencies.push(t1 - t0);
+                    if t1 > deadline {
+                        break;
+                    }
+                }
+                (latencies, failed)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity((per_task * tasks as u64) as usize);
+    let mut failed = 0;
+    for handle in handles {
+        let (l, f) = handle.await.expect("a bench task panicked");
+        latencies.extend(l);
+        failed += f;
+    }
+    let wall = started.elapsed();
+    let done = latencies.len();
+    latencies.sort_unstable();
+    Sample {
+        ops_per_s: done as f64 / wall.as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        failed,
+        capped: (done as u64) < per_task * tasks as u64,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The medians of a side's rounds.
+struct Summary {
+    ops_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: u64,
+    capped: bool,
+    rounds: Vec<f64>,
+}
+
+fn summarize(samples: &[Sample]) -> Summary {
+    fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        v[v.len() / 2]
+    }
+    Summary {
+        ops_per_s: median(samples.iter().map(|s| s.ops_per_s).collect()),
+        p50: median(samples.iter().map(|s| s.p50).collect()),
+        p99: median(samples.iter().map(|s| s.p99).collect()),
+        failed: samples.iter().map(|s| s.failed).sum(),
+        capped: samples.iter().any(|s| s.capped),
+        rounds: samples.iter().map(|s| s.ops_per_s).collect(),
+    }
+}
+
+struct Row {
+    name: String,
+    raw: Summary,
+    lib: Summary,
+    /// Raw without a response timeout, when measured.
+    untimed: Option<Summary>,
+    /// Failures are what this scenario measures (Redis down).
+    expect_failures: bool,
+    /// CPU used by other processes while the rounds ran, in CPUs (1.0 = one busy core).
+    foreign_cpu: Option<f64>,
+}
+
+struct Scenario {
+    name: &'static str,
+    op: Op,
+    tasks: usize,
+    ops: u64,
+    untimed_reference: bool,
+}
+
+struct Sides {
+    raw: Side,
+    untimed: Side,
+    lib: Side,
+    server_pid: u32,
+}
+
+/// Clock ticks of CPU time: the whole machine's busy time, and the bench's and the
+/// server's, to tell how much other processes took while a scenario ran.
+struct CpuTicks {
+    at: Instant,
+    busy: u64,
+    ours: u64,
+}
+
+impl CpuTicks {
+    fn now(server_pid: u32) -> Self {
+        let busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| {
+                let line = stat.lines().next()?;
+                let fields: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|f| f.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal: all but idle and iowait.
+                Some(fields.iter().take(8).sum::<u64>() - fields.get(3)? - fields.get(4)?)
+            })
+            .unwrap_or(0);
+        CpuTicks {
+            at: Instant::now(),
+            busy,
+            ours: process_ticks("self") + process_ticks(&server_pid.to_string()),
+        }
+    }
+
+    /// CPUs other processes kept busy since `start`, on average; `None` when too short
+    /// an interval to tell with 10 ms ticks.
+    fn foreign_since(&self, start: &CpuTicks) -> Option<f64> {
+        let elapsed = (self.at - start.at).as_secs_f64();
+        if elapsed < 1.0 {
+            return None;
+        }
+        // USER_HZ is 100 on Linux.
+        let ticks = (self.busy.saturating_sub(start.busy))
+            .saturating_sub(self.ours.saturating_sub(start.ours));
+        Some(ticks as f64 / 100.0 / elapsed)
+    }
+}
+
+/// utime + stime of a process, all threads, in clock ticks.
+fn process_ticks(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which may hold spaces: state is the first,
+            // utime the 12th, stime the 13th.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// Runs a scenario's sides in alternating order, after a warm-up of each.
+async fn run_scenario(
+    sides: &Sides,
+    data: &Arc<Data>,
+    s: &Scenario,
+    flavour: &str,
+    cap: Duration,
+) -> Row {
+    let name = format!("{} [{flavour}]", s.name);
+    eprintln!("running {name} ...");
+    let mut order: Vec<(usize, &Side)> = vec![(0, &sides.raw), (1, &sides.lib)];
+    if s.untimed_reference {
+        order.push((2, &sides.untimed));
+    }
+    let warm_up = (s.ops / 10).max(100);
+    for (_, side) in &order {
+        run_side(side, data, s.op, s.tasks, warm_up, cap).await;
+    }
+    let mut samples: [Vec<Sample>; 3] = Default::default();
+    let cpu_start = CpuTicks::now(sides.server_pid);
+    for round in 0..ROUNDS {
+        // Each side goes first in turn, so drift and warm-up effects fall on both.
+        let mut this_round = order.clone();
+        this_round.rotate_left(round % order.len());
+        for (which, side) in this_round {
+            samples[which].push(run_side(side, data, s.op, s.tasks, s.ops, cap).await);
+        }
+    }
+    let foreign_cpu = CpuTicks::now(sides.server_pid).foreign_since(&cpu_start);
+    let [raw, lib, untimed] = samples;
+    Row {
+        name,
+        raw: summarize(&raw),
+        lib: summarize(&lib),
+        untimed: (!untimed.is_empty()).then(|| summarize(&untimed)),
+        expect_failures: false,
+        foreign_cpu,
+    }
+}
+
+async fn raw_connection(url: &str, response_timeout: Option<Duration>) -> MultiplexedConnection {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CacheConfig::default().connect_timeout))
+        .set_response_timeout(response_timeout);
+    redis::Client::open(url)
+        .expect("the harness URL parses")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("raw connection")
+}
+
+async fn sides(url: &str, server_pid: u32) -> Sides {
+    let caches = Arc::new(Caches::new());
+    // `connect` uses the defaults: the library's own response timeout.
+    caches.connect(url).await.expect("connect");
+    assert!(
+        caches.health().await.healthy,
+        "the library is not connected"
+    );
+    Sides {
+        raw: Side::Raw(raw_connection(url, Some(CacheConfig::default().response_timeout)).await),
+        untimed: Side::Raw(raw_connection(url, None).await),
+        lib: Side::Lib(caches),
+        server_pid,
+    }
+}
+
+fn lib_of(sides: &Sides) -> &Caches {
+    match &sides.lib {
+        Side::Lib(caches) => caches,
+        Side::Raw(_) => unreachable!(),
+    }
+}
+
+/// Writes every key of every cache through the library, then checks the raw side's
+/// encoders produce exactly the stored bytes.
+async fn populate(sides: &Sides, data: &Data, url: &str) {
+    let caches = lib_of(sides);
+    for chunk in (0..KEYS as usize).step_by(BATCH as usize) {
+        let range = chunk..chunk + BATCH as usize;
+        let keys = &data.keys[range.clone()];
+        assert!(
+            caches
+                .bincode()
+                .mset(keys.iter().zip(&data.profiles[range.clone()]))
+                .await
+                .unwrap()
+        );
+        assert!(
+            caches
+                .json()
+                .mset(keys.iter().zip(&data.profiles[range.clone()]))
+                .await
+                .unwrap()
+        );
+        assert!(
+            caches
+                .string()
+                .mset(keys.iter().zip(&data.tokens[range]))
+                .await
+                .unwrap()
+        );
+    }
+    let mut conn = raw_connection(url, None).await;
+    for k in [0, 4_242, KEYS - 1] {
+        let stored = |key: String| {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<Vec<u8>>(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("GET {key}: {e}"))
+            }
+        };
+        let profile = &data.profiles[k as usize];
+        let expected = [
+            (
+                format!("bench:bincode:{k}"),
+                encode_bincode(profile, data.fingerprint),
+            ),
+            (format!("bench:json:{k}"), encode_json(profile)),
+            (
+                format!("bench:string:{k}"),
+                data.tokens[k as usize].to_string().into_bytes(),
+            ),
+        ];
+        for (key, bytes) in expected {
+            assert_eq!(
+                stored(key.clone()).await,
+                bytes,
+                "the library stored other bytes under {key} than the bench's raw encoder \
+                 writes: its wire format changed; update the raw side of this bench"
+            );
+        }
+    }
+    let size: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    assert_eq!(size, 3 * KEYS);
+}
+
+/// Kills the server, waits for the library's breaker to open, and measures a `get` on
+/// both sides: the library degrades to `None`, the raw connection returns an error.
+async fn degraded(
+    sides: &Sides,
+    data: &Arc<Data>,
+    server: &mut RedisServer,
+    ops: u64,
+    flavour: &str,
+) -> Row {
+    server.kill();
+    let caches = lib_of(sides);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        caches.bincode().get(&0).await;
+        if caches.health().await.breaker == Breaker::Open {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the breaker did not open");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let scenario = Scenario {
+        name: "degraded get, Redis killed (breaker open)",
+        op: Op::Get(Codec::Bincode),
+        tasks: 1,
+        ops,
+        untimed_reference: false,
+    };
+    let mut row = run_scenario(sides, data, &scenario, flavour, Duration::from_secs(3)).await;
+    row.expect_failures = true;
+    row
+}
+
+struct Plan {
+    quick: bool,
+    cap: Duration,
+}
+
+impl Plan {
+    /// `full` operations, a tenth in quick mode.
+    fn ops(&self, full: u64) -> u64 {
+        if self.quick { full / 10 } else { full }
+    }
+
+    /// Unpinned, a sequential call is several times faster (no cross-CPU wake-up per
+    /// call), so it runs more of them for a comparable duration.
+    fn sequential(&self, pinned: bool) -> Vec<Scenario> {
+        let more = if pinned { 1 } else { 4 };
+        let seq = |name, op, ops| Scenario {
+            name,
+            op,
+            tasks: 1,
+            ops: self.ops(ops),
+            untimed_reference: false,
+        };
+        vec![
+            Scenario {
+                untimed_reference: true,
+                ..seq(
+                    "get, sequential, bincode",
+                    Op::Get(Codec::Bincode),
+                    5_000 * more,
+                )
+            },
+            seq("get, sequential, json", Op::Get(Codec::Json), 5_000 * more),
+            seq(
+                "get, sequential, string",
+                Op::Get(Codec::Text),
+                5_000 * more,
+            ),
+            seq("set, sequential, bincode", Op::Set, 5_000 * more),
+            seq("mget 100 keys, sequential (calls)", Op::MGet, 1_500 * more),
+            seq(
+                "mset 100 entries, sequential (calls)",
+                Op::MSet,
+                1_000 * more.min(2),
+            ),
+        ]
+    }
+
+    fn concurrent(&self) -> Vec<Scenario> {
+        let conc = |name, op, tasks, ops| Scenario {
+            name,
+            op,
+            tasks,
+            ops: self.ops(ops),
+            untimed_reference: false,
+        };
+        vec![
+            conc("get, 16 tasks", Op::Get(Codec::Bincode), 16, 60_000),
+            Scenario {
+                untimed_reference: true,
+                ..conc("get, 64 tasks", Op::Get(Codec::Bincode), 64, 120_000)
+            },
+            conc("get, 256 tasks", Op::Get(Codec::Bincode), 256, 120_000),
+            conc("set, 64 tasks", Op::Set, 64, 120_000),
+        ]
+    }
+}
+
+/// How the bench can place the server and itself on CPUs.
+enum Placement {
+    /// Only unpinned runs, for this reason.
+    Unpinned(String),
+    /// `taskset` works: the server's pid and each process's CPUs at start.
+    Pinnable {
+        server_pid: u32,
+        server_cpus: String,
+        bench_cpus: String,
+    },
+}
+
+impl Placement {
+    fn detect(want: Option<bool>, cores: usize, server_pid: u32) -> Self {
+        if want == Some(false) {
+            return Placement::Unpinned("BENCH_PIN=0".to_owned());
+        }
+        if cores < 2 {
+            return Placement::Unpinned(format!("{cores} CPU"));
+        }
+        match (affinity(server_pid), affinity(std::process::id())) {
+            (Some(server_cpus), Some(bench_cpus)) => Placement::Pinnable {
+                server_pid,
+                server_cpus,
+                bench_cpus,
+            },
+            _ => Placement::Unpinned("taskset not found or not working".to_owned()),
+        }
+    }
+
+    /// Pins the server to CPU 0 and the bench to CPU 1, or gives both back their CPUs.
+    fn apply(&self, pinned: bool) {
+        if let Placement::Pinnable {
+            server_pid,
+            server_cpus,
+            bench_cpus,
+        } = self
+        {
+            let (server, bench) = if pinned {
+                ("0", "1")
+            } else {
+                (server_cpus.as_str(), bench_cpus.as_str())
+            };
+            // Threads the bench starts later inherit the main thread's CPUs.
+            for (pid, cpus) in [(*server_pid, server), (std::process::id(), bench)] {
+                let out = Command::new("taskset")
+                    .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+                    .output()
+                    .expect("run taskset");
+                assert!(
+                    out.status.success(),
+                    "taskset -a -p -c {cpus} {pid}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+    }
+}
+
+/// The CPU list a process may run on (`taskset -c -p`), e.g. `0,1`.
+fn affinity(pid: u32) -> Option<String> {
+    let out = command_output("taskset", &["-c", "-p", &pid.to_string()])?;
+    Some(out.rsplit_once(": ")?.1.trim().to_owned())
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The version of a dependency as the workspace's `Cargo.lock` pins it.
+fn locked_version(krate: &str) -> String {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+        .unwrap_or_default();
+    let header = format!("name = \"{krate}\"\nversion = \"");
+    lock.find(&header)
+        .and_then(|at| lock[at + header.len()..].split('"').next())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+fn info_field(info: &str, field: &str) -> String {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or("?")
+        .trim()
+        .to_owned()
+}
+
+fn show(d: Duration) -> String {
+    if d < Duration::from_micros(10) {
+        format!("{} ns", d.as_nanos())
+    } else if d < Duration::from_millis(10) {
+        format!("{:.1} µs", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+fn rate(ops_per_s: f64) -> String {
+    if ops_per_s >= 1e6 {
+        format!("{:.2} M", ops_per_s / 1e6)
+    } else if ops_per_s >= 1e3 {
+        format!("{:.1} k", ops_per_s / 1e3)
+    } else {
+        format!("{ops_per_s:.0}")
+    }
+}
+
+fn runtime(flavour: &str) -> tokio::runtime::Runtime {
+    match flavour {
+        "ct" => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime")
+}
+
+fn main() {
+    let started = Instant::now();
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let plan = Plan {
+        quick,
+        cap: Duration::from_secs(if quick { 5 } else { 20 }),
+    };
+    let want_pin = match std::env::var("BENCH_PIN").as_deref() {
+        Ok("0") => Some(false),
+        Ok("1") => Some(true),
+        _ => None,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                Some(
+                    l.strip_prefix("model name")?
+                        .split_once(':')?
+                        .1
+                        .trim()
+                        .to_owned(),
+                )
+            })
+        })
+        .unwrap_or_else(|| "?".to_owned());
+
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_else(|| "?".to_owned())
+    };
+    let load_at_start = loadavg();
+    let mut server = RedisServer::new();
+    let url = server.url();
+    let data = Arc::new(Data::new());
+
+    // Server facts, and its pid for pinning, from the server itself.
+    let info = runtime("ct").block_on(async {
+        let mut conn = raw_connection(&url, None).await;
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut conn)
+            .await
+            .expect("INFO server")
+    });
+    let server_pid = info_field(&info, "process_id").parse().unwrap_or(0);
+    let placement = Placement::detect(want_pin, cores, server_pid);
+    let modes: Vec<bool> = match (&placement, want_pin) {
+        (Placement::Unpinned(_), _) => vec![false],
+        (Placement::Pinnable { .. }, Some(true)) => vec![true],
+        (Placement::Pinnable { .. }, _) => vec![true, false],
+    };
+
+    let config = CacheConfig::default();
+    let mut rows = Vec::new();
+    let mut lib_stats = Vec::new();
+    let mut populated = false;
+    for &pinned in &modes {
+        placement.apply(pinned);
+        let mode = if pinned { "pinned" } else { "unpinned" };
+        // Current-thread runtime: every scenario.
+        runtime("ct").block_on(async {
+            let sides = sides(&url, server_pid).await;
+            if !populated {
+                populate(&sides, &data, &url).await;
+                populated = true;
+            }
+            for s in plan.sequential(pinned).iter().chain(&plan.concurrent()) {
+                rows.push(run_scenario(&sides, &data, s, &format!("ct, {mode}"), plan.cap).await);
+            }
+            lib_stats.push((format!("ct, {mode}"), lib_of(&sides).stats()));
+        });
+        // Multi-thread runtime, 2 workers: sequential get and the concurrent scenarios.
+        runtime("mt").block_on(async {
+            let sides = sides(&url, server_pid).await;
+            let sequential = plan.sequential(pinned);
+            for s in sequential.iter().take(1).chain(&plan.concurrent()) {
+                rows.push(run_scenario(&sides, &data, s, &format!("mt, {mode}"), plan.cap).await);
+            }
+            lib_stats.push((format!("mt, {mode}"), lib_of(&sides).stats()));
+        });
+    }
+    // Last, as it kills the server.
+    let last_mode = if modes.last() == Some(&true) {
+        "pinned"
+    } else {
+        "unpinned"
+    };
+    runtime("ct").block_on(async {
+        let sides = sides(&url, server_pid).await;
+        let flavour = format!("ct, {last_mode}");
+        rows.push(degraded(&sides, &data, &mut server, plan.ops(30_000), &flavour).await);
+    });
+
+    let bincode_len = encode_bincode(&data.profiles[0], data.fingerprint).len();
+    let json_len = encode_json(&data.profiles[0]).len();
+    println!();
+    println!(
+        "command: {}cargo bench -p cache-tests --bench throughput{}",
+        if plan.quick { "BENCH_QUICK=1 " } else { "" },
+        if plan.quick {
+            "   (quick: a tenth of the operations)"
+        } else {
+            ""
+        }
+    );
+    let placement_text = match &placement {
+        Placement::Unpinned(why) => format!("unpinned only ({why})"),
+        Placement::Pinnable {
+            server_cpus,
+            bench_cpus,
+            ..
+        } => format!(
+            "{}; pinned = redis-server (all threads) on CPU 0, bench (all threads) on CPU 1; \
+             unpinned = redis-server on CPUs {server_cpus}, bench on CPUs {bench_cpus}",
+            if modes.len() == 2 {
+                "both modes"
+            } else {
+                "pinned only (BENCH_PIN=1)"
+            }
+        ),
+    };
+    println!(
+        "machine: {cores} CPUs ({cpu_model}), 1-min load average {load_at_start} at start and {} at end; \
+         placement: {placement_text}",
+        loadavg()
+    );
+    println!(
+        "redis-server {} on loopback (persistence off); redis crate {}, tokio {}, {}",
+        info_field(&info, "redis_version"),
+        locked_version("redis"),
+        locked_version("tokio"),
+        command_output("rustc", &["--version"]).unwrap_or_else(|| "rustc ?".to_owned()),
+    );
+    println!(
+        "runtimes: [ct] tokio current_thread; [mt] tokio multi_thread with 2 workers. \
+         Every call runs in a spawned task (one per concurrent caller)."
+    );
+    println!(
+        "raw = hand-written redis calls: one MultiplexedConnection (a clone per task), response timeout {:?} \
+         like the library's default, key formatted and value encoded/decoded with the same codec per call",
+        config.response_timeout
+    );
+    println!(
+        "data: {KEYS} keys per cache, all hits; values: bincode {bincode_len} B, json {json_len} B, \
+         string 36 B (UUID text); {ROUNDS} alternating rounds after a warm-up, medians shown"
+    );
+    println!();
+    println!(
+        "| scenario | raw ops/s | lib ops/s | lib/raw | raw p50 | lib p50 | raw p99 | lib p99 |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in &rows {
+        let mark = if row.raw.capped || row.lib.capped {
+            " (time-capped)"
+        } else {
+            ""
+        };
+        println!(
+            "| {}{mark} | {} | {} | {:.2} | {} | {} | {} | {} |",
+            row.name,
+            rate(row.raw.ops_per_s),
+            rate(row.lib.ops_per_s),
+            row.lib.ops_per_s / row.raw.ops_per_s,
+            show(row.raw.p50),
+            show(row.lib.p50),
+            show(row.raw.p99),
+            show(row.lib.p99),
+        );
+    }
+    println!();
+    println!("reference, raw without any response timeout (same rounds):");
+    for row in &rows {
+        if let Some(untimed) = &row.untimed {
+            println!(
+                "  {}: {} ops/s, p50 {}, p99 {}; raw with {:?} timeout / without: {:.2}; lib / raw without: {:.2}",
+                row.name,
+                rate(untimed.ops_per_s),
+                show(untimed.p50),
+                show(untimed.p99),
+                config.response_timeout,
+                row.raw.ops_per_s / untimed.ops_per_s,
+                row.lib.ops_per_s / untimed.ops_per_s,
+            );
+        }
+    }
+    println!();
+    println!("ops/s of each round (raw | lib), and the CPU other processes used meanwhile:");
+    for row in &rows {
+        let list = |s: &Summary| {
+            s.rounds
+                .iter()
+                .map(|r| rate(*r))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let others = row
+            .foreign_cpu
+            .map_or("? (too short to tell)".to_owned(), |cpu| {
+                format!("{:.0}% of a CPU", cpu * 100.0)
+            });
+        println!(
+            "  {}: {} | {}; others {others}",
+            row.name,
+            list(&row.raw),
+            list(&row.lib),
+        );
+    }
+    println!();
+    for row in &rows {
+        if row.expect_failures {
+            println!(
+                "{}: every call fails on both sides, by design: raw got {} errors (no reconnect), lib {} misses (None)",
+                row.name, row.raw.failed, row.lib.failed
+            );
+        } else if row.raw.failed + row.lib.failed > 0 {
+            println!(
+                "WARNING {}: {} raw and {} library calls failed (miss, error or timeout): their figures are not comparable",
+                row.name, row.raw.failed, row.lib.failed
+            );
+        }
+    }
+    let noisy: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.foreign_cpu.is_some_and(|cpu| cpu > 0.15))
+        .map(|r| r.name.as_str())
+        .collect();
+    if !noisy.is_empty() {
+        println!(
+            "WARNING other processes used over 15% of a CPU during: {}; their figures are noisier",
+            noisy.join("; ")
+        );
+    }
+    for (flavour, stats) in &lib_stats {
+        for s in stats {
+            if s.degraded > 0 || s.misses > 0 {
+                println!(
+                    "WARNING [{flavour}] library cache `{}`: {} misses, {} degraded calls of which {} timeouts",
+                    s.field, s.misses, s.degraded, s.timeouts
+                );
+            }
+        }
+    }
+    println!("total time: {:.0} s", started.elapsed().as_secs_f64());
+}
