@@ -12,6 +12,7 @@ use crate::cache::{Cache, MAX_BATCH};
 use crate::codec::{decode_entry, encode_entry};
 use crate::error::{CacheError, CodecError};
 use crate::key::CacheKey;
+use crate::load::Flights;
 use crate::manager::Shared;
 use crate::stats::{CacheStats, Counters};
 
@@ -27,6 +28,7 @@ pub struct TypedCache<C: Cache> {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     field: &'static str,
+    flights: Flights<C::Key, C::Value>,
     _cache: PhantomData<fn() -> C>,
 }
 
@@ -45,8 +47,13 @@ impl<C: Cache> TypedCache<C> {
             shared,
             counters,
             field,
+            flights: Flights::default(),
             _cache: PhantomData,
         }
+    }
+
+    pub(crate) fn flights(&self) -> &Flights<C::Key, C::Value> {
+        &self.flights
     }
 
     /// This cache's counters: hits, misses, degraded calls, timeouts, corrupt entries.

@@ -18,6 +18,7 @@ mod error;
 mod handle;
 mod health;
 mod key;
+mod load;
 mod manager;
 mod registry;
 mod stats;
