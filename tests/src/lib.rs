@@ -406,6 +406,15 @@ pub struct LogCapture {
 impl LogCapture {
     /// Starts capturing every level, without colours, until dropped.
     pub fn start() -> Self {
+        // tracing caches per call site whether any subscriber is interested. While a
+        // capture is the only subscriber alive, a call site first hit on another test's
+        // thread (no subscriber there) would be cached as "never", losing events here. A
+        // second, process-wide dispatcher kept alive makes tracing ask each thread's
+        // subscriber instead.
+        static KEEP_INTEREST_PER_THREAD: std::sync::OnceLock<tracing::Dispatch> =
+            std::sync::OnceLock::new();
+        KEEP_INTEREST_PER_THREAD
+            .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)

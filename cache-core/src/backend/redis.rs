@@ -31,6 +31,15 @@ use crate::health::{Breaker, Health};
 /// At most one warning per this interval for commands the server refused (e.g. OOM).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Why a connection attempt failed.
+struct ConnectFailure {
+    /// The error, password scrubbed.
+    text: String,
+    /// The server answered but refused us (authentication, permissions, database):
+    /// retrying alone will not fix it.
+    refused: bool,
+}
+
 pub(crate) struct RedisBackend {
     inner: Arc<Inner>,
     supervisor: tokio::task::JoinHandle<()>,
@@ -62,6 +71,8 @@ struct Outage {
 struct OutageState {
     since: Option<Instant>,
     last_error: Option<String>,
+    /// The reason last logged at error level during this outage.
+    logged_error: Option<String>,
     last_summary: Option<Instant>,
     last_refusal_log: Option<Instant>,
     refusals_unlogged: u64,
@@ -106,8 +117,31 @@ impl Outage {
                 error = %error,
                 "redis unavailable: cache reads miss and writes return false until it is back"
             );
+            state.logged_error = Some(error.clone());
         }
         state.last_error = Some(error);
+    }
+
+    /// A reconnection attempt failed. When the server answered but refused us (NOAUTH,
+    /// NOPERM, a wrong database), that is logged at error level at once, once per
+    /// reason: it will not fix itself, and the first line of the outage only said the
+    /// socket dropped. Plain connection failures wait for the periodic summary.
+    fn reconnect_failed(&self, url: &str, failure: ConnectFailure) {
+        self.went_down(url, failure.text.clone());
+        if !failure.refused {
+            return;
+        }
+        let mut state = self.state();
+        if state.logged_error.as_deref() != Some(failure.text.as_str()) {
+            tracing::error!(
+                backend = "redis",
+                url,
+                error = %failure.text,
+                degraded_calls = self.degraded_since_down(),
+                "redis refuses the reconnection; cache calls keep degrading until this is fixed"
+            );
+            state.logged_error = Some(failure.text);
+        }
     }
 
     /// Logs the periodic summary while down.
@@ -138,6 +172,7 @@ impl Outage {
                 .map(|s| Instant::now() - s)
                 .unwrap_or_default();
             state.last_error = None;
+            state.logged_error = None;
             tracing::info!(
                 backend = "redis",
                 url,
@@ -203,7 +238,7 @@ impl RedisBackend {
             }
             // Not an error for `connect`: the outage is logged once and the supervisor
             // keeps trying.
-            Err(error) => inner.outage.went_down(&inner.url, error),
+            Err(failure) => inner.outage.went_down(&inner.url, failure.text),
         }
         let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
         RedisBackend { inner, supervisor }
@@ -321,7 +356,7 @@ fn expiry_args(cmd: &mut redis::Cmd, ttl: Duration) {
 impl Inner {
     /// One connection attempt, closed only once the server answered a `PING`: a paused
     /// server accepts TCP connections it never serves.
-    async fn open(&self) -> Result<MultiplexedConnection, String> {
+    async fn open(&self) -> Result<MultiplexedConnection, ConnectFailure> {
         let attempt = async {
             let mut conn = self
                 .client
@@ -332,11 +367,20 @@ impl Inner {
         };
         match tokio::time::timeout(self.config.connect_timeout, attempt).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(self.describe(&e)),
-            Err(_) => Err(format!(
-                "no answer within the connect timeout ({:?})",
-                self.config.connect_timeout
-            )),
+            Ok(Err(e)) => Err(ConnectFailure {
+                text: self.describe(&e),
+                refused: !(e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()),
+            }),
+            Err(_) => Err(ConnectFailure {
+                text: format!(
+                    "no answer within the connect timeout ({:?})",
+                    self.config.connect_timeout
+                ),
+                refused: false,
+            }),
         }
     }
 
@@ -438,7 +482,7 @@ async fn supervise(inner: Arc<Inner>) {
                 backoff = first;
             }
             Err(error) => {
-                inner.outage.went_down(&inner.url, error);
+                inner.outage.reconnect_failed(&inner.url, error);
                 inner
                     .outage
                     .still_down(&inner.url, inner.config.summary_interval);
