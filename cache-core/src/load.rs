@@ -31,7 +31,10 @@ struct Landing<'a, K: std::hash::Hash + Eq, V> {
 impl<K: std::hash::Hash + Eq, V> Drop for Landing<'_, K, V> {
     fn drop(&mut self) {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights.get(self.key).is_some_and(|f| f.same_channel(&self.flight)) {
+        if flights
+            .get(self.key)
+            .is_some_and(|f| f.same_channel(&self.flight))
+        {
             flights.remove(self.key);
         }
     }
@@ -49,24 +52,7 @@ impl<C: Cache> TypedCache<C> {
     /// The cache stays a luxury: an unavailable backend is a miss, and a value that
     /// cannot be stored (backend down, or it fails to encode: logged) is still returned.
     ///
-    /// ```
-    /// # use cache_manager::{cache_registry, Cache};
-    /// # #[derive(Cache)]
-    /// # #[cache(namespace = "user:uuid_to_id", key = uuid::Uuid, value = i64)]
-    /// # struct UserUuidToIdCache;
-    /// # cache_registry! { struct Caches { uuid_to_id: UserUuidToIdCache } }
-    /// # async fn from_database(_: uuid::Uuid) -> Result<Option<i64>, std::io::Error> { Ok(Some(7)) }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), std::io::Error> {
-    /// # let caches = Caches::new();
-    /// # caches.connect("memory://").await.unwrap();
-    /// let uuid = uuid::Uuid::new_v4();
-    /// let id = caches.uuid_to_id().get_or_load(&uuid, || from_database(uuid)).await?;
-    /// assert_eq!(id, Some(7));
-    /// assert_eq!(caches.uuid_to_id().get(&uuid).await, Some(7));
-    /// # Ok(())
-    /// # }
-    /// ```
+    /// See the `cache_manager` crate documentation for an example.
     pub async fn get_or_load<F, Fut, E>(&self, key: &C::Key, load: F) -> Result<Option<C::Value>, E>
     where
         C::Value: Clone,
@@ -103,7 +89,9 @@ impl<C: Cache> TypedCache<C> {
                         key,
                         flight,
                     };
-                    let load = load.take().expect("a caller leads at most once: leading returns");
+                    let load = load
+                        .take()
+                        .expect("a caller leads at most once: leading returns");
                     let loaded = load().await?;
                     if let Some(value) = &loaded {
                         self.store_loaded(key, value).await;
@@ -122,7 +110,11 @@ impl<C: Cache> TypedCache<C> {
     /// [`MAX_BATCH`] entries. The map holds the keys that were found, in the cache or by
     /// the loader. A loader error is returned and nothing it produced is cached. There
     /// is no single flight across batch calls.
-    pub async fn get_many_or_load<F, Fut, E>(&self, keys: &[C::Key], load: F) -> Result<HashMap<C::Key, C::Value>, E>
+    pub async fn get_many_or_load<F, Fut, E>(
+        &self,
+        keys: &[C::Key],
+        load: F,
+    ) -> Result<HashMap<C::Key, C::Value>, E>
     where
         F: FnOnce(Vec<C::Key>) -> Fut,
         Fut: Future<Output = Result<HashMap<C::Key, C::Value>, E>>,
@@ -176,5 +168,221 @@ impl<C: Cache> TypedCache<C> {
                 "a loaded value could not be cached; it is returned uncached"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use crate::cache::{Cache, CacheInfo, MAX_BATCH};
+    use crate::codec;
+    use crate::manager::ManagerCore;
+
+    enum Names {}
+    impl Cache for Names {
+        type Key = u32;
+        type Value = String;
+        type Codec = codec::Bincode;
+        const NAMESPACE: &'static str = "names";
+        const TTL: Duration = Duration::from_secs(60);
+        const VERSION: u32 = 0;
+        const FINGERPRINT: u32 = 1;
+    }
+
+    static CACHES: &[CacheInfo] = &[];
+
+    async fn memory() -> Arc<ManagerCore> {
+        let core = ManagerCore::new(CACHES);
+        core.connect("memory://").await.unwrap();
+        Arc::new(core)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_run_the_loader_once() {
+        let core = memory().await;
+        let cache = Arc::new(core.cache::<Names>("names"));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(tokio::sync::Barrier::new(32));
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let (cache, loads, barrier) = (cache.clone(), loads.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    cache
+                        .get_or_load(&7, || async {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok::<_, std::convert::Infallible>(Some("seven".to_owned()))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), Some("seven".to_owned()));
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "the loader ran more than once"
+        );
+        assert_eq!(
+            cache.get(&7).await,
+            Some("seven".to_owned()),
+            "the loaded value is cached"
+        );
+        assert!(
+            cache.flights().lock().unwrap().is_empty(),
+            "the flight was not removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_loader_error_is_returned_and_nothing_is_cached() {
+        let core = memory().await;
+        let cache = core.cache::<Names>("names");
+        let err = cache
+            .get_or_load(&1, || async { Err::<Option<String>, _>("database down") })
+            .await;
+        assert_eq!(err, Err("database down"));
+        assert_eq!(cache.get(&1).await, None);
+        let found = cache.get_or_load(&1, || async { Ok::<_, ()>(None) }).await;
+        assert_eq!(found, Ok(None));
+        assert_eq!(
+            cache.get(&1).await,
+            None,
+            "a key the loader did not find is not cached"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiters_on_a_failed_load_run_their_own() {
+        let core = memory().await;
+        let cache = Arc::new(core.cache::<Names>("names"));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let leader = {
+            let (cache, started) = (cache.clone(), started.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&3, || async move {
+                        started.notify_one();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err::<Option<String>, _>("leader failed")
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        let follower = cache.get_or_load(&3, || async { Ok::<_, &str>(Some("three".to_owned())) });
+        assert_eq!(follower.await, Ok(Some("three".to_owned())));
+        assert_eq!(leader.await.unwrap(), Err("leader failed"));
+        assert_eq!(cache.get(&3).await, Some("three".to_owned()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_leader_does_not_strand_its_waiters() {
+        let core = memory().await;
+        let cache = Arc::new(core.cache::<Names>("names"));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let leader = {
+            let (cache, started) = (cache.clone(), started.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&4, || async move {
+                        started.notify_one();
+                        std::future::pending::<Result<Option<String>, ()>>().await
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        let follower = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&4, || async { Ok::<_, ()>(Some("four".to_owned())) })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        leader.abort();
+        let got = tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .expect("the waiter was stranded");
+        assert_eq!(got.unwrap(), Ok(Some("four".to_owned())));
+    }
+
+    #[tokio::test]
+    async fn loading_works_without_a_backend() {
+        let core = ManagerCore::new(CACHES); // never connected
+        let cache = core.cache::<Names>("names");
+        let loads = AtomicUsize::new(0);
+        for _ in 0..2 {
+            let got = cache
+                .get_or_load(&5, || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, ()>(Some("five".to_owned()))
+                })
+                .await;
+            assert_eq!(got, Ok(Some("five".to_owned())));
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            2,
+            "with no cache, every call loads"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_batch_form_loads_every_miss_with_one_call() {
+        let core = memory().await;
+        let cache = core.cache::<Names>("names");
+        let warm: HashMap<u32, String> = (0..50).map(|k| (k, format!("n{k}"))).collect();
+        cache.mset(&warm).await.unwrap();
+        let keys: Vec<u32> = (0..250).chain(0..10).collect(); // duplicates on purpose
+        let calls = AtomicUsize::new(0);
+        let got = cache
+            .get_many_or_load(&keys, |missing| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(missing.len(), 200, "each missing key once");
+                assert!(missing.iter().all(|k| *k >= 50));
+                // The database knows only even keys.
+                let found = missing
+                    .into_iter()
+                    .filter(|k| k % 2 == 0)
+                    .map(|k| (k, format!("n{k}")))
+                    .collect();
+                async move { Ok::<_, ()>(found) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(got.len(), 50 + 100);
+        assert_eq!(got[&200], "n200");
+        assert!(!got.contains_key(&201));
+        // Loaded values were stored in chunks within the batch limit.
+        let again = cache.mget(&(150..250).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!(again.values().filter(|v| v.is_some()).count(), 50);
+        assert!(MAX_BATCH < 200, "the test must exceed one batch");
+    }
+
+    #[tokio::test]
+    async fn the_batch_form_returns_a_loader_error_and_caches_nothing() {
+        let core = memory().await;
+        let cache = core.cache::<Names>("names");
+        let got = cache
+            .get_many_or_load(&[1, 2], |_| async {
+                Err::<HashMap<u32, String>, _>("boom")
+            })
+            .await;
+        assert_eq!(got, Err("boom"));
+        assert_eq!(
+            cache.mget(&[1, 2]).await.unwrap(),
+            HashMap::from([(1, None), (2, None)])
+        );
     }
 }
