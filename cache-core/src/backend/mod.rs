@@ -4,6 +4,7 @@
 //! errors to callers: a failure is recorded (and logged, without flooding) by the backend
 //! and surfaces as [`Unavailable`], which handles turn into a miss or `Ok(false)`.
 
+mod coalesce;
 pub(crate) mod memory;
 pub(crate) mod redis;
 

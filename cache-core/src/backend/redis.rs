@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Unavailable;
+use super::coalesce::{self, Coalescer};
 use crate::config::{CacheConfig, RedisSettings, Secret};
 use crate::health::{Breaker, Health};
 
@@ -43,6 +44,7 @@ struct ConnectFailure {
 pub(crate) struct RedisBackend {
     inner: Arc<Inner>,
     supervisor: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
 }
 
 struct Inner {
@@ -56,6 +58,7 @@ struct Inner {
     wake: Notify,
     timeouts_in_a_row: AtomicU32,
     outage: Outage,
+    coalescer: Coalescer,
 }
 
 /// Keeps logging to one line per transition: down, a summary per interval while down,
@@ -209,6 +212,7 @@ impl Outage {
 impl Drop for RedisBackend {
     fn drop(&mut self) {
         self.supervisor.abort();
+        self.dispatcher.abort();
     }
 }
 
@@ -230,6 +234,7 @@ impl RedisBackend {
             wake: Notify::new(),
             timeouts_in_a_row: AtomicU32::new(0),
             outage: Outage::new(),
+            coalescer: Coalescer::default(),
         });
         match inner.open().await {
             Ok(conn) => {
@@ -241,7 +246,25 @@ impl RedisBackend {
             Err(failure) => inner.outage.went_down(&inner.url, failure.text),
         }
         let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
-        RedisBackend { inner, supervisor }
+        let dispatcher = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move {
+                let mget = |keys: Vec<String>, _: Duration| {
+                    let inner = &inner;
+                    async move {
+                        let conn = inner.conn.load_full().ok_or(Unavailable::Down)?;
+                        let result = redis::cmd("MGET").arg(&keys).query_async(&mut (*conn).clone()).await;
+                        inner.settle(&conn, result)
+                    }
+                };
+                coalesce::dispatch(&inner.coalescer, mget).await;
+            }
+        });
+        RedisBackend {
+            inner,
+            supervisor,
+            dispatcher,
+        }
     }
 
     /// The connection, or `Down` at once while the breaker is open.
@@ -258,8 +281,16 @@ impl RedisBackend {
         self.inner.settle(&conn, result)
     }
 
+    /// A plain `GET` under low load; under load, the key joins the next `MGET`.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
-        self.query(redis::cmd("GET").arg(key)).await
+        let conn = self.connection()?;
+        let (_in_progress, coalesce) = self.inner.coalescer.begin();
+        if !coalesce {
+            let result = redis::cmd("GET").arg(key).query_async(&mut (*conn).clone()).await;
+            return self.inner.settle(&conn, result);
+        }
+        drop(conn);
+        self.inner.coalescer.get(key, self.inner.config.response_timeout).await
     }
 
     pub(crate) async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
