@@ -57,7 +57,13 @@ async fn concurrent_reads(caches: &Arc<Caches>, tasks: u64, rounds: u64, keys: u
 async fn populate(caches: &Caches, keys: u64) {
     for chunk in (0..keys).collect::<Vec<_>>().chunks(100) {
         let entries: Vec<(u64, String)> = chunk.iter().map(|k| (*k, value_of(*k))).collect();
-        assert!(caches.items().mset(entries.iter().map(|(k, v)| (k, v))).await.unwrap());
+        assert!(
+            caches
+                .items()
+                .mset(entries.iter().map(|(k, v)| (k, v)))
+                .await
+                .unwrap()
+        );
     }
 }
 
@@ -76,7 +82,10 @@ async fn concurrent_gets_are_coalesced_into_mgets_and_each_gets_its_own_value() 
     let gets = calls.get("get").copied().unwrap_or(0);
     let mgets = calls.get("mget").copied().unwrap_or(0);
     assert!(mgets > 0, "no MGET under 64 concurrent readers: {calls:?}");
-    assert!(gets + mgets < 64 * 200, "nothing was coalesced: {gets} GETs + {mgets} MGETs");
+    assert!(
+        gets + mgets < 64 * 200,
+        "nothing was coalesced: {gets} GETs + {mgets} MGETs"
+    );
     assert_eq!(caches.items().stats().hits, 64 * 200);
 }
 
@@ -92,7 +101,11 @@ async fn a_lone_get_is_a_plain_get() {
     }
     let calls = wire::command_calls(&raw).await;
     assert_eq!(calls.get("get"), Some(&10), "{calls:?}");
-    assert_eq!(calls.get("mget"), None, "a lone call waited for a batch: {calls:?}");
+    assert_eq!(
+        calls.get("mget"),
+        None,
+        "a lone call waited for a batch: {calls:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,9 +138,15 @@ async fn corrupt_entries_read_through_a_coalesced_mget_are_evicted() {
     for handle in handles {
         handle.await.expect("a reader task panicked");
     }
-    assert!(wire::command_calls(&raw).await.contains_key("mget"), "the reads were not coalesced");
+    assert!(
+        wire::command_calls(&raw).await.contains_key("mget"),
+        "the reads were not coalesced"
+    );
     for key in (0..200u64).step_by(10) {
-        assert!(!wire::exists(&raw, &format!("coalesce:item:{key}")).await, "corrupt key {key} survived");
+        assert!(
+            !wire::exists(&raw, &format!("coalesce:item:{key}")).await,
+            "corrupt key {key} survived"
+        );
     }
     assert!(caches.items().stats().corrupt_evicted >= 1);
 }
@@ -155,7 +174,10 @@ async fn coalesced_gets_keep_their_deadline_against_a_paused_server() {
         let (got, took) = handle.await.expect("a reader task panicked");
         assert_eq!(got, None);
         // Generous: the deadline is 100 ms; this only proves nobody waits unbounded.
-        assert!(took < Duration::from_secs(1), "a coalesced get took {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "a coalesced get took {took:?}"
+        );
     }
     server.resume();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -74,7 +74,10 @@ impl Coalescer {
             deadline: Instant::now() + timeout,
             reply,
         };
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back(waiting);
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(waiting);
         if !self.woken.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
@@ -134,7 +137,8 @@ where
     Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, Unavailable>>,
 {
     let now = Instant::now();
-    let (live, expired): (Vec<Waiting>, Vec<Waiting>) = batch.into_iter().partition(|w| w.deadline > now);
+    let (live, expired): (Vec<Waiting>, Vec<Waiting>) =
+        batch.into_iter().partition(|w| w.deadline > now);
     for waiting in expired {
         let _ = waiting.reply.send(Err(Unavailable::Timeout));
     }
