@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::codec::Codec;
 use crate::key::CacheKey;
+use crate::local::LocalLevel;
 
 /// The most keys a single `mget`, or entries a single `mset`, may carry.
 pub const MAX_BATCH: usize = 100;
@@ -30,6 +31,9 @@ pub trait Cache: 'static {
     type Value: Send + Sync + 'static;
     /// How values are stored.
     type Codec: Codec<Self::Value>;
+    /// The in-process first level: `NoLocal`, or `Moka` with `#[cache(local = N)]`.
+    #[doc(hidden)]
+    type Local: LocalLevel<Self::Value>;
 
     /// The namespace, the prefix of every Redis key of this cache.
     const NAMESPACE: &'static str;
@@ -39,6 +43,10 @@ pub trait Cache: 'static {
     const VERSION: u32;
     /// Fingerprint of the value type's definition and version, stored in framed entries.
     const FINGERPRINT: u32;
+    /// Entries the in-process first level holds at most (0: no first level).
+    const LOCAL_CAPACITY: u64 = 0;
+    /// How long the first level keeps an entry; never longer than [`TTL`](Self::TTL).
+    const LOCAL_TTL: Duration = Self::TTL;
 }
 
 /// One registered cache, as an operator sees it: field, namespace, TTL, codec.

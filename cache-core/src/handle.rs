@@ -12,6 +12,8 @@ use crate::cache::{Cache, MAX_BATCH};
 use crate::codec::{decode_entry, encode_entry};
 use crate::error::{CacheError, CodecError};
 use crate::key::CacheKey;
+use crate::load::Flights;
+use crate::local::{Invalidate as _, LocalLevel as _};
 use crate::manager::Shared;
 use crate::stats::{CacheStats, Counters};
 
@@ -27,6 +29,8 @@ pub struct TypedCache<C: Cache> {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     field: &'static str,
+    flights: Flights<C::Key, C::Value>,
+    local: Option<Arc<C::Local>>,
     _cache: PhantomData<fn() -> C>,
 }
 
@@ -40,13 +44,35 @@ impl<C: Cache> fmt::Debug for TypedCache<C> {
 }
 
 impl<C: Cache> TypedCache<C> {
-    pub(crate) fn new(shared: Arc<Shared>, field: &'static str, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        field: &'static str,
+        counters: Arc<Counters>,
+        local: Option<Arc<C::Local>>,
+    ) -> Self {
         TypedCache {
             shared,
             counters,
             field,
+            flights: Flights::default(),
+            local,
             _cache: PhantomData,
         }
+    }
+
+    /// The first level, when this cache has one and it may be read now.
+    fn local(&self) -> Option<&C::Local> {
+        let local = self.local.as_deref()?;
+        self.shared.locals.coherent().then_some(local)
+    }
+
+    /// Whether writes must tell other instances to drop their copies.
+    fn announce(&self) -> bool {
+        self.local.is_some()
+    }
+
+    pub(crate) fn flights(&self) -> &Flights<C::Key, C::Value> {
+        &self.flights
     }
 
     /// This cache's counters: hits, misses, degraded calls, timeouts, corrupt entries.
@@ -78,8 +104,14 @@ impl<C: Cache> TypedCache<C> {
     /// `None` on a miss, while the backend is unavailable, and for a corrupt entry (bytes
     /// that do not decode as `C::Value`), which is logged at error level and deleted.
     pub async fn get(&self, key: &C::Key) -> Option<C::Value> {
-        let backend = self.shared.backend();
         let redis_key = self.redis_key(key);
+        let local = self.local();
+        if let Some(value) = local.and_then(|l| l.get(&redis_key)) {
+            self.counters.hits(1);
+            return Some(value);
+        }
+        let generation = local.map(|l| l.generation());
+        let backend = self.shared.backend();
         let bytes = match backend.get(&redis_key).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
@@ -94,6 +126,9 @@ impl<C: Cache> TypedCache<C> {
         match decode_entry::<C::Value, C::Codec>(&bytes, C::FINGERPRINT) {
             Ok(value) => {
                 self.counters.hits(1);
+                if let (Some(local), Some(generation)) = (local, generation) {
+                    local.insert_if_current(redis_key, &value, generation);
+                }
                 Some(value)
             }
             Err(error) => {
@@ -147,8 +182,10 @@ impl<C: Cache> TypedCache<C> {
         ttl: Duration,
     ) -> Result<bool, CacheError> {
         let bytes = self.encode(value)?;
+        let redis_key = self.redis_key(key);
+        self.forget_locally(&redis_key);
         let backend = self.shared.backend();
-        let stored = backend.set(&self.redis_key(key), &bytes, ttl).await;
+        let stored = backend.set(&redis_key, &bytes, ttl, self.announce()).await;
         Ok(self.written(stored))
     }
 
@@ -181,27 +218,50 @@ impl<C: Cache> TypedCache<C> {
         if distinct.is_empty() {
             return Ok(out);
         }
-        let redis_keys: Vec<String> = distinct.iter().map(|k| self.redis_key(k)).collect();
+        let mut redis_keys: Vec<String> = distinct.iter().map(|k| self.redis_key(k)).collect();
+        let local = self.local();
+        let mut hits = 0;
+        if let Some(local) = local {
+            // Serve what the first level holds; fetch the rest.
+            let mut i = 0;
+            while i < distinct.len() {
+                if let Some(value) = local.get(&redis_keys[i]) {
+                    out.insert(distinct.swap_remove(i).clone(), Some(value));
+                    redis_keys.swap_remove(i);
+                    hits += 1;
+                } else {
+                    i += 1;
+                }
+            }
+            if distinct.is_empty() {
+                self.counters.hits(hits);
+                return Ok(out);
+            }
+        }
+        let generation = local.map(|l| l.generation());
         let backend = self.shared.backend();
         let values = match backend.mget(&redis_keys).await {
             Ok(values) => values,
             Err(why) => {
                 self.counters.degraded(why);
+                self.counters.hits(hits);
                 out.extend(distinct.into_iter().map(|k| (k.clone(), None)));
                 return Ok(out);
             }
         };
-        let mut hits = 0;
-        for ((key, redis_key), bytes) in distinct.into_iter().zip(&redis_keys).zip(values) {
+        for ((key, redis_key), bytes) in distinct.into_iter().zip(redis_keys).zip(values) {
             let value = match bytes {
                 None => None,
                 Some(bytes) => match decode_entry::<C::Value, C::Codec>(&bytes, C::FINGERPRINT) {
                     Ok(value) => {
                         hits += 1;
+                        if let (Some(local), Some(generation)) = (local, generation) {
+                            local.insert_if_current(redis_key, &value, generation);
+                        }
                         Some(value)
                     }
                     Err(error) => {
-                        self.evict_corrupt(&backend, redis_key, &bytes, &error)
+                        self.evict_corrupt(&backend, &redis_key, &bytes, &error)
                             .await;
                         None
                     }
@@ -249,8 +309,11 @@ impl<C: Cache> TypedCache<C> {
         if encoded.is_empty() {
             return Ok(true);
         }
+        for (redis_key, _) in &encoded {
+            self.forget_locally(redis_key);
+        }
         let backend = self.shared.backend();
-        let stored = backend.mset(&encoded, C::TTL).await;
+        let stored = backend.mset(&encoded, C::TTL, self.announce()).await;
         Ok(self.written(stored))
     }
 
@@ -258,13 +321,23 @@ impl<C: Cache> TypedCache<C> {
     ///
     /// `false` also when the backend is unavailable (logged).
     pub async fn invalidate(&self, key: &C::Key) -> bool {
+        let redis_key = self.redis_key(key);
+        self.forget_locally(&redis_key);
         let backend = self.shared.backend();
-        match backend.del(&self.redis_key(key)).await {
+        match backend.del(&redis_key, self.announce()).await {
             Ok(removed) => removed,
             Err(why) => {
                 self.counters.degraded(why);
                 false
             }
+        }
+    }
+
+    /// Drops this instance's first-level copy before a write; other instances drop
+    /// theirs when the write's announcement reaches them.
+    fn forget_locally(&self, redis_key: &str) {
+        if let Some(local) = &self.local {
+            local.remove(redis_key);
         }
     }
 
@@ -333,6 +406,7 @@ mod tests {
         type Key = i64;
         type Value = Profile;
         type Codec = codec::Bincode;
+        type Local = crate::local::NoLocal;
         const NAMESPACE: &'static str = "user:profile";
         const TTL: Duration = Duration::from_secs(600);
         const VERSION: u32 = 0;
@@ -345,6 +419,7 @@ mod tests {
         type Key = i64;
         type Value = Profile;
         type Codec = codec::Bincode;
+        type Local = crate::local::NoLocal;
         const NAMESPACE: &'static str = "user:profile";
         const TTL: Duration = Duration::from_secs(600);
         const VERSION: u32 = 2;
@@ -356,6 +431,7 @@ mod tests {
         type Key = String;
         type Value = i64;
         type Codec = codec::Text;
+        type Local = crate::local::NoLocal;
         const NAMESPACE: &'static str = "session:token";
         const TTL: Duration = Duration::from_secs(300);
         const VERSION: u32 = 0;
@@ -368,6 +444,7 @@ mod tests {
         type Key = i64;
         type Value = HashMap<Vec<u8>, i64>;
         type Codec = codec::Json;
+        type Local = crate::local::NoLocal;
         const NAMESPACE: &'static str = "bad";
         const TTL: Duration = Duration::from_secs(60);
         const VERSION: u32 = 0;
@@ -692,6 +769,7 @@ mod tests {
             type Key = String;
             type Value = String;
             type Codec = codec::Text;
+            type Local = crate::local::NoLocal;
             const NAMESPACE: &'static str = "t";
             const TTL: Duration = Duration::from_secs(1);
             const VERSION: u32 = 0;

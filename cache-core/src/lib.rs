@@ -18,6 +18,8 @@ mod error;
 mod handle;
 mod health;
 mod key;
+mod load;
+mod local;
 mod manager;
 mod registry;
 mod stats;
@@ -34,6 +36,7 @@ pub use stats::CacheStats;
 /// Items the macros expand to. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::local::{Invalidate, LocalLevel, Moka, NoLocal};
     pub use crate::manager::ManagerCore;
     pub use crate::registry::{Message, namespace_collision};
     pub use std::sync::OnceLock;

@@ -13,11 +13,13 @@ use crate::config::{self, CacheConfig, Target};
 use crate::error::CacheError;
 use crate::handle::TypedCache;
 use crate::health::Health;
+use crate::local::{LocalLevel, LocalLevels};
 use crate::stats::{CacheStats, Counters};
 
 /// What the caches of one manager share.
 pub(crate) struct Shared {
     backend: ArcSwap<Backend>,
+    pub(crate) locals: Arc<LocalLevels>,
 }
 
 impl Shared {
@@ -56,6 +58,7 @@ impl ManagerCore {
         ManagerCore {
             shared: Arc::new(Shared {
                 backend: ArcSwap::from_pointee(Backend::Disconnected),
+                locals: Arc::new(LocalLevels::new()),
             }),
             caches,
             counters: std::sync::Mutex::default(),
@@ -64,12 +67,20 @@ impl ManagerCore {
 
     /// A handle on this manager's connection for cache `C`, registered as `field`.
     pub fn cache<C: Cache>(&self, field: &'static str) -> TypedCache<C> {
+        let local = <C::Local as LocalLevel<C::Value>>::ENABLED.then(|| {
+            let level = Arc::new(<C::Local as LocalLevel<C::Value>>::new(
+                C::LOCAL_CAPACITY,
+                C::LOCAL_TTL,
+            ));
+            self.shared.locals.register(C::NAMESPACE, level.clone());
+            level
+        });
         let counters = Arc::new(Counters::default());
         self.counters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((field, C::NAMESPACE, Arc::clone(&counters)));
-        TypedCache::new(Arc::clone(&self.shared), field, counters)
+        TypedCache::new(Arc::clone(&self.shared), field, counters, local)
     }
 
     /// Every cache's counters, in registration order.
@@ -89,8 +100,11 @@ impl ManagerCore {
     /// Connects to `url` with `config`, replacing any current backend.
     pub async fn connect_with(&self, url: &str, config: &CacheConfig) -> Result<(), CacheError> {
         config.validate()?;
+        let locals = &self.shared.locals;
         let backend = match config::parse(url, config)? {
             Target::Memory => {
+                // One process, one store: nothing can change behind the first levels.
+                locals.set_coherent(true);
                 tracing::info!(
                     backend = "memory",
                     caches = self.caches.len(),
@@ -98,7 +112,11 @@ impl ManagerCore {
                 );
                 Backend::Memory(MemoryStore::default())
             }
-            Target::Redis(settings) => Backend::Redis(RedisBackend::start(*settings).await),
+            Target::Redis(settings) => {
+                // Readable again once the new connection hears invalidations.
+                locals.set_coherent(false);
+                Backend::Redis(RedisBackend::start(*settings, Arc::clone(locals)).await)
+            }
         };
         self.shared.backend.store(Arc::new(backend));
         Ok(())
@@ -107,6 +125,7 @@ impl ManagerCore {
     /// Drops the connection; cache calls degrade until the next `connect`.
     pub async fn disconnect(&self) {
         let previous = self.shared.backend.swap(Arc::new(Backend::Disconnected));
+        self.shared.locals.set_coherent(false);
         if !matches!(*previous, Backend::Disconnected) {
             tracing::info!("cache disconnected");
         }

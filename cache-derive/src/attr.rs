@@ -7,7 +7,7 @@ use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, Path, Type, UnOp};
 
 use crate::ctxt::Ctxt;
 
-const KEYS: &str = "`namespace`, `ttl`, `key`, `value`, `codec`, `version`";
+const KEYS: &str = "`namespace`, `ttl`, `key`, `value`, `codec`, `version`, `local`, `local_ttl`";
 
 /// A value with the span of the tokens it was read from.
 pub(crate) struct Spanned<T> {
@@ -38,6 +38,8 @@ pub(crate) struct Attrs {
     pub value: Option<Type>,
     pub codec: Option<CodecChoice>,
     pub version: Option<Spanned<u32>>,
+    pub local: Option<Spanned<u64>>,
+    pub local_ttl: Option<Spanned<u64>>,
 }
 
 impl Attrs {
@@ -62,10 +64,18 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
 fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
     let path = meta.path.clone();
     let name = path.to_token_stream().to_string().replace(' ', "");
-    let Some(key) = ["namespace", "ttl", "version", "key", "value", "codec"]
-        .into_iter()
-        .find(|k| *k == name)
-    else {
+    let Some(key) = [
+        "namespace",
+        "ttl",
+        "version",
+        "key",
+        "value",
+        "codec",
+        "local",
+        "local_ttl",
+    ]
+    .into_iter()
+    .find(|k| *k == name) else {
         cx.error_spanned_by(
             &path,
             format_args!("unknown cache attribute `{name}`; expected one of {KEYS}"),
@@ -107,6 +117,20 @@ fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Re
                 "an integer from 0 to 4294967295, e.g. `version = 2`",
             ) {
                 set_once(cx, &mut out.version, version, &path);
+            }
+        }
+        "local" => {
+            let expr: Expr = input.parse()?;
+            let expected = "the most entries kept in process, e.g. `local = 10_000`";
+            if let Some(local) = integer::<u64>(cx, &expr, key, expected) {
+                set_once(cx, &mut out.local, local, &path);
+            }
+        }
+        "local_ttl" => {
+            let expr: Expr = input.parse()?;
+            let expected = "whole seconds, at most the cache's `ttl`, e.g. `local_ttl = 30`";
+            if let Some(ttl) = integer::<u64>(cx, &expr, key, expected) {
+                set_once(cx, &mut out.local_ttl, ttl, &path);
             }
         }
         "key" | "value" => {
@@ -186,6 +210,8 @@ pub(crate) fn example(key: &str) -> &'static str {
         "version" => "`version = 2`",
         "key" => "`key = i64`",
         "value" => "`value = Uuid`",
+        "local" => "`local = 10_000`",
+        "local_ttl" => "`local_ttl = 30`",
         _ => "`codec = \"json\"`",
     }
 }

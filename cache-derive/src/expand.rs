@@ -81,6 +81,18 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
             builtin_codec("bincode", span)
         }
     };
+    let local = match decl.local {
+        None => quote! { type Local = #private::NoLocal; },
+        Some((capacity, ttl, span)) => {
+            // Spanned at `local = N`, so a value that is not `Clone` is reported there.
+            let level = quote_spanned!(span=> ::cache_manager::__private::Moka<#value>);
+            quote! {
+                type Local = #level;
+            const LOCAL_CAPACITY: u64 = #capacity;
+                const LOCAL_TTL: #private::Duration = #private::Duration::from_secs(#ttl);
+            }
+        }
+    };
     let namespace = decl.namespace;
     let ttl = decl.ttl;
     let version = decl.version;
@@ -93,6 +105,7 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
             type Key = #key;
             type Value = #value;
             type Codec = #codec;
+            #local
             const NAMESPACE: &'static str = #namespace;
             const TTL: #private::Duration = #private::Duration::from_secs(#ttl);
             const VERSION: u32 = #version;
@@ -136,6 +149,7 @@ fn fallback(input: &Input<'_>) -> TokenStream {
             type Key = #key;
             type Value = #value;
             type Codec = #unconfigured;
+            type Local = #private::NoLocal;
             const NAMESPACE: &'static str = "";
             const TTL: #private::Duration = #private::Duration::from_secs(600);
             const VERSION: u32 = 0;

@@ -18,6 +18,9 @@ pub(crate) struct Decl<'a> {
     pub value: Option<&'a Type>,
     pub codec: Option<&'a CodecChoice>,
     pub version: u32,
+    /// `Some((capacity, local ttl, span of local = N))` for a cache with an in-process
+    /// first level.
+    pub local: Option<(u64, u64, proc_macro2::Span)>,
 }
 
 pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
@@ -45,6 +48,31 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
             );
         } else if ttl.value > u64::from(u32::MAX) {
             cx.error_at(ttl.span, "`ttl` must be at most 4294967295 seconds");
+        }
+    }
+
+    let ttl = attrs.ttl.as_ref().map_or(DEFAULT_TTL, |t| t.value);
+    if let Some(local) = &attrs.local
+        && local.value == 0
+    {
+        cx.error_at(
+            local.span,
+            "`local` must be at least 1 entry; leave it out for no in-process level",
+        );
+    }
+    if let Some(local_ttl) = &attrs.local_ttl {
+        if attrs.local.is_none() {
+            cx.error_at(
+                local_ttl.span,
+                "`local_ttl` needs `local = N`, the size of the in-process level",
+            );
+        } else if local_ttl.value == 0 || local_ttl.value > ttl {
+            cx.error_at(
+                local_ttl.span,
+                format_args!(
+                    "`local_ttl` must be from 1 to the cache's `ttl` ({ttl} s): an in-process copy never outlives the Redis entry's TTL"
+                ),
+            );
         }
     }
 
@@ -108,11 +136,18 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
 
     Some(Decl {
         namespace: attrs.namespace.as_ref()?,
-        ttl: attrs.ttl.as_ref().map_or(DEFAULT_TTL, |t| t.value),
+        ttl,
         key: attrs.key.as_ref()?,
         value: attrs.value.as_ref(),
         codec: attrs.codec.as_ref(),
         version: attrs.version.as_ref().map_or(0, |v| v.value),
+        local: attrs.local.as_ref().map(|l| {
+            (
+                l.value,
+                attrs.local_ttl.as_ref().map_or(ttl, |t| t.value),
+                l.span,
+            )
+        }),
     })
 }
 

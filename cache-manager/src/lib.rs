@@ -47,6 +47,36 @@
 //! # }
 //! ```
 //!
+//! # Read-through
+//!
+//! `get_or_load` reads a key and, on a miss, runs the loader once for all concurrent
+//! callers of that key in the process (single flight), caching what it found.
+//! `get_many_or_load` does the same for many keys with one loader call for all misses.
+//!
+//! ```
+//! # use cache_manager::{cache_registry, Cache};
+//! # use uuid::Uuid;
+//! # #[derive(Cache)]
+//! # #[cache(namespace = "user:uuid_to_id", key = Uuid, value = i64)]
+//! # struct UserUuidToIdCache;
+//! # cache_registry! { struct CacheManager { uuid_to_id: UserUuidToIdCache } }
+//! /// The database, which knows every user's id.
+//! async fn id_from_database(uuid: Uuid) -> Result<Option<i64>, std::io::Error> {
+//!     Ok(Some(7))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let manager = CacheManager::new();
+//! # manager.connect("memory://").await?;
+//! let uuid = Uuid::new_v4();
+//! let id = manager.uuid_to_id().get_or_load(&uuid, || id_from_database(uuid)).await?;
+//! assert_eq!(id, Some(7));
+//! assert_eq!(manager.uuid_to_id().get(&uuid).await, Some(7)); // cached by the load
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # `#[cache(...)]`
 //!
 //! | key | meaning |

@@ -8,7 +8,15 @@
 fn ui() {
     let t = trybuild::TestCases::new();
     t.pass("ui/pass/*.rs");
-    for group in ["namespace", "ttl", "attr", "form", "types", "registry"] {
+    for group in [
+        "namespace",
+        "ttl",
+        "attr",
+        "form",
+        "types",
+        "registry",
+        "local",
+    ] {
         t.compile_fail(format!("ui/{group}/*.rs"));
     }
 }

@@ -4,6 +4,7 @@
 //! errors to callers: a failure is recorded (and logged, without flooding) by the backend
 //! and surfaces as [`Unavailable`], which handles turn into a miss or `Ok(false)`.
 
+mod coalesce;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
@@ -49,11 +50,13 @@ impl Backend {
         }
     }
 
+    /// `announce`: also tell other instances to drop the key from their first level.
     pub(crate) async fn set(
         &self,
         key: &str,
         value: &[u8],
         ttl: Duration,
+        announce: bool,
     ) -> Result<(), Unavailable> {
         match self {
             Backend::Disconnected => Err(Unavailable::Down),
@@ -61,7 +64,7 @@ impl Backend {
                 m.set(key, value, ttl);
                 Ok(())
             }
-            Backend::Redis(r) => r.set(key, value, ttl).await,
+            Backend::Redis(r) => r.set(key, value, ttl, announce).await,
         }
     }
 
@@ -69,6 +72,7 @@ impl Backend {
         &self,
         entries: &[(String, Vec<u8>)],
         ttl: Duration,
+        announce: bool,
     ) -> Result<(), Unavailable> {
         match self {
             Backend::Disconnected => Err(Unavailable::Down),
@@ -76,15 +80,15 @@ impl Backend {
                 m.mset(entries, ttl);
                 Ok(())
             }
-            Backend::Redis(r) => r.mset(entries, ttl).await,
+            Backend::Redis(r) => r.mset(entries, ttl, announce).await,
         }
     }
 
-    pub(crate) async fn del(&self, key: &str) -> Result<bool, Unavailable> {
+    pub(crate) async fn del(&self, key: &str, announce: bool) -> Result<bool, Unavailable> {
         match self {
             Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => Ok(m.del(key)),
-            Backend::Redis(r) => r.del(key).await,
+            Backend::Redis(r) => r.del(key, announce).await,
         }
     }
 

@@ -24,9 +24,13 @@ use redis::{AsyncConnectionConfig, FromRedisValue, RedisError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use futures_util::StreamExt;
+
 use super::Unavailable;
+use super::coalesce::{self, Coalescer};
 use crate::config::{CacheConfig, RedisSettings, Secret};
 use crate::health::{Breaker, Health};
+use crate::local::{self, LocalLevels};
 
 /// At most one warning per this interval for commands the server refused (e.g. OOM).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -43,6 +47,8 @@ struct ConnectFailure {
 pub(crate) struct RedisBackend {
     inner: Arc<Inner>,
     supervisor: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
+    listener: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Inner {
@@ -56,6 +62,8 @@ struct Inner {
     wake: Notify,
     timeouts_in_a_row: AtomicU32,
     outage: Outage,
+    coalescer: Coalescer,
+    locals: Arc<LocalLevels>,
 }
 
 /// Keeps logging to one line per transition: down, a summary per interval while down,
@@ -209,13 +217,17 @@ impl Outage {
 impl Drop for RedisBackend {
     fn drop(&mut self) {
         self.supervisor.abort();
+        self.dispatcher.abort();
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
     }
 }
 
 impl RedisBackend {
     /// Connects, or starts degraded when Redis cannot be reached; either way the
     /// supervisor keeps the connection up from now on.
-    pub(crate) async fn start(settings: RedisSettings) -> Self {
+    pub(crate) async fn start(settings: RedisSettings, locals: Arc<LocalLevels>) -> Self {
         let config = settings.config;
         let redis_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
@@ -230,6 +242,8 @@ impl RedisBackend {
             wake: Notify::new(),
             timeouts_in_a_row: AtomicU32::new(0),
             outage: Outage::new(),
+            coalescer: Coalescer::default(),
+            locals,
         });
         match inner.open().await {
             Ok(conn) => {
@@ -241,7 +255,33 @@ impl RedisBackend {
             Err(failure) => inner.outage.went_down(&inner.url, failure.text),
         }
         let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
-        RedisBackend { inner, supervisor }
+        let dispatcher = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move {
+                let mget = |keys: Vec<String>, _: Duration| {
+                    let inner = &inner;
+                    async move {
+                        let conn = inner.conn.load_full().ok_or(Unavailable::Down)?;
+                        let result = redis::cmd("MGET")
+                            .arg(&keys)
+                            .query_async(&mut (*conn).clone())
+                            .await;
+                        inner.settle(&conn, result)
+                    }
+                };
+                coalesce::dispatch(&inner.coalescer, mget).await;
+            }
+        });
+        let listener = inner
+            .locals
+            .any()
+            .then(|| tokio::spawn(listen(Arc::clone(&inner))));
+        RedisBackend {
+            inner,
+            supervisor,
+            dispatcher,
+            listener,
+        }
     }
 
     /// The connection, or `Down` at once while the breaker is open.
@@ -258,8 +298,22 @@ impl RedisBackend {
         self.inner.settle(&conn, result)
     }
 
+    /// A plain `GET` under low load; under load, the key joins the next `MGET`.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
-        self.query(redis::cmd("GET").arg(key)).await
+        let conn = self.connection()?;
+        let (_in_progress, coalesce) = self.inner.coalescer.begin();
+        if !coalesce {
+            let result = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut (*conn).clone())
+                .await;
+            return self.inner.settle(&conn, result);
+        }
+        drop(conn);
+        self.inner
+            .coalescer
+            .get(key, self.inner.config.response_timeout)
+            .await
     }
 
     pub(crate) async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
@@ -271,19 +325,26 @@ impl RedisBackend {
         key: &str,
         value: &[u8],
         ttl: Duration,
+        announce: bool,
     ) -> Result<(), Unavailable> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value);
         expiry_args(&mut cmd, ttl);
-        self.query::<()>(&cmd).await
+        if !announce {
+            return self.query::<()>(&cmd).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd).ignore();
+        self.inner.announce(&mut pipe, key);
+        self.pipeline(&pipe).await
     }
 
     pub(crate) async fn mset(
         &self,
         entries: &[(String, Vec<u8>)],
         ttl: Duration,
+        announce: bool,
     ) -> Result<(), Unavailable> {
-        let conn = self.connection()?;
         let mut pipe = redis::pipe();
         for (key, value) in entries {
             let mut cmd = redis::cmd("SET");
@@ -291,14 +352,27 @@ impl RedisBackend {
             expiry_args(&mut cmd, ttl);
             pipe.add_command(cmd).ignore();
         }
-        let result = pipe.query_async::<()>(&mut (*conn).clone()).await;
-        self.inner.settle(&conn, result)
+        if announce {
+            for (key, _) in entries {
+                self.inner.announce(&mut pipe, key);
+            }
+        }
+        self.pipeline(&pipe).await
     }
 
-    pub(crate) async fn del(&self, key: &str) -> Result<bool, Unavailable> {
-        self.query::<u64>(redis::cmd("DEL").arg(key))
-            .await
-            .map(|n| n > 0)
+    pub(crate) async fn del(&self, key: &str, announce: bool) -> Result<bool, Unavailable> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(key);
+        if announce {
+            self.inner.announce(&mut pipe, key);
+        }
+        self.pipeline::<(u64,)>(&pipe).await.map(|(n,)| n > 0)
+    }
+
+    async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, Unavailable> {
+        let conn = self.connection()?;
+        let result = pipe.query_async::<T>(&mut (*conn).clone()).await;
+        self.inner.settle(&conn, result)
     }
 
     pub(crate) async fn del_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, Unavailable> {
@@ -384,6 +458,14 @@ impl Inner {
         }
     }
 
+    /// Adds the invalidation of `key` for other instances' first levels to `pipe`.
+    fn announce(&self, pipe: &mut redis::Pipeline, key: &str) {
+        pipe.cmd("PUBLISH")
+            .arg(local::CHANNEL)
+            .arg(self.locals.message(key))
+            .ignore();
+    }
+
     /// The error's text with the password scrubbed, in case a server echoes it.
     fn describe(&self, error: &RedisError) -> String {
         let text = error.to_string();
@@ -462,6 +544,39 @@ fn jittered(wait: Duration) -> Duration {
         .finish();
     let half = wait / 2;
     half + Duration::from_nanos(random % (half.as_nanos() as u64).max(1))
+}
+
+/// Hears invalidations for the first levels on a pub/sub connection of its own. The
+/// levels are readable only while it is subscribed; it empties them whenever that ends,
+/// since messages may have been missed.
+async fn listen(inner: Arc<Inner>) {
+    let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
+    let mut backoff = first;
+    loop {
+        let subscribe = async {
+            let mut pubsub = inner.client.get_async_pubsub().await?;
+            pubsub.subscribe(local::CHANNEL).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        match tokio::time::timeout(inner.config.connect_timeout, subscribe).await {
+            Ok(Ok(pubsub)) => {
+                inner.locals.set_coherent(true);
+                backoff = first;
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    if let Ok(text) = message.get_payload::<String>() {
+                        inner.locals.apply(&text);
+                    }
+                }
+                inner.locals.set_coherent(false);
+            }
+            _ => {
+                inner.locals.set_coherent(false);
+                tokio::time::sleep(jittered(backoff)).await;
+                backoff = (backoff * 2).min(longest);
+            }
+        }
+    }
 }
 
 /// Keeps a connection up: sleeps while the breaker is closed, reconnects with capped

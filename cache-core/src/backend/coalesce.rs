@@ -1,0 +1,166 @@
+//! Coalescing of concurrent `GET`s into `MGET`s.
+//!
+//! Under load, many tasks read at once and each `GET` costs a round trip's worth of
+//! kernel and parsing work on both sides. Keys that queue up while requests are in flight
+//! go out together in a few `MGET`s instead. What was measured on this kind of machine
+//! (PERF-NOTES) shapes it:
+//! - a lone call waits for nothing: while fewer than [`BYPASS_BELOW`] gets are in
+//!   progress, a get is a plain `GET` (coalescing loses below ~16 concurrent calls);
+//! - the dispatcher yields once to the scheduler before draining the queue, so the other
+//!   callers woken in the same tick join the batch instead of fragmenting it;
+//! - up to [`MAX_IN_FLIGHT`] `MGET`s are in flight, the waiting keys split evenly over
+//!   the free slots: one at a time is round-trip bound.
+//!
+//! Semantics do not change: each caller gets its own key's bytes (decoding and corrupt
+//! entry eviction happen in the caller), and each call keeps its deadline, counted from
+//! when it was made.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use super::Unavailable;
+
+/// Below this many gets in progress, a get goes out alone as a `GET`.
+pub(crate) const BYPASS_BELOW: usize = 16;
+/// The most `MGET`s of coalesced keys in flight at once.
+pub(crate) const MAX_IN_FLIGHT: usize = 4;
+
+type Reply = Result<Option<Vec<u8>>, Unavailable>;
+
+struct Waiting {
+    key: String,
+    deadline: Instant,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The queue shared by callers and the dispatcher task.
+#[derive(Default)]
+pub(crate) struct Coalescer {
+    in_progress: AtomicUsize,
+    queue: Mutex<VecDeque<Waiting>>,
+    wake: Notify,
+    woken: AtomicBool,
+}
+
+/// Counts a get as in progress until dropped.
+pub(crate) struct InProgress<'a>(&'a AtomicUsize);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Coalescer {
+    /// Registers a get; `None` means go alone (low load), `Some` means queue it.
+    pub(crate) fn begin(&self) -> (InProgress<'_>, bool) {
+        let before = self.in_progress.fetch_add(1, Ordering::Relaxed);
+        (InProgress(&self.in_progress), before >= BYPASS_BELOW)
+    }
+
+    /// Queues `key` for the next `MGET` and waits for its bytes.
+    pub(crate) async fn get(&self, key: &str, timeout: Duration) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let waiting = Waiting {
+            key: key.to_owned(),
+            deadline: Instant::now() + timeout,
+            reply,
+        };
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(waiting);
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+        // The dispatcher only goes away with the backend; a dropped reply is a failure.
+        answer.await.unwrap_or(Err(Unavailable::Failed))
+    }
+
+    fn take(&self, limit: usize) -> Vec<Waiting> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let n = limit.min(queue.len());
+        queue.drain(..n).collect()
+    }
+
+    fn queued(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Sends queued keys as `MGET`s through `mget` (keys, time left) until the backend drops
+/// the task. Runs as one task per backend, driving its `MGET`s itself.
+pub(crate) async fn dispatch<F, Fut>(coalescer: &Coalescer, mget: F)
+where
+    F: Fn(Vec<String>, Duration) -> Fut,
+    Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, Unavailable>>,
+{
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            () = coalescer.wake.notified() => {
+                // Let the callers woken in this same tick queue up too.
+                tokio::task::yield_now().await;
+                coalescer.woken.store(false, Ordering::Release);
+            }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+        }
+        let free = MAX_IN_FLIGHT - in_flight.len();
+        let queued = coalescer.queued();
+        if free == 0 || queued == 0 {
+            continue;
+        }
+        // Split the waiting keys evenly over the free slots.
+        let per_batch = queued.div_ceil(free);
+        for _ in 0..free {
+            let batch = coalescer.take(per_batch);
+            if batch.is_empty() {
+                break;
+            }
+            in_flight.push(send(batch, &mget));
+        }
+    }
+}
+
+/// One `MGET` for `batch`, answering each waiter with its own key's bytes.
+async fn send<F, Fut>(batch: Vec<Waiting>, mget: &F)
+where
+    F: Fn(Vec<String>, Duration) -> Fut,
+    Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, Unavailable>>,
+{
+    let now = Instant::now();
+    let (live, expired): (Vec<Waiting>, Vec<Waiting>) =
+        batch.into_iter().partition(|w| w.deadline > now);
+    for waiting in expired {
+        let _ = waiting.reply.send(Err(Unavailable::Timeout));
+    }
+    let Some(deadline) = live.iter().map(|w| w.deadline).min() else {
+        return;
+    };
+    let keys = live.iter().map(|w| w.key.clone()).collect();
+    match tokio::time::timeout(deadline - now, mget(keys, deadline - now)).await {
+        Ok(Ok(values)) if values.len() == live.len() => {
+            for (waiting, value) in live.into_iter().zip(values) {
+                let _ = waiting.reply.send(Ok(value));
+            }
+        }
+        outcome => {
+            let why = match outcome {
+                Err(_) => Unavailable::Timeout,
+                Ok(Err(why)) => why,
+                Ok(Ok(_)) => Unavailable::Failed,
+            };
+            for waiting in live {
+                let _ = waiting.reply.send(Err(why));
+            }
+        }
+    }
+}

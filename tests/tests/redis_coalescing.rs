@@ -1,0 +1,188 @@
+//! Coalescing of concurrent `get`s into `MGET`s, against a real `redis-server`: it happens
+//! under load, a lone call is a plain `GET`, and no call's semantics change (its own
+//! key's value, corrupt-entry eviction, deadlines).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_manager::{Cache, CacheConfig, cache_registry};
+use cache_tests::{RedisServer, wire};
+
+/// Values spell out their key, so a value delivered to the wrong caller shows.
+#[derive(Cache)]
+#[cache(namespace = "coalesce:item", key = u64, value = String)]
+struct Items;
+
+cache_registry! {
+    struct Caches {
+        items: Items,
+    }
+}
+
+fn value_of(key: u64) -> String {
+    format!("value-of-{key}")
+}
+
+async fn connected(server: &RedisServer) -> Arc<Caches> {
+    let caches = Caches::new();
+    caches.connect(&server.url()).await.expect("connect");
+    Arc::new(caches)
+}
+
+/// `tasks` tasks each reading `rounds` keys at once; returns how many reads hit.
+async fn concurrent_reads(caches: &Arc<Caches>, tasks: u64, rounds: u64, keys: u64) -> u64 {
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let caches = Arc::clone(caches);
+            tokio::spawn(async move {
+                let mut hits = 0;
+                for r in 0..rounds {
+                    let key = (t * 7919 + r * 31) % keys;
+                    if let Some(value) = caches.items().get(&key).await {
+                        assert_eq!(value, value_of(key), "task {t} got another key's value");
+                        hits += 1;
+                    }
+                }
+                hits
+            })
+        })
+        .collect();
+    let mut hits = 0;
+    for handle in handles {
+        hits += handle.await.expect("a reader task panicked");
+    }
+    hits
+}
+
+async fn populate(caches: &Caches, keys: u64) {
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(100) {
+        let entries: Vec<(u64, String)> = chunk.iter().map(|k| (*k, value_of(*k))).collect();
+        assert!(
+            caches
+                .items()
+                .mset(entries.iter().map(|(k, v)| (k, v)))
+                .await
+                .unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_are_coalesced_into_mgets_and_each_gets_its_own_value() {
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let caches = connected(&server).await;
+    populate(&caches, 1000).await;
+    wire::reset_stats(&raw).await;
+
+    let hits = concurrent_reads(&caches, 64, 200, 1000).await;
+    assert_eq!(hits, 64 * 200, "every key was populated");
+
+    let calls = wire::command_calls(&raw).await;
+    let gets = calls.get("get").copied().unwrap_or(0);
+    let mgets = calls.get("mget").copied().unwrap_or(0);
+    assert!(mgets > 0, "no MGET under 64 concurrent readers: {calls:?}");
+    assert!(
+        gets + mgets < 64 * 200,
+        "nothing was coalesced: {gets} GETs + {mgets} MGETs"
+    );
+    assert_eq!(caches.items().stats().hits, 64 * 200);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_get_is_a_plain_get() {
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let caches = connected(&server).await;
+    populate(&caches, 10).await;
+    wire::reset_stats(&raw).await;
+    for key in 0..10 {
+        assert_eq!(caches.items().get(&key).await, Some(value_of(key)));
+    }
+    let calls = wire::command_calls(&raw).await;
+    assert_eq!(calls.get("get"), Some(&10), "{calls:?}");
+    assert_eq!(
+        calls.get("mget"),
+        None,
+        "a lone call waited for a batch: {calls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_entries_read_through_a_coalesced_mget_are_evicted() {
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let caches = connected(&server).await;
+    populate(&caches, 200).await;
+    // Every tenth key holds garbage.
+    for key in (0..200u64).step_by(10) {
+        wire::set(&raw, &format!("coalesce:item:{key}"), b"\x00garbage").await;
+    }
+    wire::reset_stats(&raw).await;
+    let handles: Vec<_> = (0..64u64)
+        .map(|t| {
+            let caches = Arc::clone(&caches);
+            tokio::spawn(async move {
+                for r in 0..50u64 {
+                    let key = (t * 13 + r * 7) % 200;
+                    let got = caches.items().get(&key).await;
+                    if key % 10 == 0 {
+                        assert_eq!(got, None, "a corrupt entry decoded");
+                    } else {
+                        assert_eq!(got, Some(value_of(key)));
+                    }
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("a reader task panicked");
+    }
+    assert!(
+        wire::command_calls(&raw).await.contains_key("mget"),
+        "the reads were not coalesced"
+    );
+    for key in (0..200u64).step_by(10) {
+        assert!(
+            !wire::exists(&raw, &format!("coalesce:item:{key}")).await,
+            "corrupt key {key} survived"
+        );
+    }
+    assert!(caches.items().stats().corrupt_evicted >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_gets_keep_their_deadline_against_a_paused_server() {
+    let server = RedisServer::new();
+    let caches = Caches::new();
+    let config = CacheConfig::new().with_response_timeout(Duration::from_millis(100));
+    caches.connect_with(&server.url(), &config).await.unwrap();
+    let caches = Arc::new(caches);
+    populate(&caches, 100).await;
+    server.pause();
+    let handles: Vec<_> = (0..64u64)
+        .map(|t| {
+            let caches = Arc::clone(&caches);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let got = caches.items().get(&t).await;
+                (got, started.elapsed())
+            })
+        })
+        .collect();
+    for handle in handles {
+        let (got, took) = handle.await.expect("a reader task panicked");
+        assert_eq!(got, None);
+        // Generous: the deadline is 100 ms; this only proves nobody waits unbounded.
+        assert!(
+            took < Duration::from_secs(1),
+            "a coalesced get took {took:?}"
+        );
+    }
+    server.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while caches.items().get(&1).await != Some(value_of(1)) {
+        assert!(Instant::now() < deadline, "no recovery after resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,187 @@
+//! The in-process first level (`local = N`) with two managers on one `redis-server`:
+//! hits are served in process, a write or invalidation on one instance reaches the other,
+//! and no stale value is served once invalidations may have been missed.
+
+use std::time::{Duration, Instant};
+
+use cache_manager::{Cache, cache_registry};
+use cache_tests::{RedisServer, wire};
+use redis::aio::MultiplexedConnection;
+
+#[derive(Cache)]
+#[cache(namespace = "local:item", ttl = 60, key = u64, value = String, local = 1000, local_ttl = 30)]
+struct Items;
+
+/// The same data without a first level, for comparison.
+#[derive(Cache)]
+#[cache(namespace = "plain:item", ttl = 60, key = u64, value = String)]
+struct PlainItems;
+
+cache_registry! {
+    struct Caches {
+        items: Items,
+        plain: PlainItems,
+    }
+}
+
+async fn instance(server: &RedisServer) -> Caches {
+    let caches = Caches::new();
+    caches.connect(&server.url()).await.expect("connect");
+    caches
+}
+
+/// Polls `check` for up to 5 s.
+async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn subscribers(raw: &MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    list.lines().count()
+}
+
+async fn reads_sent(raw: &MultiplexedConnection) -> u64 {
+    let calls = wire::command_calls(raw).await;
+    calls.get("get").copied().unwrap_or(0) + calls.get("mget").copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_hits_are_served_without_redis() {
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let a = instance(&server).await;
+    eventually("the subscription", async || subscribers(&raw).await == 1).await;
+    a.items().set(&1, &"one".to_owned()).await.unwrap();
+    assert_eq!(a.items().get(&1).await.as_deref(), Some("one")); // from Redis, kept locally
+    wire::reset_stats(&raw).await;
+    for _ in 0..100 {
+        assert_eq!(a.items().get(&1).await.as_deref(), Some("one"));
+    }
+    let got = a.items().mget(&[1]).await.unwrap();
+    assert_eq!(got[&1].as_deref(), Some("one"));
+    assert_eq!(reads_sent(&raw).await, 0, "local hits went to Redis");
+
+    // A cache without a first level reads Redis every time.
+    a.plain().set(&1, &"one".to_owned()).await.unwrap();
+    wire::reset_stats(&raw).await;
+    for _ in 0..10 {
+        a.plain().get(&1).await;
+    }
+    assert_eq!(reads_sent(&raw).await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_reaches_the_other_instance_s_local_level() {
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let (a, b) = (instance(&server).await, instance(&server).await);
+    eventually("both subscriptions", async || subscribers(&raw).await == 2).await;
+    a.items().set(&7, &"v1".to_owned()).await.unwrap();
+    assert_eq!(a.items().get(&7).await.as_deref(), Some("v1"));
+    assert_eq!(b.items().get(&7).await.as_deref(), Some("v1"));
+
+    a.items().set(&7, &"v2".to_owned()).await.unwrap();
+    assert_eq!(
+        a.items().get(&7).await.as_deref(),
+        Some("v2"),
+        "the writer read its old copy"
+    );
+    eventually("b to drop its copy after a set", async || {
+        b.items().get(&7).await.as_deref() == Some("v2")
+    })
+    .await;
+
+    let mut batch = std::collections::HashMap::new();
+    batch.insert(7u64, "v3".to_owned());
+    a.items().mset(&batch).await.unwrap();
+    eventually("b to drop its copy after an mset", async || {
+        b.items().get(&7).await.as_deref() == Some("v3")
+    })
+    .await;
+
+    assert!(b.items().invalidate(&7).await);
+    eventually("a to drop its copy after an invalidate", async || {
+        a.items().get(&7).await.is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_empties_the_local_level_so_missed_invalidations_cannot_serve_stale_values()
+ {
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let (a, b) = (instance(&server).await, instance(&server).await);
+    eventually("both subscriptions", async || subscribers(&raw).await == 2).await;
+    a.items().set(&3, &"old".to_owned()).await.unwrap();
+    assert_eq!(b.items().get(&3).await.as_deref(), Some("old"));
+
+    // Cut every subscription, then write: the announcement reaches no one.
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    wire::set(&raw, "local:item:3", &{
+        // What `a` would write for "new", written behind every instance's back.
+        let mut probe = Vec::new();
+        a.plain().set(&999, &"new".to_owned()).await.unwrap();
+        probe.extend(wire::get(&raw, "plain:item:999").await.unwrap());
+        // Same value type and codec, so the same bytes; only the fingerprint could
+        // differ, and both caches declare `String` values.
+        probe
+    })
+    .await;
+    eventually("b to stop serving the stale copy", async || {
+        b.items().get(&3).await.as_deref() == Some("new")
+    })
+    .await;
+    eventually("the subscriptions to come back", async || {
+        subscribers(&raw).await == 2
+    })
+    .await;
+    assert_eq!(b.items().get(&3).await.as_deref(), Some("new"));
+    a.items().set(&3, &"newer".to_owned()).await.unwrap();
+    eventually("invalidations to flow again", async || {
+        b.items().get(&3).await.as_deref() == Some("newer")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_read_after_redis_restarts_empty() {
+    let mut server = RedisServer::new();
+    let raw = server.raw().await;
+    let b = instance(&server).await;
+    eventually("the subscription", async || subscribers(&raw).await == 1).await;
+    b.items().set(&5, &"before".to_owned()).await.unwrap();
+    assert_eq!(b.items().get(&5).await.as_deref(), Some("before"));
+    server.kill();
+    server.restart();
+    let raw = server.raw().await;
+    eventually("the caches to work again", async || {
+        b.items().set(&6, &"x".to_owned()).await.unwrap()
+    })
+    .await;
+    eventually("the subscription to come back", async || {
+        subscribers(&raw).await == 1
+    })
+    .await;
+    assert_eq!(
+        b.items().get(&5).await,
+        None,
+        "a value the restarted Redis lost was served from process"
+    );
+}
