@@ -39,6 +39,11 @@ pub trait Cache: 'static {
     const VERSION: u32;
     /// Fingerprint of the value type's definition and version, stored in framed entries.
     const FINGERPRINT: u32;
+    /// `hash_tag = true`: the namespace is written in braces, `{user:profile}:42` rather
+    /// than `user:profile:42`, so a Redis Cluster keeps every key of the cache in one hash
+    /// slot (one node, one command per batch). Off by default: keys spread over the
+    /// cluster.
+    const HASH_TAG: bool = false;
 }
 
 /// One registered cache, as an operator sees it: field, namespace, TTL, codec.
@@ -59,6 +64,8 @@ pub struct CacheInfo {
     /// The fingerprint stored in framed entries, as 8 hex digits.
     #[serde(serialize_with = "serialize_hex")]
     pub fingerprint: u32,
+    /// Whether keys carry the namespace as a Redis Cluster hash tag: `{namespace}:key`.
+    pub hash_tag: bool,
 }
 
 impl CacheInfo {
@@ -71,6 +78,7 @@ impl CacheInfo {
             codec: <C::Codec as Codec<C::Value>>::NAME,
             version: C::VERSION,
             fingerprint: C::FINGERPRINT,
+            hash_tag: C::HASH_TAG,
         }
     }
 }

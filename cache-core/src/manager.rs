@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::backend::Backend;
+use crate::backend::cluster::ClusterBackend;
 use crate::backend::memory::MemoryStore;
 use crate::backend::redis::RedisBackend;
 use crate::cache::{Cache, CacheInfo};
@@ -42,6 +43,7 @@ impl fmt::Debug for ManagerCore {
             Backend::Disconnected => "none",
             Backend::Memory(_) => "memory",
             Backend::Redis(_) => "redis",
+            Backend::Cluster(_) => "redis-cluster",
         };
         f.debug_struct("ManagerCore")
             .field("backend", &backend)
@@ -99,6 +101,7 @@ impl ManagerCore {
                 Backend::Memory(MemoryStore::default())
             }
             Target::Redis(settings) => Backend::Redis(RedisBackend::start(*settings).await),
+            Target::Cluster(settings) => Backend::Cluster(ClusterBackend::start(*settings).await),
         };
         self.shared.backend.store(Arc::new(backend));
         Ok(())

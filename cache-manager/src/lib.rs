@@ -57,6 +57,7 @@
 //! | `value = Type` | required on a unit struct (form A), forbidden when deriving on the value type (form B) |
 //! | `codec = "bincode" \| "json" \| "string"` | default `"bincode"`; or the path of your own [`Codec`] type. See [`codec`] |
 //! | `version = N` | bump when the value type changes in a way its fingerprint cannot see ([`codec`] says what it sees) |
+//! | `hash_tag = true` | the namespace is written in braces, `{user:profile}:42`: on a Redis Cluster every key of the cache is in one hash slot, so a batch is one command on one node. Default `false`: keys spread over the cluster |
 //!
 //! Anything else is a compile error pointing at the offending tokens.
 //!
@@ -75,7 +76,7 @@
 
 pub use cache_core::{
     Breaker, Cache, CacheConfig, CacheError, CacheInfo, CacheKey, CacheStats, Codec, CodecError,
-    Health, HealthStatus, MAX_BATCH, TypedCache, codec,
+    Health, HealthStatus, MAX_BATCH, NodeHealth, TypedCache, codec,
 };
 /// Declares a cache; see the [crate documentation](crate) for the `#[cache(...)]` keys.
 pub use cache_derive::Cache;

@@ -47,6 +47,9 @@ struct Inner {
     wake: Notify,
     timeouts_in_a_row: AtomicU32,
     outage: Outage,
+    /// In a cluster: woken when a reply says the slot map changed (`MOVED`, `ASK`,
+    /// `CLUSTERDOWN`), so the cluster refreshes it.
+    topology_changed: Option<Arc<Notify>>,
 }
 
 /// Keeps logging to one line per transition: down, a summary per interval while down,
@@ -181,6 +184,16 @@ impl RedisBackend {
     /// Connects, or starts degraded when Redis cannot be reached; either way the
     /// supervisor keeps the connection up from now on.
     pub(crate) async fn start(settings: RedisSettings) -> Self {
+        Self::start_with(settings, None).await
+    }
+
+    /// [`start`](Self::start) for one node of a cluster: replies that say the slot map
+    /// changed wake `topology_changed` instead of being logged as refusals.
+    pub(crate) async fn start_node(settings: RedisSettings, topology_changed: Arc<Notify>) -> Self {
+        Self::start_with(settings, Some(topology_changed)).await
+    }
+
+    async fn start_with(settings: RedisSettings, topology_changed: Option<Arc<Notify>>) -> Self {
         let config = settings.config;
         let redis_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
@@ -195,6 +208,7 @@ impl RedisBackend {
             wake: Notify::new(),
             timeouts_in_a_row: AtomicU32::new(0),
             outage: Outage::new(),
+            topology_changed,
         });
         match inner.open().await {
             Ok(conn) => {
@@ -217,7 +231,16 @@ impl RedisBackend {
         })
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Unavailable> {
+    /// Whether the breaker is closed: a connection is up.
+    pub(crate) fn is_up(&self) -> bool {
+        self.inner.conn.load().is_some()
+    }
+
+    /// Sends one command, bounded by the response timeout, and settles its outcome.
+    pub(crate) async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, Unavailable> {
         let conn = self.connection()?;
         let result = cmd.query_async::<T>(&mut (*conn).clone()).await;
         self.inner.settle(&conn, result)
@@ -260,10 +283,37 @@ impl RedisBackend {
         self.inner.settle(&conn, result)
     }
 
+    /// Sends `pipe` in one round trip. With `ignore_errors` set on it, each command's
+    /// server error comes back as its `Value::ServerError` entry, for the caller to settle
+    /// with [`refused`](Self::refused) or a topology refresh.
+    pub(crate) async fn pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<redis::Value>, Unavailable> {
+        let conn = self.connection()?;
+        let result = pipe.query_async(&mut (*conn).clone()).await;
+        self.inner.settle(&conn, result)
+    }
+
+    /// Records a command of a pipeline the server refused: counted, logged at most once
+    /// per 10 s; a reply saying the slot map changed wakes the cluster's refresh instead.
+    pub(crate) fn refused(&self, error: &RedisError) {
+        let inner = &self.inner;
+        inner.outage.count_degraded();
+        if !inner.topology_hint(error) {
+            inner.outage.refused(&inner.url, inner.describe(error));
+        }
+    }
+
     pub(crate) async fn del(&self, key: &str) -> Result<bool, Unavailable> {
         self.query::<u64>(redis::cmd("DEL").arg(key))
             .await
             .map(|n| n > 0)
+    }
+
+    /// One `DEL` of every key: how many entries it removed.
+    pub(crate) async fn del_many(&self, keys: &[String]) -> Result<u64, Unavailable> {
+        self.query::<u64>(redis::cmd("DEL").arg(keys)).await
     }
 
     pub(crate) async fn del_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, Unavailable> {
@@ -310,7 +360,7 @@ impl RedisBackend {
     }
 }
 
-fn expiry_args(cmd: &mut redis::Cmd, ttl: Duration) {
+pub(super) fn expiry_args(cmd: &mut redis::Cmd, ttl: Duration) {
     if ttl.subsec_millis() == 0 {
         cmd.arg("EX").arg(ttl.as_secs());
     } else {
@@ -376,6 +426,9 @@ impl Inner {
                     }
                     return Err(Unavailable::Timeout);
                 }
+                if self.topology_hint(&error) {
+                    return Err(Unavailable::Failed);
+                }
                 let text = self.describe(&error);
                 if must_reconnect(&error) {
                     self.open_breaker(conn, text);
@@ -385,6 +438,24 @@ impl Inner {
                 Err(Unavailable::Failed)
             }
         }
+    }
+
+    /// In a cluster, whether `error` says the slot map changed; it then wakes the refresh.
+    fn topology_hint(&self, error: &RedisError) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        let Some(changed) = &self.topology_changed else {
+            return false;
+        };
+        let hint = matches!(
+            error.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::ClusterDown
+            )
+        );
+        if hint {
+            changed.notify_one();
+        }
+        hint
     }
 
     /// Forgets `conn` (unless it was already replaced) and wakes the supervisor.
@@ -412,7 +483,7 @@ fn must_reconnect(error: &RedisError) -> bool {
 }
 
 /// Between half and all of `wait`, so many instances do not reconnect in lockstep.
-fn jittered(wait: Duration) -> Duration {
+pub(super) fn jittered(wait: Duration) -> Duration {
     let random = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
