@@ -7,7 +7,7 @@ use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, Path, Type, UnOp};
 
 use crate::ctxt::Ctxt;
 
-const KEYS: &str = "`namespace`, `ttl`, `key`, `value`, `codec`, `version`";
+const KEYS: &str = "`namespace`, `ttl`, `key`, `value`, `codec`, `version`, `hash_tag`";
 
 /// A value with the span of the tokens it was read from.
 pub(crate) struct Spanned<T> {
@@ -38,6 +38,7 @@ pub(crate) struct Attrs {
     pub value: Option<Type>,
     pub codec: Option<CodecChoice>,
     pub version: Option<Spanned<u32>>,
+    pub hash_tag: Option<Spanned<bool>>,
 }
 
 impl Attrs {
@@ -62,10 +63,17 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
 fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
     let path = meta.path.clone();
     let name = path.to_token_stream().to_string().replace(' ', "");
-    let Some(key) = ["namespace", "ttl", "version", "key", "value", "codec"]
-        .into_iter()
-        .find(|k| *k == name)
-    else {
+    let Some(key) = [
+        "namespace",
+        "ttl",
+        "version",
+        "key",
+        "value",
+        "codec",
+        "hash_tag",
+    ]
+    .into_iter()
+    .find(|k| *k == name) else {
         cx.error_spanned_by(
             &path,
             format_args!("unknown cache attribute `{name}`; expected one of {KEYS}"),
@@ -109,6 +117,25 @@ fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Re
                 set_once(cx, &mut out.version, version, &path);
             }
         }
+        "hash_tag" => match input.parse::<Expr>()? {
+            Expr::Lit(ExprLit {
+                lit: Lit::Bool(lit),
+                ..
+            }) => {
+                let flag = Spanned {
+                    value: lit.value,
+                    span: lit.span(),
+                };
+                set_once(cx, &mut out.hash_tag, flag, &path);
+            }
+            other => cx.error_spanned_by(
+                other,
+                format_args!(
+                    "`hash_tag` takes `true` or `false`: {} keeps every key of the cache in one Redis Cluster hash slot",
+                    example(key)
+                ),
+            ),
+        },
         "key" | "value" => {
             if input.peek(LitStr) {
                 let lit: LitStr = input.parse()?;
@@ -186,6 +213,7 @@ pub(crate) fn example(key: &str) -> &'static str {
         "version" => "`version = 2`",
         "key" => "`key = i64`",
         "value" => "`value = Uuid`",
+        "hash_tag" => "`hash_tag = true`",
         _ => "`codec = \"json\"`",
     }
 }

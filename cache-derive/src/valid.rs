@@ -18,6 +18,7 @@ pub(crate) struct Decl<'a> {
     pub value: Option<&'a Type>,
     pub codec: Option<&'a CodecChoice>,
     pub version: u32,
+    pub hash_tag: bool,
 }
 
 pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
@@ -113,6 +114,7 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
         value: attrs.value.as_ref(),
         codec: attrs.codec.as_ref(),
         version: attrs.version.as_ref().map_or(0, |v| v.value),
+        hash_tag: attrs.hash_tag.as_ref().is_some_and(|h| h.value),
     })
 }
 
