@@ -35,7 +35,9 @@
 //! assert_eq!(manager.uuid_to_id().get(&id).await, None);
 //! assert_eq!(manager.uuid_to_id().set(&id, &42).await?, false);
 //!
-//! manager.connect("memory://").await?; // or "redis://:password@127.0.0.1:6379/0"
+//! // or "redis://:password@127.0.0.1:6379/0", "rediss://...?ca_file=/etc/redis/ca.pem",
+//! // "redis+cluster://:password@10.0.0.1:6379,10.0.0.2:6379"
+//! manager.connect("memory://").await?;
 //! assert!(manager.uuid_to_id().set(&id, &42).await?);
 //! assert_eq!(manager.uuid_to_id().get(&id).await, Some(42));
 //!
@@ -66,6 +68,7 @@
 //! | situation | `get` / `mget` | `set` / `mset` | `invalidate` |
 //! | --- | --- | --- | --- |
 //! | backend down, not connected | `None` for every key | `Ok(false)` | `false` |
+//! | one master of a Redis Cluster down | `None` for the keys of its slots; the other keys are read | `Ok(false)`; an `mset` still stores the other masters' entries | `false` for its keys |
 //! | entry does not decode | `None`; logged at error level and deleted | | |
 //! | value does not encode | | `Err(CacheError::Serialization)`, nothing written | |
 //! | more than [`MAX_BATCH`] keys or entries | `Err(CacheError::Validation)`, nothing sent | same | |

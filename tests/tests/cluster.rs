@@ -500,3 +500,77 @@ async fn an_unreachable_cluster_is_not_a_connect_error_and_every_call_degrades()
         "one error line per outage: {logs}"
     );
 }
+
+async fn run<T: redis::FromRedisValue>(
+    conn: &redis::aio::MultiplexedConnection,
+    cmd: &redis::Cmd,
+) -> T {
+    cmd.query_async(&mut conn.clone())
+        .await
+        .unwrap_or_else(|e| panic!("raw command failed: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_master_is_followed_after_one_redirection() {
+    let cluster = RedisCluster::new();
+    let manager = CacheManager::new();
+    let config =
+        CacheConfig::new().with_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    manager.connect_with(&cluster.url(), &config).await.unwrap();
+    let profiles = manager.profiles();
+    assert!(profiles.set(&7, &profile(7)).await.unwrap());
+    let key = profiles.redis_key(&7);
+    let slot = key_slot(&cluster, &key).await;
+    let from = cluster.owner_of(&key).await;
+    let to = (from + 1) % 3;
+    let (source, target) = (cluster.raw(from).await, cluster.raw(to).await);
+    let target_port = format!(":{}", cluster.nodes()[to].port());
+    let slots_of_target = |health: &cache_manager::Health| {
+        let node = health
+            .nodes
+            .iter()
+            .find(|n| n.address.ends_with(&target_port));
+        node.unwrap().slots
+    };
+    let before = slots_of_target(&manager.health().await);
+    let source_id: String = run(&source, redis::cmd("CLUSTER").arg("MYID")).await;
+    let target_id: String = run(&target, redis::cmd("CLUSTER").arg("MYID")).await;
+
+    // Move the slot by hand, the way `redis-cli --cluster reshard` does.
+    let setslot = |state: &str, id: &str| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+        cmd
+    };
+    run::<()>(&target, &setslot("IMPORTING", &source_id)).await;
+    run::<()>(&source, &setslot("MIGRATING", &target_id)).await;
+    run::<()>(
+        &source,
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(cluster.nodes()[to].port())
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&key),
+    )
+    .await;
+    for index in 0..3 {
+        run::<()>(&cluster.raw(index).await, &setslot("NODE", &target_id)).await;
+    }
+    assert!(wire::exists(&target, &key).await && !wire::exists(&source, &key).await);
+
+    // The first call may meet `MOVED` and degrade; the slot map is then refreshed and
+    // the key is served by its new master.
+    eventually("the moved key to be read from its new master", || async {
+        profiles.get(&7).await == Some(profile(7))
+    })
+    .await;
+    assert!(profiles.set(&7, &profile(8)).await.unwrap());
+    assert!(wire::get(&target, &key).await.is_some());
+    let health = manager.health().await;
+    assert!(health.healthy, "{health:?}");
+    assert_eq!(health.nodes.iter().map(|n| n.slots).sum::<u32>(), 16384);
+    assert_eq!(slots_of_target(&health), before + 1);
+}
