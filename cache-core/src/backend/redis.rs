@@ -1,5 +1,6 @@
-//! `redis://`: one multiplexed connection shared by every cache of a manager, guarded by
-//! a circuit breaker and kept alive by a supervisor task.
+//! `redis://` and `rediss://`: one multiplexed connection shared by every cache of a
+//! manager, guarded by a circuit breaker and kept alive by a supervisor task. A Redis
+//! Cluster (`cluster.rs`) runs one of these per master.
 //!
 //! redis-rs's `ConnectionManager` makes callers wait on its reconnect future, unbounded by
 //! the response timeout, never reconnects after timeouts, and fails its constructor when
