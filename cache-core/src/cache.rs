@@ -47,6 +47,11 @@ pub trait Cache: 'static {
     const LOCAL_CAPACITY: u64 = 0;
     /// How long the first level keeps an entry; never longer than [`TTL`](Self::TTL).
     const LOCAL_TTL: Duration = Self::TTL;
+    /// `hash_tag = true`: the namespace is written in braces, `{user:profile}:42` rather
+    /// than `user:profile:42`, so a Redis Cluster keeps every key of the cache in one hash
+    /// slot (one node, one command per batch). Off by default: keys spread over the
+    /// cluster.
+    const HASH_TAG: bool = false;
 }
 
 /// One registered cache, as an operator sees it: field, namespace, TTL, codec.
@@ -67,6 +72,8 @@ pub struct CacheInfo {
     /// The fingerprint stored in framed entries, as 8 hex digits.
     #[serde(serialize_with = "serialize_hex")]
     pub fingerprint: u32,
+    /// Whether keys carry the namespace as a Redis Cluster hash tag: `{namespace}:key`.
+    pub hash_tag: bool,
 }
 
 impl CacheInfo {
@@ -79,6 +86,7 @@ impl CacheInfo {
             codec: <C::Codec as Codec<C::Value>>::NAME,
             version: C::VERSION,
             fingerprint: C::FINGERPRINT,
+            hash_tag: C::HASH_TAG,
         }
     }
 }

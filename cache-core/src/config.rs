@@ -1,6 +1,7 @@
 //! Parsing of `connect` URLs into backend settings, and their redacted display.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
@@ -11,6 +12,7 @@ use crate::error::CacheError;
 pub(crate) enum Target {
     Memory,
     Redis(Box<RedisSettings>),
+    Cluster(Box<ClusterSettings>),
 }
 
 /// Settings of a standalone Redis connection.
@@ -37,6 +39,7 @@ pub(crate) struct RedisSettings {
 /// | failure threshold | 3 | `failure_threshold` | timeouts in a row that open the breaker; one slow reply is noise, three is a hung server |
 /// | backoff | 50 ms to 5 s | `backoff_min_ms`, `backoff_max_ms` | reconnect quickly after a blip, without hammering a server that is down |
 /// | summary interval | 30 s | `summary_interval_ms` | how often a still-down backend logs how many calls degraded |
+/// | TLS trust | the system's roots | `ca_file` | a PEM file of the CA(s) that signed the servers' certificates, for `rediss://` to a private CA; it replaces the system's roots |
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheConfig {
@@ -52,6 +55,9 @@ pub struct CacheConfig {
     pub backoff_max: Duration,
     /// Interval of the summary logged while the backend stays down.
     pub summary_interval: Duration,
+    /// PEM file of the certificate authorities a `rediss://` server's certificate must
+    /// chain to; `None` trusts the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for CacheConfig {
@@ -63,6 +69,7 @@ impl Default for CacheConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             summary_interval: Duration::from_secs(30),
+            tls_ca_file: None,
         }
     }
 }
@@ -101,6 +108,13 @@ impl CacheConfig {
     /// Sets how often a still-down backend logs a summary.
     pub fn with_summary_interval(mut self, interval: Duration) -> Self {
         self.summary_interval = interval;
+        self
+    }
+
+    /// Trusts the CA certificate(s) in the PEM file at `path` for `rediss://` connections,
+    /// instead of the system's roots: for servers with certificates of a private CA.
+    pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
         self
     }
 
@@ -162,10 +176,87 @@ impl Secret {
     }
 }
 
-const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`";
+const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `ca_file`";
+
+/// Settings of a Redis Cluster: where to learn its slot map, and how to reach any node.
+pub(crate) struct ClusterSettings {
+    /// The nodes the URL names, asked for the slot map until one answers.
+    pub seeds: Vec<NodeAddr>,
+    /// How to connect to a node, whichever the cluster names.
+    pub nodes: NodeTemplate,
+    /// The URL with its password replaced, for logs and health.
+    pub redacted: String,
+    /// Timeouts, breaker and backoff, shared by every node connection.
+    pub config: CacheConfig,
+}
+
+/// A cluster node's address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct NodeAddr {
+    /// As a URL writes it: an IPv6 address in brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl NodeAddr {
+    /// An address as `CLUSTER SLOTS` reports it, IPv6 without brackets.
+    pub fn new(host: &str, port: u16) -> Self {
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        NodeAddr { host, port }
+    }
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// What every node connection of a cluster shares: scheme, credentials, trusted CA.
+pub(crate) struct NodeTemplate {
+    /// `redis[s]://[user[:password]@]host/0`; the host and port are replaced per node.
+    url: Url,
+    ca: Option<Vec<u8>>,
+    secret: Option<Secret>,
+}
+
+impl NodeTemplate {
+    /// The settings of a connection to the node at `addr`.
+    pub fn settings(&self, addr: &NodeAddr, config: &CacheConfig) -> Result<RedisSettings, String> {
+        let mut url = self.url.clone();
+        url.set_host(Some(&addr.host))
+            .map_err(|e| format!("node address `{addr}` is not usable: {e}"))?;
+        url.set_port(Some(addr.port))
+            .map_err(|()| format!("node address `{addr}` is not usable"))?;
+        let client = open_client(&url, self.ca.as_deref()).map_err(|e| {
+            scrub(
+                &self.secret,
+                format!("node address `{addr}` is not usable: {e}"),
+            )
+        })?;
+        Ok(RedisSettings {
+            client,
+            redacted: redact(&url),
+            secret: self.secret.clone(),
+            config: config.clone(),
+        })
+    }
+}
 
 /// Parses a `connect` URL. Errors name the faulty part and never echo the password.
 pub(crate) fn parse(input: &str, config: &CacheConfig) -> Result<Target, CacheError> {
+    // `host:port,host:port` is not a URL authority, so cluster URLs are split by hand.
+    if let Some((scheme, rest)) = input.split_once("://") {
+        let scheme = scheme.to_ascii_lowercase();
+        if let "redis+cluster" | "rediss+cluster" = scheme.as_str() {
+            let settings = parse_cluster(&scheme, rest, config.clone())?;
+            return Ok(Target::Cluster(Box::new(settings)));
+        }
+    }
     let url = Url::parse(input).map_err(|e| {
         CacheError::config(format!(
             "the cache URL does not parse ({e}); expected e.g. `redis://:password@127.0.0.1:6379/0` or `memory://`"
@@ -183,24 +274,19 @@ pub(crate) fn parse(input: &str, config: &CacheConfig) -> Result<Target, CacheEr
             }
             Ok(Target::Memory)
         }
-        "redis" => parse_redis(url, config.clone()).map(|s| Target::Redis(Box::new(s))),
-        "rediss" => Err(CacheError::config(
-            "TLS (`rediss://`) is not supported by this build yet; use `redis://` on a trusted network",
-        )),
-        "redis+cluster" | "rediss+cluster" => Err(CacheError::config(
-            "Redis Cluster (`redis+cluster://`) is not supported by this build yet; use `redis://`",
-        )),
+        "redis" | "rediss" => parse_redis(url, config.clone()).map(|s| Target::Redis(Box::new(s))),
         other => Err(CacheError::config(format!(
-            "unknown URL scheme `{other}`; expected `redis://`, `rediss://`, `redis+cluster://` or `memory://`"
+            "unknown URL scheme `{other}`; expected `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://` or `memory://`"
         ))),
     }
 }
 
 fn parse_redis(mut url: Url, mut config: CacheConfig) -> Result<RedisSettings, CacheError> {
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(CacheError::config(
-            "the Redis URL has no host; expected `redis://host[:port][/db]`",
-        ));
+        return Err(CacheError::config(format!(
+            "the Redis URL has no host; expected `{}://host[:port][/db]`",
+            url.scheme()
+        )));
     }
     let db = url.path().trim_start_matches('/');
     if !db.is_empty() && db.parse::<u16>().is_err() {
@@ -208,8 +294,132 @@ fn parse_redis(mut url: Url, mut config: CacheConfig) -> Result<RedisSettings, C
             "the Redis URL path must be a database number like `/0`, not `/{db}`"
         )));
     }
+    if url.fragment().is_some() {
+        return Err(CacheError::config(
+            "the Redis URL has a `#...` fragment; remove it (certificate checks cannot be turned off)",
+        ));
+    }
+    apply_options(url.query_pairs(), &mut config)?;
+    config.validate()?;
+    url.set_query(None);
 
-    for (name, value) in url.query_pairs() {
+    let secret = url.password().map(|p| Secret(percent_decode(p)));
+    let ca = trusted_ca(url.scheme() == "rediss", &config)?;
+    let client = open_client(&url, ca.as_deref()).map_err(|e| {
+        CacheError::config(scrub(&secret, format!("the Redis URL is not usable: {e}")))
+    })?;
+    Ok(RedisSettings {
+        client,
+        redacted: redact(&url),
+        secret,
+        config,
+    })
+}
+
+/// `redis[s]+cluster://[user][:password@]host:port,host:port[/0][?options]`.
+fn parse_cluster(
+    scheme: &str,
+    rest: &str,
+    mut config: CacheConfig,
+) -> Result<ClusterSettings, CacheError> {
+    let tls = scheme == "rediss+cluster";
+    let node_scheme = if tls { "rediss" } else { "redis" };
+    let example = format!("`{scheme}://:password@10.0.0.1:6379,10.0.0.2:6379`");
+    if rest.contains('#') {
+        return Err(CacheError::config(
+            "the cluster URL has a `#...` fragment; remove it (certificate checks cannot be turned off)",
+        ));
+    }
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    if !matches!(path.trim_end_matches('/'), "" | "0") {
+        return Err(CacheError::config(format!(
+            "a Redis Cluster has only database 0; remove the path `/{path}` from the cluster URL"
+        )));
+    }
+    if let Some(query) = query {
+        apply_options(url::form_urlencoded::parse(query.as_bytes()), &mut config)?;
+    }
+    config.validate()?;
+
+    let at = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+    let template = Url::parse(&format!("{node_scheme}://{at}127.0.0.1/0")).map_err(|e| {
+        CacheError::config(format!(
+            "the user name or password of the cluster URL does not parse ({e}); percent-encode it"
+        ))
+    })?;
+    let secret = template.password().map(|p| Secret(percent_decode(p)));
+    let ca = trusted_ca(tls, &config)?;
+    let nodes = NodeTemplate {
+        url: template,
+        ca,
+        secret,
+    };
+
+    let mut seeds = Vec::new();
+    for host in hosts.split(',') {
+        if host.is_empty() {
+            return Err(CacheError::config(format!(
+                "the cluster URL names an empty node; expected {example}"
+            )));
+        }
+        let url = Url::parse(&format!("{node_scheme}://{host}")).map_err(|e| {
+            CacheError::config(format!(
+                "cluster node `{host}` is not a host:port ({e}); expected {example}"
+            ))
+        })?;
+        let addr = match url.host_str() {
+            Some(h) if !h.is_empty() && matches!(url.path(), "" | "/") => {
+                NodeAddr::new(h, url.port().unwrap_or(6379))
+            }
+            _ => {
+                return Err(CacheError::config(format!(
+                    "cluster node `{host}` is not a host:port; expected {example}"
+                )));
+            }
+        };
+        nodes.settings(&addr, &config).map_err(CacheError::config)?;
+        if !seeds.contains(&addr) {
+            seeds.push(addr);
+        }
+    }
+
+    let shown_userinfo = match userinfo {
+        None => String::new(),
+        Some(_) => {
+            let user = nodes.url.username();
+            match nodes.url.password() {
+                Some(_) => format!("{user}:***@"),
+                None => format!("{user}@"),
+            }
+        }
+    };
+    let shown_path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
+    Ok(ClusterSettings {
+        seeds,
+        redacted: format!("{scheme}://{shown_userinfo}{hosts}{shown_path}"),
+        nodes,
+        config,
+    })
+}
+
+/// Applies the URL's query options over `config`.
+fn apply_options(
+    pairs: url::form_urlencoded::Parse<'_>,
+    config: &mut CacheConfig,
+) -> Result<(), CacheError> {
+    for (name, value) in pairs {
         let number = || {
             value.parse::<u64>().map_err(|_| {
                 CacheError::config(format!(
@@ -230,6 +440,12 @@ fn parse_redis(mut url: Url, mut config: CacheConfig) -> Result<RedisSettings, C
                     ))
                 })?;
             }
+            "ca_file" if value.is_empty() => {
+                return Err(CacheError::config(
+                    "option `ca_file` needs the path of a PEM file, e.g. `?ca_file=/etc/redis/ca.pem`",
+                ));
+            }
+            "ca_file" => config.tls_ca_file = Some(PathBuf::from(&*value)),
             other => {
                 return Err(CacheError::config(format!(
                     "unknown option `{other}` in the Redis URL query; expected one of {QUERY_OPTIONS}"
@@ -237,26 +453,76 @@ fn parse_redis(mut url: Url, mut config: CacheConfig) -> Result<RedisSettings, C
             }
         }
     }
-    config.validate()?;
-    url.set_query(None);
+    Ok(())
+}
 
-    let secret = url.password().map(|p| {
-        let decoded = percent_decode(p);
-        Secret(decoded)
-    });
-    let client = redis::Client::open(url.as_str()).map_err(|e| {
-        let reason = format!("the Redis URL is not usable: {e}");
-        CacheError::config(match &secret {
-            Some(secret) => secret.scrub(reason),
-            None => reason,
-        })
+/// The PEM of the CA(s) `rediss://` connections trust instead of the system's roots.
+fn trusted_ca(tls: bool, config: &CacheConfig) -> Result<Option<Vec<u8>>, CacheError> {
+    if tls {
+        ensure_crypto_provider();
+    }
+    let Some(path) = &config.tls_ca_file else {
+        return Ok(None);
+    };
+    if !tls {
+        return Err(CacheError::config(format!(
+            "a CA file (`ca_file`, {}) applies to TLS only; use a `rediss://` or `rediss+cluster://` URL",
+            path.display()
+        )));
+    }
+    let pem = std::fs::read(path).map_err(|e| {
+        CacheError::config(format!(
+            "the CA file (`ca_file`) {} cannot be read: {e}",
+            path.display()
+        ))
     })?;
-    Ok(RedisSettings {
-        client,
-        redacted: redact(&url),
-        secret,
-        config,
-    })
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            CacheError::config(format!(
+                "the CA file (`ca_file`) {} is not valid PEM: {e}",
+                path.display()
+            ))
+        })?;
+    if certificates.is_empty() {
+        return Err(CacheError::config(format!(
+            "the CA file (`ca_file`) {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(Some(pem))
+}
+
+/// rustls needs a process-wide crypto provider and panics on first use when none is
+/// installed and it cannot pick one. Installs ring's unless the application installed
+/// one first, which then stays in charge.
+fn ensure_crypto_provider() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A redis-rs client for `url`, trusting `ca` for TLS when given.
+fn open_client(url: &Url, ca: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    match ca {
+        None => redis::Client::open(url.as_str()),
+        Some(ca) => redis::Client::build_with_tls(
+            url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        ),
+    }
+}
+
+fn scrub(secret: &Option<Secret>, text: String) -> String {
+    match secret {
+        Some(secret) => secret.scrub(text),
+        None => text,
+    }
 }
 
 /// The URL with any password replaced by `***`.
@@ -332,6 +598,85 @@ mod tests {
             };
             assert!(!msg.contains("s3cret"), "{msg}");
         }
+    }
+
+    #[test]
+    fn cluster_urls_name_every_node_and_hide_the_password() {
+        let url = "redis+cluster://:hunter2@127.0.0.1:7000,127.0.0.1:7001,[::1]:7002,db.internal?response_timeout_ms=80";
+        let Ok(Target::Cluster(s)) = parse(url, &CacheConfig::default()) else {
+            panic!("cluster URL rejected");
+        };
+        let seeds: Vec<String> = s.seeds.iter().map(NodeAddr::to_string).collect();
+        assert_eq!(
+            seeds,
+            [
+                "127.0.0.1:7000",
+                "127.0.0.1:7001",
+                "[::1]:7002",
+                "db.internal:6379"
+            ]
+        );
+        assert_eq!(
+            s.redacted,
+            "redis+cluster://:***@127.0.0.1:7000,127.0.0.1:7001,[::1]:7002,db.internal"
+        );
+        assert_eq!(s.config.response_timeout, Duration::from_millis(80));
+        let node = s
+            .nodes
+            .settings(&NodeAddr::new("10.0.0.9", 7005), &s.config)
+            .unwrap();
+        assert_eq!(node.redacted, "redis://:***@10.0.0.9:7005/0");
+        assert!(!format!("{:?}", node.secret).contains("hunter2"));
+
+        let Ok(Target::Cluster(s)) = parse("REDIS+CLUSTER://h1:1/0", &CacheConfig::default())
+        else {
+            panic!("upper-case scheme and /0 rejected");
+        };
+        assert_eq!(s.redacted, "redis+cluster://h1:1/0");
+    }
+
+    #[test]
+    fn bad_cluster_urls_say_what_is_wrong() {
+        assert!(config_error("redis+cluster://h1:1,,h2:2").contains("empty node"));
+        assert!(config_error("redis+cluster://h1:1,").contains("empty node"));
+        assert!(config_error("redis+cluster://").contains("empty node"));
+        assert!(config_error("redis+cluster://h1:1/3").contains("only database 0"));
+        assert!(config_error("redis+cluster://h1:99999").contains("`h1:99999`"));
+        assert!(config_error("redis+cluster://h1:1?tiemout=3").contains("`tiemout`"));
+        assert!(config_error("redis+cluster://h1:1#insecure").contains("fragment"));
+        let msg = config_error("redis+cluster://:s3cret@h1:1,h2:x");
+        assert!(msg.contains("`h2:x`") && !msg.contains("s3cret"), "{msg}");
+    }
+
+    #[test]
+    fn tls_urls_are_accepted_and_ca_files_checked() {
+        let defaults = CacheConfig::default();
+        let Ok(Target::Redis(s)) = parse("rediss://:pw@127.0.0.1:6380/0", &defaults) else {
+            panic!("rediss URL rejected");
+        };
+        assert_eq!(s.redacted, "rediss://:***@127.0.0.1:6380/0");
+        assert!(matches!(
+            parse("rediss+cluster://127.0.0.1:7000,127.0.0.1:7001", &defaults),
+            Ok(Target::Cluster(_))
+        ));
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+
+        assert!(config_error("rediss://h/0#insecure").contains("fragment"));
+        assert!(config_error("redis://h/0?ca_file=/tmp/ca.pem").contains("applies to TLS only"));
+        assert!(config_error("rediss://h/0?ca_file=").contains("path of a PEM file"));
+        assert!(
+            config_error("rediss://h/0?ca_file=/nonexistent/ca.pem").contains("cannot be read")
+        );
+        let not_pem =
+            std::env::temp_dir().join(format!("cache-core-{}-not-a-ca.pem", std::process::id()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let config = CacheConfig::new().with_tls_ca_file(&not_pem);
+        let msg = match parse("rediss+cluster://h:1", &config) {
+            Err(CacheError::Config { reason }) => reason,
+            _ => panic!("a file without certificates accepted"),
+        };
+        std::fs::remove_file(&not_pem).unwrap();
+        assert!(msg.contains("holds no PEM certificate"), "{msg}");
     }
 
     #[test]

@@ -80,7 +80,8 @@ impl<C: Cache> TypedCache<C> {
         self.counters.snapshot(self.field, C::NAMESPACE)
     }
 
-    /// The declared namespace: every key of this cache is `"{namespace}:{key}"`.
+    /// The declared namespace: every key of this cache is `"{namespace}:{key}"` (with
+    /// `hash_tag = true`, the namespace in braces: `{user:profile}:42`).
     pub fn namespace(&self) -> &'static str {
         C::NAMESPACE
     }
@@ -90,10 +91,20 @@ impl<C: Cache> TypedCache<C> {
         C::TTL
     }
 
-    /// The Redis key of `key`: `"{namespace}:{key}"`.
+    /// The Redis key of `key`: `"{namespace}:{key}"`, as `user:profile:42`; with
+    /// `hash_tag = true` the namespace is in braces, `{user:profile}:42`, which puts every
+    /// key of the cache in the hash slot of its namespace on a Redis Cluster.
     pub fn redis_key(&self, key: &C::Key) -> String {
-        let mut out = String::with_capacity(C::NAMESPACE.len() + 40);
-        out.push_str(C::NAMESPACE);
+        let mut out = String::with_capacity(C::NAMESPACE.len() + 42);
+        if C::HASH_TAG {
+            // Namespaces never contain braces, so the tag ends at the namespace's end and
+            // a tagged key never equals an untagged one (those never start with `{`).
+            out.push('{');
+            out.push_str(C::NAMESPACE);
+            out.push('}');
+        } else {
+            out.push_str(C::NAMESPACE);
+        }
         out.push(':');
         key.write_key(&mut out);
         out
@@ -189,11 +200,12 @@ impl<C: Cache> TypedCache<C> {
         Ok(self.written(stored))
     }
 
-    /// Reads many keys in one round trip.
+    /// Reads many keys in one round trip (on a Redis Cluster, one per master, concurrently).
     ///
     /// The map has one entry per distinct key: `Some` for a hit, `None` for a miss, a
-    /// corrupt entry (logged and deleted) or an unavailable backend. More than
-    /// [`MAX_BATCH`] distinct keys is `Err(CacheError::Validation)` and nothing is sent.
+    /// corrupt entry (logged and deleted) or an unavailable backend (on a cluster, the
+    /// keys of an unreachable master only). More than [`MAX_BATCH`] distinct keys is
+    /// `Err(CacheError::Validation)` and nothing is sent.
     pub async fn mget(
         &self,
         keys: &[C::Key],
@@ -218,7 +230,7 @@ impl<C: Cache> TypedCache<C> {
         if distinct.is_empty() {
             return Ok(out);
         }
-        let mut redis_keys: Vec<String> = distinct.iter().map(|k| self.redis_key(k)).collect();
+        let mut redis_keys = self.redis_keys(&distinct);
         let local = self.local();
         let mut hits = 0;
         if let Some(local) = local {
@@ -249,10 +261,19 @@ impl<C: Cache> TypedCache<C> {
                 return Ok(out);
             }
         };
-        for ((key, redis_key), bytes) in distinct.into_iter().zip(redis_keys).zip(values) {
-            let value = match bytes {
-                None => None,
-                Some(bytes) => match decode_entry::<C::Value, C::Codec>(&bytes, C::FINGERPRINT) {
+        let (mut misses, mut degraded) = (0, None);
+        for ((key, redis_key), fetched) in distinct.into_iter().zip(redis_keys).zip(values) {
+            let value = match fetched {
+                Err(why) => {
+                    degraded.get_or_insert(why);
+                    None
+                }
+                Ok(None) => {
+                    misses += 1;
+                    None
+                }
+                Ok(Some(bytes)) => match decode_entry::<C::Value, C::Codec>(&bytes, C::FINGERPRINT)
+                {
                     Ok(value) => {
                         hits += 1;
                         if let (Some(local), Some(generation)) = (local, generation) {
@@ -270,17 +291,22 @@ impl<C: Cache> TypedCache<C> {
             out.insert(key.clone(), value);
         }
         self.counters.hits(hits);
-        self.counters.misses(out.len() as u64 - hits);
+        self.counters.misses(misses);
+        if let Some(why) = degraded {
+            self.counters.degraded(why);
+        }
         Ok(out)
     }
 
-    /// Stores many entries, each with the cache's TTL, in one round trip.
+    /// Stores many entries, each with the cache's TTL, in one round trip (on a Redis
+    /// Cluster, one per master, concurrently).
     ///
     /// Takes `&HashMap<K, V>` (or any iterator of `(&K, &V)`). More than [`MAX_BATCH`]
     /// entries is `Err(CacheError::Validation)`; a value that fails to encode is
     /// `Err(CacheError::Serialization)`. In both cases nothing is written. Each entry is
     /// written atomically, the batch as a whole is not: a reader may see some entries
-    /// before others.
+    /// before others, and `Ok(false)` means some entries may not have been stored (on a
+    /// cluster, those of an unreachable master) while others were.
     pub async fn mset<'a, I>(&self, entries: I) -> Result<bool, CacheError>
     where
         I: IntoIterator<Item = (&'a C::Key, &'a C::Value)>,
@@ -339,6 +365,49 @@ impl<C: Cache> TypedCache<C> {
         if let Some(local) = &self.local {
             local.remove(redis_key);
         }
+    }
+
+    /// Removes the entries of many keys in one round trip (on a Redis Cluster, one per
+    /// master, concurrently); how many entries there were.
+    ///
+    /// More than [`MAX_BATCH`] distinct keys is `Err(CacheError::Validation)` and nothing
+    /// is sent. Keys that could not be deleted because the backend is unavailable (on a
+    /// cluster, those of an unreachable master) are not counted; the call is counted as
+    /// degraded and logged by the backend.
+    pub async fn invalidate_many(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
+        let mut distinct: Vec<&C::Key> = Vec::with_capacity(keys.len().min(MAX_BATCH));
+        let mut seen = HashSet::with_capacity(keys.len().min(MAX_BATCH));
+        for key in keys {
+            if seen.insert(key) {
+                distinct.push(key);
+            }
+        }
+        if distinct.len() > MAX_BATCH {
+            return Err(CacheError::validation(
+                C::NAMESPACE,
+                format!(
+                    "invalidate_many of {} keys exceeds the batch limit of {MAX_BATCH}; split the keys into chunks of at most {MAX_BATCH}",
+                    distinct.len()
+                ),
+            ));
+        }
+        if distinct.is_empty() {
+            return Ok(0);
+        }
+        let redis_keys = self.redis_keys(&distinct);
+        for redis_key in &redis_keys {
+            self.forget_locally(redis_key);
+        }
+        let backend = self.shared.backend();
+        let (removed, degraded) = backend.del_many(&redis_keys, self.announce()).await;
+        if let Some(why) = degraded {
+            self.counters.degraded(why);
+        }
+        Ok(removed)
+    }
+
+    fn redis_keys(&self, keys: &[&C::Key]) -> Vec<String> {
+        keys.iter().map(|k| self.redis_key(k)).collect()
     }
 
     fn written(&self, result: Result<(), Unavailable>) -> bool {
@@ -758,6 +827,69 @@ mod tests {
         );
     }
 
+    /// `Profiles` with `hash_tag = true`.
+    enum TaggedProfiles {}
+    impl Cache for TaggedProfiles {
+        type Key = i64;
+        type Value = Profile;
+        type Codec = codec::Bincode;
+        type Local = crate::local::NoLocal;
+        const NAMESPACE: &'static str = "user:profile";
+        const TTL: Duration = Duration::from_secs(600);
+        const VERSION: u32 = 0;
+        const FINGERPRINT: u32 = 0x1234_5678;
+        const HASH_TAG: bool = true;
+    }
+
+    #[tokio::test]
+    async fn hash_tagged_keys_put_the_namespace_in_braces() {
+        let core = memory().await;
+        let cache = core.cache::<TaggedProfiles>("test");
+        assert_eq!(cache.redis_key(&-3), "{user:profile}:-3");
+        assert_eq!(
+            crate::backend::cluster::slot(cache.redis_key(&1).as_bytes()),
+            crate::backend::cluster::slot(cache.redis_key(&2).as_bytes())
+        );
+        assert!(cache.set(&7, &ada()).await.unwrap());
+        assert!(with_store(&core, |m| m.get("{user:profile}:7").is_some()));
+        assert_eq!(
+            core.cache::<Profiles>("test").get(&7).await,
+            None,
+            "the untagged cache of the same namespace has other keys"
+        );
+        assert_eq!(cache.get(&7).await, Some(ada()));
+    }
+
+    #[tokio::test]
+    async fn invalidate_many_counts_removed_entries_and_limits_batches() {
+        let core = memory().await;
+        let cache = core.cache::<Profiles>("test");
+        cache
+            .mset(&HashMap::from([(1, ada()), (2, ada()), (3, ada())]))
+            .await
+            .unwrap();
+        assert_eq!(cache.invalidate_many(&[1, 2, 2, 9]).await.unwrap(), 2);
+        assert_eq!(
+            cache.mget(&[1, 2, 3]).await.unwrap(),
+            HashMap::from([(1, None), (2, None), (3, Some(ada()))])
+        );
+        assert_eq!(cache.invalidate_many(&[]).await.unwrap(), 0);
+        let too_many: Vec<i64> = (0..=MAX_BATCH as i64).collect();
+        assert!(matches!(
+            cache.invalidate_many(&too_many).await,
+            Err(CacheError::Validation { .. })
+        ));
+        assert_eq!(
+            cache.get(&3).await,
+            Some(ada()),
+            "a rejected batch deletes nothing"
+        );
+
+        core.disconnect().await;
+        assert_eq!(cache.invalidate_many(&[3]).await.unwrap(), 0);
+        assert_eq!(cache.stats().degraded, 1);
+    }
+
     mod properties {
         use proptest::prelude::*;
 
@@ -815,6 +947,18 @@ mod tests {
             ) {
                 prop_assume!(!namespaces_collide(&n1, &n2));
                 prop_assert_ne!(key_of(&n1, &k1), key_of(&n2, &k2));
+            }
+
+            /// Hash-tagged keys (`{namespace}:key`) never collide with each other across
+            /// namespaces, nor with untagged keys, whatever the keys.
+            #[test]
+            fn hash_tagged_keys_never_collide(
+                n1 in namespace(), n2 in namespace(), k1 in nasty(), k2 in nasty()
+            ) {
+                prop_assume!(n1 != n2 || k1 != k2);
+                let tagged = |n: &str, k: &String| key_of(&format!("{{{n}}}"), k);
+                prop_assert_ne!(tagged(&n1, &k1), tagged(&n2, &k2));
+                prop_assert_ne!(tagged(&n1, &k1), key_of(&n2, &k2));
             }
 
             #[test]

@@ -40,7 +40,7 @@ pub struct Health {
     pub healthy: bool,
     /// The circuit breaker's state.
     pub breaker: Breaker,
-    /// `"redis"`, `"memory"` or `"none"`.
+    /// `"redis"`, `"redis-cluster"`, `"memory"` or `"none"`.
     pub backend: &'static str,
     /// The URL connected to, with any password replaced by `***`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,6 +56,51 @@ pub struct Health {
     pub down_for_ms: Option<u64>,
     /// Cache calls that degraded because the backend was unavailable, since `connect`.
     pub degraded_calls: u64,
+    /// In a Redis Cluster, every master of the slot map: each one's own health. Empty
+    /// (and not serialized) otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeHealth>,
+}
+
+/// The health of one master of a Redis Cluster, as [`Health::nodes`] lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct NodeHealth {
+    /// `host:port` as the cluster announces it.
+    pub address: String,
+    /// How many of the 16384 hash slots it serves.
+    pub slots: u32,
+    /// `true` when it answered a `PING` just now.
+    pub healthy: bool,
+    /// The breaker in front of this node: open while it is unreachable.
+    pub breaker: Breaker,
+    /// Round trip of the `PING`, in milliseconds, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// The last error while unreachable (password removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long it has been unreachable, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub down_for_ms: Option<u64>,
+    /// Calls routed to it that degraded, since `connect`.
+    pub degraded_calls: u64,
+}
+
+impl NodeHealth {
+    /// One node's row, from the health report of its own connection.
+    pub(crate) fn from_report(address: String, slots: u32, report: Health) -> Self {
+        NodeHealth {
+            address,
+            slots,
+            healthy: report.healthy,
+            breaker: report.breaker,
+            latency_ms: report.latency_ms,
+            error: report.error,
+            down_for_ms: report.down_for_ms,
+            degraded_calls: report.degraded_calls,
+        }
+    }
 }
 
 impl Health {
@@ -70,6 +115,7 @@ impl Health {
             error: None,
             down_for_ms: None,
             degraded_calls: 0,
+            nodes: Vec::new(),
         }
     }
 
@@ -114,6 +160,48 @@ impl Health {
             down_for_ms: down_for.map(|d| d.as_millis() as u64),
             degraded_calls,
             ..Health::disconnected()
+        }
+    }
+
+    /// A cluster is healthy when every slot has a master and every master answers. Its
+    /// latency is the slowest master's, its error the first problem found, its breaker
+    /// open while any master's is, and its degraded calls those of every node plus the
+    /// calls no master could serve (`unrouted`).
+    pub(crate) fn cluster(
+        url: &str,
+        nodes: Vec<NodeHealth>,
+        cluster_error: Option<String>,
+        unrouted: u64,
+    ) -> Self {
+        let healthy = cluster_error.is_none() && nodes.iter().all(|n| n.healthy);
+        let error = cluster_error.or_else(|| {
+            nodes.iter().find(|n| !n.healthy).map(|n| {
+                format!(
+                    "{}: {}",
+                    n.address,
+                    n.error.as_deref().unwrap_or("no reply")
+                )
+            })
+        });
+        Health {
+            status: if healthy {
+                HealthStatus::Connected
+            } else {
+                HealthStatus::Degraded
+            },
+            healthy,
+            breaker: if !nodes.is_empty() && nodes.iter().all(|n| n.breaker == Breaker::Closed) {
+                Breaker::Closed
+            } else {
+                Breaker::Open
+            },
+            backend: "redis-cluster",
+            url: Some(url.to_owned()),
+            latency_ms: nodes.iter().filter_map(|n| n.latency_ms).reduce(f64::max),
+            error,
+            down_for_ms: nodes.iter().filter_map(|n| n.down_for_ms).max(),
+            degraded_calls: unrouted + nodes.iter().map(|n| n.degraded_calls).sum::<u64>(),
+            nodes,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Applications use it through the `cache-manager` facade, which adds
 //! `#[derive(Cache)]` and `cache_registry!`; this crate holds what those expand to:
-//! typed handles ([`TypedCache`]), the backends (Redis, in-process `memory://`), codecs
+//! typed handles ([`TypedCache`]), the backends (Redis, Redis Cluster, in-process
+//! `memory://`), codecs
 //! ([`codec`]), key encoding ([`CacheKey`]) and the one error type ([`CacheError`]).
 //!
 //! The rule everything here follows: the cache is a luxury. When the backend is down,
@@ -29,7 +30,7 @@ pub use codec::Codec;
 pub use config::CacheConfig;
 pub use error::{CacheError, CodecError};
 pub use handle::TypedCache;
-pub use health::{Breaker, Health, HealthStatus};
+pub use health::{Breaker, Health, HealthStatus, NodeHealth};
 pub use key::CacheKey;
 pub use stats::CacheStats;
 

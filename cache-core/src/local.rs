@@ -126,6 +126,10 @@ impl<V: Clone + Send + Sync + 'static> Invalidate for Moka<V> {
 pub(crate) struct LocalLevels {
     levels: Mutex<Vec<(&'static str, Arc<dyn Invalidate>)>>,
     coherent: AtomicBool,
+    /// The listener whose subscription decides coherence (0: none). A listener of a
+    /// backend that was replaced, or of a cluster node that left, no longer counts.
+    listener: AtomicU64,
+    next_listener: AtomicU64,
     /// Identifies this manager's own messages, which it ignores.
     pub(crate) instance: String,
 }
@@ -162,9 +166,43 @@ impl LocalLevels {
         self.coherent.load(Ordering::Acquire)
     }
 
+    /// Sets coherence for a backend without a listener (memory, disconnected), retiring
+    /// any listener.
+    pub(crate) fn reset(&self, coherent: bool) {
+        self.listener.store(0, Ordering::Release);
+        self.set_coherent(coherent);
+    }
+
+    /// Makes a new listener the one that counts; the levels are unreadable until it
+    /// reports a subscription.
+    pub(crate) fn claim(&self) -> u64 {
+        let id = self.next_listener.fetch_add(1, Ordering::AcqRel) + 1;
+        self.listener.store(id, Ordering::Release);
+        self.set_coherent(false);
+        id
+    }
+
+    /// A listener's subscription began (`true`) or ended; ignored unless it counts.
+    pub(crate) fn heard(&self, listener: u64, subscribed: bool) {
+        if self.listener.load(Ordering::Acquire) == listener {
+            self.set_coherent(subscribed);
+        }
+    }
+
+    /// A listener stopped for good: if it counted, the levels become unreadable.
+    pub(crate) fn release(&self, listener: u64) {
+        if self
+            .listener
+            .compare_exchange(listener, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.set_coherent(false);
+        }
+    }
+
     /// Marks the levels readable (`true`: invalidations are heard) or not; either way
     /// they start empty, since what they held may be stale.
-    pub(crate) fn set_coherent(&self, coherent: bool) {
+    fn set_coherent(&self, coherent: bool) {
         self.coherent.store(false, Ordering::Release);
         for (_, level) in self.levels.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             level.clear();

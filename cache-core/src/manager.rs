@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::backend::Backend;
+use crate::backend::cluster::ClusterBackend;
 use crate::backend::memory::MemoryStore;
 use crate::backend::redis::RedisBackend;
 use crate::cache::{Cache, CacheInfo};
@@ -44,6 +45,7 @@ impl fmt::Debug for ManagerCore {
             Backend::Disconnected => "none",
             Backend::Memory(_) => "memory",
             Backend::Redis(_) => "redis",
+            Backend::Cluster(_) => "redis-cluster",
         };
         f.debug_struct("ManagerCore")
             .field("backend", &backend)
@@ -104,7 +106,7 @@ impl ManagerCore {
         let backend = match config::parse(url, config)? {
             Target::Memory => {
                 // One process, one store: nothing can change behind the first levels.
-                locals.set_coherent(true);
+                locals.reset(true);
                 tracing::info!(
                     backend = "memory",
                     caches = self.caches.len(),
@@ -114,8 +116,10 @@ impl ManagerCore {
             }
             Target::Redis(settings) => {
                 // Readable again once the new connection hears invalidations.
-                locals.set_coherent(false);
                 Backend::Redis(RedisBackend::start(*settings, Arc::clone(locals)).await)
+            }
+            Target::Cluster(settings) => {
+                Backend::Cluster(ClusterBackend::start(*settings, Arc::clone(locals)).await)
             }
         };
         self.shared.backend.store(Arc::new(backend));
@@ -125,7 +129,7 @@ impl ManagerCore {
     /// Drops the connection; cache calls degrade until the next `connect`.
     pub async fn disconnect(&self) {
         let previous = self.shared.backend.swap(Arc::new(Backend::Disconnected));
-        self.shared.locals.set_coherent(false);
+        self.shared.locals.reset(false);
         if !matches!(*previous, Backend::Disconnected) {
             tracing::info!("cache disconnected");
         }

@@ -7,7 +7,8 @@ use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, Path, Type, UnOp};
 
 use crate::ctxt::Ctxt;
 
-const KEYS: &str = "`namespace`, `ttl`, `key`, `value`, `codec`, `version`, `local`, `local_ttl`";
+const KEYS: &str =
+    "`namespace`, `ttl`, `key`, `value`, `codec`, `version`, `local`, `local_ttl`, `hash_tag`";
 
 /// A value with the span of the tokens it was read from.
 pub(crate) struct Spanned<T> {
@@ -40,6 +41,7 @@ pub(crate) struct Attrs {
     pub version: Option<Spanned<u32>>,
     pub local: Option<Spanned<u64>>,
     pub local_ttl: Option<Spanned<u64>>,
+    pub hash_tag: Option<Spanned<bool>>,
 }
 
 impl Attrs {
@@ -73,6 +75,7 @@ fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Re
         "codec",
         "local",
         "local_ttl",
+        "hash_tag",
     ]
     .into_iter()
     .find(|k| *k == name) else {
@@ -133,6 +136,25 @@ fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Re
                 set_once(cx, &mut out.local_ttl, ttl, &path);
             }
         }
+        "hash_tag" => match input.parse::<Expr>()? {
+            Expr::Lit(ExprLit {
+                lit: Lit::Bool(lit),
+                ..
+            }) => {
+                let flag = Spanned {
+                    value: lit.value,
+                    span: lit.span(),
+                };
+                set_once(cx, &mut out.hash_tag, flag, &path);
+            }
+            other => cx.error_spanned_by(
+                other,
+                format_args!(
+                    "`hash_tag` takes `true` or `false`: {} keeps every key of the cache in one Redis Cluster hash slot",
+                    example(key)
+                ),
+            ),
+        },
         "key" | "value" => {
             if input.peek(LitStr) {
                 let lit: LitStr = input.parse()?;
@@ -212,6 +234,7 @@ pub(crate) fn example(key: &str) -> &'static str {
         "value" => "`value = Uuid`",
         "local" => "`local = 10_000`",
         "local_ttl" => "`local_ttl = 30`",
+        "hash_tag" => "`hash_tag = true`",
         _ => "`codec = \"json\"`",
     }
 }

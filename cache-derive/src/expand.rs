@@ -96,6 +96,7 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
     let namespace = decl.namespace;
     let ttl = decl.ttl;
     let version = decl.version;
+    let hash_tag = decl.hash_tag;
 
     quote! {
         #marker
@@ -110,6 +111,7 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
             const TTL: #private::Duration = #private::Duration::from_secs(#ttl);
             const VERSION: u32 = #version;
             const FINGERPRINT: u32 = #fingerprint;
+            const HASH_TAG: bool = #hash_tag;
         }
     }
 }

@@ -21,6 +21,7 @@ pub(crate) struct Decl<'a> {
     /// `Some((capacity, local ttl, span of local = N))` for a cache with an in-process
     /// first level.
     pub local: Option<(u64, u64, proc_macro2::Span)>,
+    pub hash_tag: bool,
 }
 
 pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
@@ -148,6 +149,7 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
                 l.span,
             )
         }),
+        hash_tag: attrs.hash_tag.as_ref().is_some_and(|h| h.value),
     })
 }
 

@@ -35,7 +35,9 @@
 //! assert_eq!(manager.uuid_to_id().get(&id).await, None);
 //! assert_eq!(manager.uuid_to_id().set(&id, &42).await?, false);
 //!
-//! manager.connect("memory://").await?; // or "redis://:password@127.0.0.1:6379/0"
+//! // or "redis://:password@127.0.0.1:6379/0", "rediss://...?ca_file=/etc/redis/ca.pem",
+//! // "redis+cluster://:password@10.0.0.1:6379,10.0.0.2:6379"
+//! manager.connect("memory://").await?;
 //! assert!(manager.uuid_to_id().set(&id, &42).await?);
 //! assert_eq!(manager.uuid_to_id().get(&id).await, Some(42));
 //!
@@ -87,6 +89,7 @@
 //! | `value = Type` | required on a unit struct (form A), forbidden when deriving on the value type (form B) |
 //! | `codec = "bincode" \| "json" \| "string"` | default `"bincode"`; or the path of your own [`Codec`] type. See [`codec`] |
 //! | `version = N` | bump when the value type changes in a way its fingerprint cannot see ([`codec`] says what it sees) |
+//! | `hash_tag = true` | the namespace is written in braces, `{user:profile}:42`: on a Redis Cluster every key of the cache is in one hash slot, so a batch is one command on one node. Default `false`: keys spread over the cluster |
 //!
 //! Anything else is a compile error pointing at the offending tokens.
 //!
@@ -95,6 +98,7 @@
 //! | situation | `get` / `mget` | `set` / `mset` | `invalidate` |
 //! | --- | --- | --- | --- |
 //! | backend down, not connected | `None` for every key | `Ok(false)` | `false` |
+//! | one master of a Redis Cluster down | `None` for the keys of its slots; the other keys are read | `Ok(false)`; an `mset` still stores the other masters' entries | `false` for its keys |
 //! | entry does not decode | `None`; logged at error level and deleted | | |
 //! | value does not encode | | `Err(CacheError::Serialization)`, nothing written | |
 //! | more than [`MAX_BATCH`] keys or entries | `Err(CacheError::Validation)`, nothing sent | same | |
@@ -105,7 +109,7 @@
 
 pub use cache_core::{
     Breaker, Cache, CacheConfig, CacheError, CacheInfo, CacheKey, CacheStats, Codec, CodecError,
-    Health, HealthStatus, MAX_BATCH, TypedCache, codec,
+    Health, HealthStatus, MAX_BATCH, NodeHealth, TypedCache, codec,
 };
 /// Declares a cache; see the [crate documentation](crate) for the `#[cache(...)]` keys.
 pub use cache_derive::Cache;

@@ -7,6 +7,9 @@
 //! [`wire`] helpers. A [`RoundTripProxy`] in front of a server counts the library's round
 //! trips; [`LogCapture`] records what it logs.
 
+pub mod cluster;
+pub mod tls;
+
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

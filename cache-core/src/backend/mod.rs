@@ -4,6 +4,7 @@
 //! errors to callers: a failure is recorded (and logged, without flooding) by the backend
 //! and surfaces as [`Unavailable`], which handles turn into a miss or `Ok(false)`.
 
+pub(crate) mod cluster;
 mod coalesce;
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -29,9 +30,14 @@ pub(crate) enum Backend {
     Disconnected,
     /// `memory://`.
     Memory(memory::MemoryStore),
-    /// `redis://`.
+    /// `redis://`, `rediss://`.
     Redis(redis::RedisBackend),
+    /// `redis+cluster://`, `rediss+cluster://`.
+    Cluster(cluster::ClusterBackend),
 }
+
+/// One key of an `mget`: its value, or why it could not be read.
+pub(crate) type Fetched = Result<Option<Vec<u8>>, Unavailable>;
 
 impl Backend {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
@@ -39,14 +45,19 @@ impl Backend {
             Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => Ok(m.get(key)),
             Backend::Redis(r) => r.get(key).await,
+            Backend::Cluster(c) => c.get(key).await,
         }
     }
 
-    pub(crate) async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
+    /// `Err` when no key could be read; otherwise each key's outcome, in order: in a
+    /// cluster, the keys of an unreachable master fail while the others are read.
+    pub(crate) async fn mget(&self, keys: &[String]) -> Result<Vec<Fetched>, Unavailable> {
+        let all = |values: Vec<Option<Vec<u8>>>| values.into_iter().map(Ok).collect();
         match self {
             Backend::Disconnected => Err(Unavailable::Down),
-            Backend::Memory(m) => Ok(m.mget(keys)),
-            Backend::Redis(r) => r.mget(keys).await,
+            Backend::Memory(m) => Ok(all(m.mget(keys))),
+            Backend::Redis(r) => r.mget(keys).await.map(all),
+            Backend::Cluster(c) => Ok(c.mget(keys).await),
         }
     }
 
@@ -65,6 +76,7 @@ impl Backend {
                 Ok(())
             }
             Backend::Redis(r) => r.set(key, value, ttl, announce).await,
+            Backend::Cluster(c) => c.set(key, value, ttl, announce).await,
         }
     }
 
@@ -81,6 +93,7 @@ impl Backend {
                 Ok(())
             }
             Backend::Redis(r) => r.mset(entries, ttl, announce).await,
+            Backend::Cluster(c) => c.mset(entries, ttl, announce).await,
         }
     }
 
@@ -89,6 +102,25 @@ impl Backend {
             Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => Ok(m.del(key)),
             Backend::Redis(r) => r.del(key, announce).await,
+            Backend::Cluster(c) => c.del(key, announce).await,
+        }
+    }
+
+    /// Deletes `keys`: how many entries were removed, and why some keys could not be
+    /// deleted, if any (in a cluster, the reachable masters' keys are still deleted).
+    pub(crate) async fn del_many(
+        &self,
+        keys: &[String],
+        announce: bool,
+    ) -> (u64, Option<Unavailable>) {
+        match self {
+            Backend::Disconnected => (0, Some(Unavailable::Down)),
+            Backend::Memory(m) => (keys.iter().filter(|k| m.del(k)).count() as u64, None),
+            Backend::Redis(r) => match r.del_many(keys, announce).await {
+                Ok(removed) => (removed, None),
+                Err(why) => (0, Some(why)),
+            },
+            Backend::Cluster(c) => c.del_many(keys, announce).await,
         }
     }
 
@@ -99,6 +131,7 @@ impl Backend {
             Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => Ok(m.del_if_eq(key, expected)),
             Backend::Redis(r) => r.del_if_eq(key, expected).await,
+            Backend::Cluster(c) => c.del_if_eq(key, expected).await,
         }
     }
 
@@ -107,6 +140,7 @@ impl Backend {
             Backend::Disconnected => Health::disconnected(),
             Backend::Memory(_) => Health::memory(),
             Backend::Redis(r) => r.health().await,
+            Backend::Cluster(c) => c.health().await,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! `redis://`: one multiplexed connection shared by every cache of a manager, guarded by
-//! a circuit breaker and kept alive by a supervisor task.
+//! `redis://` and `rediss://`: one multiplexed connection shared by every cache of a
+//! manager, guarded by a circuit breaker and kept alive by a supervisor task. A Redis
+//! Cluster (`cluster.rs`) runs one of these per master.
 //!
 //! redis-rs's `ConnectionManager` makes callers wait on its reconnect future, unbounded by
 //! the response timeout, never reconnects after timeouts, and fails its constructor when
@@ -48,7 +49,8 @@ pub(crate) struct RedisBackend {
     inner: Arc<Inner>,
     supervisor: tokio::task::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<()>,
-    listener: Option<tokio::task::JoinHandle<()>>,
+    /// The task hearing invalidations for the first levels, and its claim on them.
+    listener: Option<(tokio::task::JoinHandle<()>, u64)>,
 }
 
 struct Inner {
@@ -64,6 +66,9 @@ struct Inner {
     outage: Outage,
     coalescer: Coalescer,
     locals: Arc<LocalLevels>,
+    /// In a cluster: woken when a reply says the slot map changed (`MOVED`, `ASK`,
+    /// `CLUSTERDOWN`), so the cluster refreshes it.
+    topology_changed: Option<Arc<Notify>>,
 }
 
 /// Keeps logging to one line per transition: down, a summary per interval while down,
@@ -218,8 +223,9 @@ impl Drop for RedisBackend {
     fn drop(&mut self) {
         self.supervisor.abort();
         self.dispatcher.abort();
-        if let Some(listener) = &self.listener {
+        if let Some((listener, id)) = &self.listener {
             listener.abort();
+            self.inner.locals.release(*id);
         }
     }
 }
@@ -228,6 +234,28 @@ impl RedisBackend {
     /// Connects, or starts degraded when Redis cannot be reached; either way the
     /// supervisor keeps the connection up from now on.
     pub(crate) async fn start(settings: RedisSettings, locals: Arc<LocalLevels>) -> Self {
+        Self::start_with(settings, locals, None, true).await
+    }
+
+    /// [`start`](Self::start) for one node of a cluster: replies that say the slot map
+    /// changed wake `topology_changed` instead of being logged as refusals. Pub/sub
+    /// messages reach every node of a cluster, so only one node needs to `listen` for the
+    /// first levels' invalidations.
+    pub(crate) async fn start_node(
+        settings: RedisSettings,
+        topology_changed: Arc<Notify>,
+        locals: Arc<LocalLevels>,
+        listen: bool,
+    ) -> Self {
+        Self::start_with(settings, locals, Some(topology_changed), listen).await
+    }
+
+    async fn start_with(
+        settings: RedisSettings,
+        locals: Arc<LocalLevels>,
+        topology_changed: Option<Arc<Notify>>,
+        listen: bool,
+    ) -> Self {
         let config = settings.config;
         let redis_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
@@ -244,6 +272,7 @@ impl RedisBackend {
             outage: Outage::new(),
             coalescer: Coalescer::default(),
             locals,
+            topology_changed,
         });
         match inner.open().await {
             Ok(conn) => {
@@ -272,10 +301,13 @@ impl RedisBackend {
                 coalesce::dispatch(&inner.coalescer, mget).await;
             }
         });
-        let listener = inner
-            .locals
-            .any()
-            .then(|| tokio::spawn(listen(Arc::clone(&inner))));
+        let listener = (listen && inner.locals.any()).then(|| {
+            let id = inner.locals.claim();
+            (
+                tokio::spawn(listen_for_invalidations(Arc::clone(&inner), id)),
+                id,
+            )
+        });
         RedisBackend {
             inner,
             supervisor,
@@ -292,7 +324,16 @@ impl RedisBackend {
         })
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Unavailable> {
+    /// Whether the breaker is closed: a connection is up.
+    pub(crate) fn is_up(&self) -> bool {
+        self.inner.conn.load().is_some()
+    }
+
+    /// Sends one command, bounded by the response timeout, and settles its outcome.
+    pub(crate) async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, Unavailable> {
         let conn = self.connection()?;
         let result = cmd.query_async::<T>(&mut (*conn).clone()).await;
         self.inner.settle(&conn, result)
@@ -369,10 +410,53 @@ impl RedisBackend {
         self.pipeline::<(u64,)>(&pipe).await.map(|(n,)| n > 0)
     }
 
-    async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, Unavailable> {
+    /// Sends `pipe` in one round trip. With `ignore_errors` set on it, each command's
+    /// server error comes back as its `Value::ServerError` entry, for the caller to settle
+    /// with [`refused`](Self::refused) or a topology refresh.
+    pub(crate) async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, Unavailable> {
         let conn = self.connection()?;
         let result = pipe.query_async::<T>(&mut (*conn).clone()).await;
         self.inner.settle(&conn, result)
+    }
+
+    /// Whether this connection hears invalidations for the first levels.
+    pub(crate) fn listens(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// Adds the invalidation of `key` for other instances' first levels to `pipe`.
+    pub(crate) fn announce(&self, pipe: &mut redis::Pipeline, key: &str) {
+        self.inner.announce(pipe, key);
+    }
+
+    /// Records a command of a pipeline the server refused: counted, logged at most once
+    /// per 10 s; a reply saying the slot map changed wakes the cluster's refresh instead.
+    pub(crate) fn refused(&self, error: &RedisError) {
+        let inner = &self.inner;
+        inner.outage.count_degraded();
+        if !inner.topology_hint(error) {
+            inner.outage.refused(&inner.url, inner.describe(error));
+        }
+    }
+
+    /// One `DEL` of every key: how many entries it removed.
+    pub(crate) async fn del_many(
+        &self,
+        keys: &[String],
+        announce: bool,
+    ) -> Result<u64, Unavailable> {
+        if !announce {
+            return self.query::<u64>(redis::cmd("DEL").arg(keys)).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(keys);
+        for key in keys {
+            self.inner.announce(&mut pipe, key);
+        }
+        self.pipeline::<(u64,)>(&pipe).await.map(|(n,)| n)
     }
 
     pub(crate) async fn del_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, Unavailable> {
@@ -419,7 +503,7 @@ impl RedisBackend {
     }
 }
 
-fn expiry_args(cmd: &mut redis::Cmd, ttl: Duration) {
+pub(super) fn expiry_args(cmd: &mut redis::Cmd, ttl: Duration) {
     if ttl.subsec_millis() == 0 {
         cmd.arg("EX").arg(ttl.as_secs());
     } else {
@@ -502,6 +586,9 @@ impl Inner {
                     }
                     return Err(Unavailable::Timeout);
                 }
+                if self.topology_hint(&error) {
+                    return Err(Unavailable::Failed);
+                }
                 let text = self.describe(&error);
                 if must_reconnect(&error) {
                     self.open_breaker(conn, text);
@@ -511,6 +598,24 @@ impl Inner {
                 Err(Unavailable::Failed)
             }
         }
+    }
+
+    /// In a cluster, whether `error` says the slot map changed; it then wakes the refresh.
+    fn topology_hint(&self, error: &RedisError) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        let Some(changed) = &self.topology_changed else {
+            return false;
+        };
+        let hint = matches!(
+            error.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::ClusterDown
+            )
+        );
+        if hint {
+            changed.notify_one();
+        }
+        hint
     }
 
     /// Forgets `conn` (unless it was already replaced) and wakes the supervisor.
@@ -538,7 +643,7 @@ fn must_reconnect(error: &RedisError) -> bool {
 }
 
 /// Between half and all of `wait`, so many instances do not reconnect in lockstep.
-fn jittered(wait: Duration) -> Duration {
+pub(super) fn jittered(wait: Duration) -> Duration {
     let random = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
@@ -549,7 +654,7 @@ fn jittered(wait: Duration) -> Duration {
 /// Hears invalidations for the first levels on a pub/sub connection of its own. The
 /// levels are readable only while it is subscribed; it empties them whenever that ends,
 /// since messages may have been missed.
-async fn listen(inner: Arc<Inner>) {
+async fn listen_for_invalidations(inner: Arc<Inner>, id: u64) {
     let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
     let mut backoff = first;
     loop {
@@ -560,7 +665,7 @@ async fn listen(inner: Arc<Inner>) {
         };
         match tokio::time::timeout(inner.config.connect_timeout, subscribe).await {
             Ok(Ok(pubsub)) => {
-                inner.locals.set_coherent(true);
+                inner.locals.heard(id, true);
                 backoff = first;
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
@@ -568,10 +673,10 @@ async fn listen(inner: Arc<Inner>) {
                         inner.locals.apply(&text);
                     }
                 }
-                inner.locals.set_coherent(false);
+                inner.locals.heard(id, false);
             }
             _ => {
-                inner.locals.set_coherent(false);
+                inner.locals.heard(id, false);
                 tokio::time::sleep(jittered(backoff)).await;
                 backoff = (backoff * 2).min(longest);
             }

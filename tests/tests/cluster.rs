@@ -1,0 +1,577 @@
+//! The same typed caches on a three-master Redis Cluster the harness starts on loopback:
+//! keys spread over every master, batches split by slot and node, corrupt entries
+//! evicted on the node that holds them, a paused or killed master degrading only its own
+//! keys and coming back by itself, hash-tagged caches on one slot, health per node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::Duration;
+
+use cache_manager::{Breaker, Cache, CacheConfig, HealthStatus, cache_registry};
+use cache_tests::cluster::RedisCluster;
+use cache_tests::{LogCapture, free_port, wire};
+use serde::{Deserialize, Serialize};
+
+/// Form B, spread over the cluster (the default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Cache)]
+#[cache(namespace = "user:profile", ttl = 600, key = i64)]
+pub struct UserProfile {
+    /// Display name.
+    pub name: String,
+}
+
+/// The same shape, but every key on the slot of its namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Cache)]
+#[cache(namespace = "team:member", ttl = 600, key = i64, hash_tag = true)]
+pub struct TeamMember {
+    /// Display name.
+    pub name: String,
+}
+
+/// Strings, to read what the string codec wrote.
+#[derive(Cache)]
+#[cache(namespace = "counter:visits", ttl = 60, key = i64, value = i64, codec = "string")]
+pub struct VisitCountCache;
+
+cache_registry! {
+    /// The caches of these tests.
+    pub struct CacheManager {
+        profiles: UserProfileCache,
+        members: TeamMemberCache,
+        visits: VisitCountCache,
+    }
+}
+
+const PASSWORD: &str = "clu$ter-Pa55";
+
+fn profile(id: i64) -> UserProfile {
+    UserProfile {
+        name: format!("user {id}"),
+    }
+}
+
+/// Runs one cache call, failing the test if it takes 2 s or more: a call to a degraded
+/// node must return within its response timeout, never hang.
+async fn quick<F: Future>(what: &str, call: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(2), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung for more than 2 s"))
+}
+
+/// Polls `check` until it holds, for at most 20 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after 20 s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn connected(cluster: &RedisCluster) -> CacheManager {
+    let manager = CacheManager::new();
+    manager.connect(&cluster.url()).await.unwrap();
+    manager
+}
+
+/// The ids `0..100`, and each one's master.
+async fn owners(cluster: &RedisCluster, manager: &CacheManager) -> BTreeMap<i64, usize> {
+    let mut owners = BTreeMap::new();
+    for id in 0..100 {
+        let key = manager.profiles().redis_key(&id);
+        owners.insert(id, cluster.owner_of(&key).await);
+    }
+    owners
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_keys_spread_over_every_master_round_trip_through_mset_and_mget() {
+    let cluster = RedisCluster::new();
+    let manager = connected(&cluster).await;
+    let profiles = manager.profiles();
+    let entries: HashMap<i64, UserProfile> = (0..100).map(|id| (id, profile(id))).collect();
+    assert!(profiles.mset(&entries).await.unwrap());
+
+    let ids: Vec<i64> = (0..100).collect();
+    let found = profiles.mget(&ids).await.unwrap();
+    assert_eq!(found.len(), 100);
+    for (id, value) in &found {
+        assert_eq!(value.as_ref(), Some(&profile(*id)), "id {id}");
+    }
+
+    // Every master holds some of the keys, exactly the ones whose slot it serves, each
+    // with the cache's TTL.
+    let owners = owners(&cluster, &manager).await;
+    let mut total = 0;
+    for (index, _) in cluster.nodes().iter().enumerate() {
+        let conn = cluster.raw(index).await;
+        let mut expected: Vec<String> = owners
+            .iter()
+            .filter(|(_, owner)| **owner == index)
+            .map(|(id, _)| profiles.redis_key(id))
+            .collect();
+        expected.sort();
+        assert!(
+            !expected.is_empty(),
+            "master {index} serves none of 100 keys"
+        );
+        assert_eq!(wire::keys(&conn).await, expected, "keys of master {index}");
+        let ttl = wire::ttl(&conn, &expected[0]).await;
+        assert!((590..=600).contains(&ttl), "ttl {ttl}");
+        total += wire::dbsize(&conn).await;
+    }
+    assert_eq!(total, 100);
+
+    // A batch is one `MGET` per slot, sent only to the master of that slot: no
+    // cross-slot error, no redirection.
+    for (index, _) in cluster.nodes().iter().enumerate() {
+        wire::reset_stats(&cluster.raw(index).await).await;
+    }
+    assert_eq!(profiles.mget(&ids).await.unwrap().len(), 100);
+    for (index, _) in cluster.nodes().iter().enumerate() {
+        let calls = wire::command_calls(&cluster.raw(index).await).await;
+        let mut slots: Vec<u16> = Vec::new();
+        for (id, _) in owners.iter().filter(|(_, owner)| **owner == index) {
+            let slot = key_slot(&cluster, &profiles.redis_key(id)).await;
+            if !slots.contains(&slot) {
+                slots.push(slot);
+            }
+        }
+        assert_eq!(
+            calls.get("mget").copied().unwrap_or(0),
+            slots.len() as u64,
+            "MGETs on master {index}: {calls:?}"
+        );
+        assert_eq!(calls.get("get"), None, "master {index}: {calls:?}");
+    }
+}
+
+async fn key_slot(cluster: &RedisCluster, key: &str) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut cluster.raw(0).await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_keeps_its_contract_on_a_cluster() {
+    let cluster = RedisCluster::builder().password(PASSWORD).start();
+    let manager = connected(&cluster).await;
+    let visits = manager.visits();
+
+    for id in 0..20 {
+        assert!(visits.set(&id, &(id * 10)).await.unwrap());
+    }
+    for id in 0..20 {
+        assert_eq!(visits.get(&id).await, Some(id * 10));
+    }
+    // What the string codec wrote, on the master of the key.
+    let key = visits.redis_key(&7);
+    let owner = cluster.owner_of(&key).await;
+    let conn = cluster.raw(owner).await;
+    assert_eq!(wire::get(&conn, &key).await.as_deref(), Some(&b"70"[..]));
+
+    assert!(
+        visits
+            .set_with_ttl(&7, &71, Duration::from_millis(1500))
+            .await
+            .unwrap()
+    );
+    let pttl = wire::pttl(&conn, &key).await;
+    assert!((1..=1500).contains(&pttl), "pttl {pttl}");
+
+    assert!(visits.invalidate(&7).await);
+    assert!(!visits.invalidate(&7).await);
+    assert!(!wire::exists(&conn, &key).await);
+
+    // Multi-key invalidation across slots and masters.
+    let ids: Vec<i64> = (0..20).collect();
+    assert_eq!(visits.invalidate_many(&ids).await.unwrap(), 19);
+    for (index, _) in cluster.nodes().iter().enumerate() {
+        assert_eq!(wire::dbsize(&cluster.raw(index).await).await, 0);
+    }
+
+    // The batch limit applies to the whole call, before anything is sent.
+    let too_many: Vec<i64> = (0..101).collect();
+    assert!(visits.mget(&too_many).await.is_err());
+    assert!(visits.invalidate_many(&too_many).await.is_err());
+    let entries: HashMap<i64, i64> = too_many.iter().map(|&id| (id, id)).collect();
+    assert!(visits.mset(&entries).await.is_err());
+    for (index, _) in cluster.nodes().iter().enumerate() {
+        assert_eq!(wire::dbsize(&cluster.raw(index).await).await, 0);
+    }
+
+    // The password reaches neither health nor the logs.
+    let health = manager.health().await;
+    let json = serde_json::to_string(&health).unwrap();
+    assert!(health.healthy, "{json}");
+    assert!(!json.contains(PASSWORD) && json.contains(":***@"), "{json}");
+    assert!(!format!("{manager:?}").contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_entries_are_evicted_on_the_master_that_holds_them() {
+    let cluster = RedisCluster::new();
+    let manager = connected(&cluster).await;
+    let profiles = manager.profiles();
+    let owners = owners(&cluster, &manager).await;
+    // One id per master, planted as garbage on its master.
+    let mut planted = Vec::new();
+    for index in 0..cluster.nodes().len() {
+        let (&id, _) = owners.iter().find(|(_, o)| **o == index).unwrap();
+        let conn = cluster.raw(index).await;
+        wire::set(&conn, &profiles.redis_key(&id), b"\x00garbage").await;
+        planted.push((id, index));
+    }
+    let good = owners
+        .keys()
+        .copied()
+        .find(|id| !planted.iter().any(|(p, _)| p == id));
+    let good = good.unwrap();
+    assert!(profiles.set(&good, &profile(good)).await.unwrap());
+
+    let ids: Vec<i64> = planted.iter().map(|(id, _)| *id).chain([good]).collect();
+    let found = profiles.mget(&ids).await.unwrap();
+    for (id, _) in &planted {
+        assert_eq!(found[id], None, "corrupt id {id}");
+    }
+    assert_eq!(found[&good], Some(profile(good)));
+    for (id, index) in &planted {
+        let conn = cluster.raw(*index).await;
+        assert!(
+            !wire::exists(&conn, &profiles.redis_key(id)).await,
+            "the corrupt entry of id {id} is still on master {index}"
+        );
+    }
+    assert_eq!(profiles.stats().corrupt_evicted, 3);
+
+    // `get` evicts too.
+    let (id, index) = planted[0];
+    wire::set(&cluster.raw(index).await, &profiles.redis_key(&id), b"junk").await;
+    assert_eq!(profiles.get(&id).await, None);
+    assert!(!wire::exists(&cluster.raw(index).await, &profiles.redis_key(&id)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_one_master_degrades_only_its_keys_and_recovers_after_it_resumes() {
+    let cluster = RedisCluster::new();
+    let manager = CacheManager::new();
+    let config = CacheConfig::new()
+        .with_response_timeout(Duration::from_millis(200))
+        .with_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    manager.connect_with(&cluster.url(), &config).await.unwrap();
+    let profiles = manager.profiles();
+    let entries: HashMap<i64, UserProfile> = (0..100).map(|id| (id, profile(id))).collect();
+    assert!(profiles.mset(&entries).await.unwrap());
+    let owners = owners(&cluster, &manager).await;
+    let paused = 1;
+    let on_paused: Vec<i64> = owners
+        .iter()
+        .filter(|(_, o)| **o == paused)
+        .map(|(id, _)| *id)
+        .collect();
+    let elsewhere: Vec<i64> = owners
+        .iter()
+        .filter(|(_, o)| **o != paused)
+        .map(|(id, _)| *id)
+        .collect();
+    let ids: Vec<i64> = (0..100).collect();
+
+    cluster.nodes()[paused].pause();
+    // Repeated, so the paused master's breaker opens; each call stays bounded.
+    for round in 0..5 {
+        let found = quick("mget", profiles.mget(&ids)).await.unwrap();
+        for id in &on_paused {
+            assert_eq!(
+                found[id], None,
+                "round {round}: id {id} of the paused master"
+            );
+        }
+        for id in &elsewhere {
+            assert_eq!(found[id], Some(profile(*id)), "round {round}: id {id}");
+        }
+    }
+    let (&there, &here) = (&on_paused[0], &elsewhere[0]);
+    assert_eq!(quick("get", profiles.get(&there)).await, None);
+    assert_eq!(quick("get", profiles.get(&here)).await, Some(profile(here)));
+    assert!(
+        !quick("set", profiles.set(&there, &profile(0)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        quick("set", profiles.set(&here, &profile(here)))
+            .await
+            .unwrap()
+    );
+    // A batch with keys on the paused master reports that not everything was stored,
+    // and still stores the rest.
+    let batch = HashMap::from([(there, profile(there)), (here, profile(1000))]);
+    assert!(!quick("mset", profiles.mset(&batch)).await.unwrap());
+    assert_eq!(profiles.get(&here).await, Some(profile(1000)));
+
+    let health = quick("health", manager.health()).await;
+    assert_eq!(health.status, HealthStatus::Degraded);
+    assert!(!health.healthy);
+    assert_eq!(health.nodes.len(), 3);
+    let port = cluster.nodes()[paused].port();
+    for node in &health.nodes {
+        let is_paused = node.address.ends_with(&format!(":{port}"));
+        assert_eq!(node.healthy, !is_paused, "{node:?}");
+        if is_paused {
+            assert_eq!(node.breaker, Breaker::Open, "{node:?}");
+            assert!(node.error.is_some(), "{node:?}");
+        }
+    }
+    assert!(health.error.unwrap().contains(&format!(":{port}")));
+
+    cluster.nodes()[paused].resume();
+    eventually("every key readable again", || async {
+        let found = profiles.mget(&ids).await.unwrap();
+        found.values().filter(|v| v.is_some()).count() == 100
+    })
+    .await;
+    eventually("a healthy cluster", || async {
+        manager.health().await.healthy
+    })
+    .await;
+    assert!(profiles.set(&there, &profile(there)).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_degrades_its_keys_and_serves_again_once_restarted() {
+    let mut cluster = RedisCluster::new();
+    let manager = CacheManager::new();
+    let config =
+        CacheConfig::new().with_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    manager.connect_with(&cluster.url(), &config).await.unwrap();
+    let profiles = manager.profiles();
+    let owners = owners(&cluster, &manager).await;
+    let killed = 2;
+    let there = *owners.iter().find(|(_, o)| **o == killed).unwrap().0;
+    let here = *owners.iter().find(|(_, o)| **o != killed).unwrap().0;
+    assert!(profiles.set(&there, &profile(there)).await.unwrap());
+
+    cluster.node_mut(killed).kill();
+    assert_eq!(quick("get", profiles.get(&there)).await, None);
+    assert!(
+        !quick("set", profiles.set(&there, &profile(there)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        quick("set", profiles.set(&here, &profile(here)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(quick("get", profiles.get(&here)).await, Some(profile(here)));
+
+    // It comes back empty, with the same identity and slots (its nodes.conf is kept).
+    cluster.node_mut(killed).restart();
+    eventually("writes to the restarted master", || async {
+        profiles.set(&there, &profile(there)).await.unwrap()
+    })
+    .await;
+    assert_eq!(profiles.get(&there).await, Some(profile(there)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_tagged_cache_keeps_every_key_on_one_slot() {
+    let cluster = RedisCluster::new();
+    let manager = connected(&cluster).await;
+    let members = manager.members();
+    assert_eq!(members.redis_key(&5), "{team:member}:5");
+    let entries: HashMap<i64, TeamMember> = (0..100)
+        .map(|id| {
+            (
+                id,
+                TeamMember {
+                    name: format!("m{id}"),
+                },
+            )
+        })
+        .collect();
+    let owner = cluster.owner_of("team:member").await;
+    wire::reset_stats(&cluster.raw(owner).await).await;
+
+    assert!(members.mset(&entries).await.unwrap());
+    let ids: Vec<i64> = (0..100).collect();
+    let found = members.mget(&ids).await.unwrap();
+    assert!(found.values().all(Option::is_some));
+
+    let slot = key_slot(&cluster, "team:member").await;
+    for (index, _) in cluster.nodes().iter().enumerate() {
+        let conn = cluster.raw(index).await;
+        let expected = if index == owner { 100 } else { 0 };
+        assert_eq!(wire::dbsize(&conn).await, expected, "master {index}");
+    }
+    for id in [0, 42, 99] {
+        assert_eq!(key_slot(&cluster, &members.redis_key(&id)).await, slot);
+    }
+    // One slot: the whole `mget` is a single `MGET` on a single master.
+    let calls = wire::command_calls(&cluster.raw(owner).await).await;
+    assert_eq!(calls.get("mget"), Some(&1), "{calls:?}");
+    assert_eq!(members.invalidate_many(&ids).await.unwrap(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_lists_every_master_with_its_slots() {
+    let cluster = RedisCluster::new();
+    let manager = connected(&cluster).await;
+    let health = manager.health().await;
+    assert_eq!(health.status, HealthStatus::Connected);
+    assert!(health.healthy && health.breaker == Breaker::Closed);
+    assert_eq!(health.backend, "redis-cluster");
+    assert_eq!(health.nodes.len(), 3);
+    assert_eq!(health.nodes.iter().map(|n| n.slots).sum::<u32>(), 16384);
+    let mut ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    ports.sort();
+    let mut reported: Vec<u16> = health
+        .nodes
+        .iter()
+        .map(|n| n.address.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    reported.sort();
+    assert_eq!(reported, ports);
+    assert!(
+        health
+            .nodes
+            .iter()
+            .all(|n| n.healthy && n.latency_ms.is_some())
+    );
+    let json = serde_json::to_value(&health).unwrap();
+    assert_eq!(json["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(json["nodes"][0]["healthy"], true);
+}
+
+// On the current thread, so the log capture sees the background tasks' lines too.
+#[tokio::test(flavor = "current_thread")]
+async fn an_unreachable_cluster_is_not_a_connect_error_and_every_call_degrades() {
+    let url = format!(
+        "redis+cluster://:{PASSWORD}@127.0.0.1:{},127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let capture = LogCapture::start();
+    let manager = CacheManager::new();
+    manager.connect(&url).await.unwrap();
+    assert_eq!(quick("get", manager.profiles().get(&1)).await, None);
+    assert!(
+        !quick("set", manager.profiles().set(&1, &profile(1)))
+            .await
+            .unwrap()
+    );
+    let found = quick("mget", manager.profiles().mget(&[1, 2]))
+        .await
+        .unwrap();
+    assert_eq!(found, HashMap::from([(1, None), (2, None)]));
+    let batch = HashMap::from([(1, profile(1))]);
+    assert!(
+        !quick("mset", manager.profiles().mset(&batch))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        quick("invalidate_many", manager.profiles().invalidate_many(&[1]))
+            .await
+            .unwrap(),
+        0
+    );
+
+    let health = manager.health().await;
+    assert_eq!(health.status, HealthStatus::Degraded);
+    assert!(!health.healthy && health.nodes.is_empty());
+    let error = health.error.unwrap();
+    assert!(error.contains("CLUSTER SLOTS"), "{error}");
+    assert!(!error.contains(PASSWORD));
+    let logs = capture.text();
+    assert!(!logs.contains(PASSWORD), "{logs}");
+    assert_eq!(
+        capture.lines_at("ERROR").len(),
+        1,
+        "one error line per outage: {logs}"
+    );
+}
+
+async fn run<T: redis::FromRedisValue>(
+    conn: &redis::aio::MultiplexedConnection,
+    cmd: &redis::Cmd,
+) -> T {
+    cmd.query_async(&mut conn.clone())
+        .await
+        .unwrap_or_else(|e| panic!("raw command failed: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_master_is_followed_after_one_redirection() {
+    let cluster = RedisCluster::new();
+    let manager = CacheManager::new();
+    let config =
+        CacheConfig::new().with_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    manager.connect_with(&cluster.url(), &config).await.unwrap();
+    let profiles = manager.profiles();
+    assert!(profiles.set(&7, &profile(7)).await.unwrap());
+    let key = profiles.redis_key(&7);
+    let slot = key_slot(&cluster, &key).await;
+    let from = cluster.owner_of(&key).await;
+    let to = (from + 1) % 3;
+    let (source, target) = (cluster.raw(from).await, cluster.raw(to).await);
+    let target_port = format!(":{}", cluster.nodes()[to].port());
+    let slots_of_target = |health: &cache_manager::Health| {
+        let node = health
+            .nodes
+            .iter()
+            .find(|n| n.address.ends_with(&target_port));
+        node.unwrap().slots
+    };
+    let before = slots_of_target(&manager.health().await);
+    let source_id: String = run(&source, redis::cmd("CLUSTER").arg("MYID")).await;
+    let target_id: String = run(&target, redis::cmd("CLUSTER").arg("MYID")).await;
+
+    // Move the slot by hand, the way `redis-cli --cluster reshard` does.
+    let setslot = |state: &str, id: &str| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+        cmd
+    };
+    run::<()>(&target, &setslot("IMPORTING", &source_id)).await;
+    run::<()>(&source, &setslot("MIGRATING", &target_id)).await;
+    run::<()>(
+        &source,
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(cluster.nodes()[to].port())
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&key),
+    )
+    .await;
+    for index in 0..3 {
+        run::<()>(&cluster.raw(index).await, &setslot("NODE", &target_id)).await;
+    }
+    // The target owns the slot now; the source answers `MOVED` for it.
+    assert!(wire::exists(&target, &key).await);
+
+    // The first call may meet `MOVED` and degrade; the slot map is then refreshed and
+    // the key is served by its new master.
+    eventually("the moved key to be read from its new master", || async {
+        profiles.get(&7).await == Some(profile(7))
+    })
+    .await;
+    assert!(profiles.set(&7, &profile(8)).await.unwrap());
+    assert!(wire::get(&target, &key).await.is_some());
+    let health = manager.health().await;
+    assert!(health.healthy, "{health:?}");
+    assert_eq!(health.nodes.iter().map(|n| n.slots).sum::<u32>(), 16384);
+    assert_eq!(slots_of_target(&health), before + 1);
+}
