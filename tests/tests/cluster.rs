@@ -33,12 +33,18 @@ pub struct TeamMember {
 #[cache(namespace = "counter:visits", ttl = 60, key = i64, value = i64, codec = "string")]
 pub struct VisitCountCache;
 
+/// With an in-process first level, kept coherent through the cluster's pub/sub.
+#[derive(Cache)]
+#[cache(namespace = "user:name", ttl = 60, key = i64, value = String, local = 1000)]
+pub struct UserNameCache;
+
 cache_registry! {
     /// The caches of these tests.
     pub struct CacheManager {
         profiles: UserProfileCache,
         members: TeamMemberCache,
         visits: VisitCountCache,
+        names: UserNameCache,
     }
 }
 
@@ -574,4 +580,60 @@ async fn a_slot_moved_to_another_master_is_followed_after_one_redirection() {
     assert!(health.healthy, "{health:?}");
     assert_eq!(health.nodes.iter().map(|n| n.slots).sum::<u32>(), 16384);
     assert_eq!(slots_of_target(&health), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_levels_stay_coherent_across_instances_on_a_cluster() {
+    let cluster = RedisCluster::new();
+    let (a, b) = (connected(&cluster).await, connected(&cluster).await);
+    let ids: Vec<i64> = (0..30).collect();
+    // Keys spread over every master, so invalidations published on each reach b.
+    let mut masters = std::collections::BTreeSet::new();
+    for id in &ids {
+        masters.insert(cluster.owner_of(&a.names().redis_key(id)).await);
+    }
+    assert_eq!(masters.len(), 3, "the keys do not cover every master");
+
+    for id in &ids {
+        assert!(a.names().set(id, &format!("old-{id}")).await.unwrap());
+    }
+    // b reads every key, keeping copies once its level is readable.
+    eventually("b to serve every key from its first level", || async {
+        for id in &ids {
+            assert_eq!(b.names().get(id).await, Some(format!("old-{id}")));
+        }
+        let before = b.names().stats().hits;
+        for id in &ids {
+            b.names().get(id).await;
+        }
+        b.names().stats().hits == before + ids.len() as u64
+    })
+    .await;
+
+    for id in &ids {
+        assert!(a.names().set(id, &format!("new-{id}")).await.unwrap());
+    }
+    eventually("every write to reach b's first level", || async {
+        let mut fresh = 0;
+        for id in &ids {
+            if b.names().get(id).await == Some(format!("new-{id}")) {
+                fresh += 1;
+            }
+        }
+        fresh == ids.len()
+    })
+    .await;
+    assert_eq!(
+        a.names().invalidate_many(&ids).await.unwrap(),
+        ids.len() as u64
+    );
+    eventually("invalidate_many to reach b", || async {
+        for id in &ids {
+            if b.names().get(id).await.is_some() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
 }
