@@ -12,6 +12,7 @@
 
 mod backend;
 mod cache;
+mod clear;
 pub mod codec;
 mod config;
 mod error;
@@ -21,6 +22,7 @@ mod key;
 mod load;
 mod local;
 mod manager;
+mod observe;
 mod registry;
 mod stats;
 

@@ -184,10 +184,15 @@ impl LocalLevels {
         let levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
         // Namespaces of one registry are never `:`-prefixes of each other, so at most one
         // level owns the key.
-        if let Some((_, level)) = levels.iter().find(|(ns, _)| {
+        if let Some((ns, level)) = levels.iter().find(|(ns, _)| {
             key.len() > ns.len() && key.starts_with(ns) && key.as_bytes()[ns.len()] == b':'
         }) {
-            level.remove(key);
+            // `{namespace}:*` is a clear of the whole namespace.
+            if key.len() == ns.len() + 2 && key.ends_with(":*") {
+                level.clear();
+            } else {
+                level.remove(key);
+            }
         }
     }
 

@@ -102,6 +102,20 @@ impl Backend {
         }
     }
 
+    /// Removes every key of `namespace`; how many, and why it stopped early if it did.
+    /// `announce`: also tell other instances to empty the namespace's first level.
+    pub(crate) async fn clear(
+        &self,
+        namespace: &str,
+        announce: bool,
+    ) -> (u64, Option<Unavailable>) {
+        match self {
+            Backend::Disconnected => (0, Some(Unavailable::Down)),
+            Backend::Memory(m) => (m.clear(namespace), None),
+            Backend::Redis(r) => r.clear(namespace, announce).await,
+        }
+    }
+
     pub(crate) async fn health(&self) -> Health {
         match self {
             Backend::Disconnected => Health::disconnected(),
