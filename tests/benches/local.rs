@@ -90,7 +90,9 @@ async fn main() {
     }
     local.sort();
     remote.sort();
-    println!("command: cargo bench -p cache-tests --bench local (release, redis-server on loopback, current-thread runtime)");
+    println!(
+        "command: cargo bench -p cache-tests --bench local (release, redis-server on loopback, current-thread runtime)"
+    );
     println!(
         "get, local hit (local = 100_000): p50 {}, p99 {} | same value from Redis: p50 {}, p99 {}",
         micros(percentile(&local, 0.5)),
@@ -113,7 +115,10 @@ async fn main() {
             if b.profiles().get(&k).await.as_ref() == Some(&newer) {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(5), "the invalidation never arrived");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the invalidation never arrived"
+            );
             tokio::task::yield_now().await;
         }
         reach.push(started.elapsed());
