@@ -15,6 +15,7 @@ use crate::key::CacheKey;
 use crate::load::Flights;
 use crate::local::{Invalidate as _, LocalLevel as _};
 use crate::manager::Shared;
+use crate::observe::{Op, observed};
 use crate::stats::{CacheStats, Counters};
 
 /// Longest TTL a call may set: what fits Redis's millisecond expiry arithmetic.
@@ -26,11 +27,11 @@ const MAX_TTL: Duration = Duration::from_millis(i64::MAX as u64 / 2);
 /// returns a connection error: while the backend is unavailable, reads return `None` and
 /// writes `Ok(false)`.
 pub struct TypedCache<C: Cache> {
-    shared: Arc<Shared>,
-    counters: Arc<Counters>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) counters: Arc<Counters>,
     field: &'static str,
     flights: Flights<C::Key, C::Value>,
-    local: Option<Arc<C::Local>>,
+    pub(crate) local: Option<Arc<C::Local>>,
     _cache: PhantomData<fn() -> C>,
 }
 
@@ -115,6 +116,10 @@ impl<C: Cache> TypedCache<C> {
     /// `None` on a miss, while the backend is unavailable, and for a corrupt entry (bytes
     /// that do not decode as `C::Value`), which is logged at error level and deleted.
     pub async fn get(&self, key: &C::Key) -> Option<C::Value> {
+        observed(C::NAMESPACE, Op::Get, self.get_unobserved(key)).await
+    }
+
+    async fn get_unobserved(&self, key: &C::Key) -> Option<C::Value> {
         let redis_key = self.redis_key(key);
         let local = self.local();
         if let Some(value) = local.and_then(|l| l.get(&redis_key)) {
@@ -192,6 +197,20 @@ impl<C: Cache> TypedCache<C> {
         value: &C::Value,
         ttl: Duration,
     ) -> Result<bool, CacheError> {
+        observed(
+            C::NAMESPACE,
+            Op::Set,
+            self.write_unobserved(key, value, ttl),
+        )
+        .await
+    }
+
+    async fn write_unobserved(
+        &self,
+        key: &C::Key,
+        value: &C::Value,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
         let bytes = self.encode(value)?;
         let redis_key = self.redis_key(key);
         self.forget_locally(&redis_key);
@@ -207,6 +226,13 @@ impl<C: Cache> TypedCache<C> {
     /// keys of an unreachable master only). More than [`MAX_BATCH`] distinct keys is
     /// `Err(CacheError::Validation)` and nothing is sent.
     pub async fn mget(
+        &self,
+        keys: &[C::Key],
+    ) -> Result<HashMap<C::Key, Option<C::Value>>, CacheError> {
+        observed(C::NAMESPACE, Op::Mget, self.mget_unobserved(keys)).await
+    }
+
+    async fn mget_unobserved(
         &self,
         keys: &[C::Key],
     ) -> Result<HashMap<C::Key, Option<C::Value>>, CacheError> {
@@ -311,6 +337,13 @@ impl<C: Cache> TypedCache<C> {
     where
         I: IntoIterator<Item = (&'a C::Key, &'a C::Value)>,
     {
+        observed(C::NAMESPACE, Op::Mset, self.mset_unobserved(entries)).await
+    }
+
+    async fn mset_unobserved<'a, I>(&self, entries: I) -> Result<bool, CacheError>
+    where
+        I: IntoIterator<Item = (&'a C::Key, &'a C::Value)>,
+    {
         let mut encoded: Vec<(String, Vec<u8>)> = Vec::new();
         let mut index: HashMap<&'a C::Key, usize> = HashMap::new();
         for (key, value) in entries {
@@ -347,6 +380,15 @@ impl<C: Cache> TypedCache<C> {
     ///
     /// `false` also when the backend is unavailable (logged).
     pub async fn invalidate(&self, key: &C::Key) -> bool {
+        observed(
+            C::NAMESPACE,
+            Op::Invalidate,
+            self.invalidate_unobserved(key),
+        )
+        .await
+    }
+
+    async fn invalidate_unobserved(&self, key: &C::Key) -> bool {
         let redis_key = self.redis_key(key);
         self.forget_locally(&redis_key);
         let backend = self.shared.backend();

@@ -13,6 +13,7 @@
 
 mod backend;
 mod cache;
+mod clear;
 pub mod codec;
 mod config;
 mod error;
@@ -22,6 +23,7 @@ mod key;
 mod load;
 mod local;
 mod manager;
+mod observe;
 mod registry;
 mod stats;
 

@@ -220,17 +220,116 @@ impl LocalLevels {
             return;
         }
         let levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
-        // Namespaces of one registry are never `:`-prefixes of each other, so at most one
-        // level owns the key.
-        if let Some((_, level)) = levels.iter().find(|(ns, _)| {
-            key.len() > ns.len() && key.starts_with(ns) && key.as_bytes()[ns.len()] == b':'
-        }) {
-            level.remove(key);
+        // The namespace, and what follows it: `{namespace}:rest` for hash-tagged caches,
+        // else `namespace:rest`. Namespaces of one registry are never `:`-prefixes of each
+        // other, so at most one level owns the key.
+        let owner = match key.strip_prefix('{').and_then(|k| k.split_once('}')) {
+            Some((ns, rest)) => rest.strip_prefix(':').and_then(|rest| {
+                levels
+                    .iter()
+                    .find(|(n, _)| *n == ns)
+                    .map(|(_, l)| (l, rest))
+            }),
+            None => levels.iter().find_map(|(ns, level)| {
+                let rest = key.strip_prefix(ns)?.strip_prefix(':')?;
+                Some((level, rest))
+            }),
+        };
+        match owner {
+            // `{namespace}:*` is a clear of the whole namespace.
+            Some((level, "*")) => level.clear(),
+            Some((level, _)) => level.remove(key),
+            None => {}
         }
     }
 
     /// The message announcing a change to `key`.
     pub(crate) fn message(&self, key: &str) -> String {
         format!("{}|{key}", self.instance)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(levels: &LocalLevels, namespace: &'static str) -> Arc<Moka<String>> {
+        let level = Arc::new(<Moka<String> as LocalLevel<String>>::new(
+            100,
+            Duration::from_secs(60),
+        ));
+        levels.register(namespace, level.clone());
+        level
+    }
+
+    fn fill(level: &Moka<String>, keys: &[&str]) {
+        for key in keys {
+            level.insert_if_current((*key).to_owned(), &"v".to_owned(), level.generation());
+        }
+    }
+
+    #[test]
+    fn messages_reach_the_level_that_owns_the_key() {
+        let levels = LocalLevels::new();
+        levels.reset(true);
+        let user = level(&levels, "user");
+        let users = level(&levels, "users");
+        let tagged = level(&levels, "team:member");
+        fill(&user, &["user:1", "user:2"]);
+        fill(&users, &["users:1"]);
+        fill(&tagged, &["{team:member}:1", "{team:member}:2"]);
+
+        levels.apply("peer|user:1");
+        assert!(user.get("user:1").is_none());
+        assert!(user.get("user:2").is_some());
+        assert!(
+            users.get("users:1").is_some(),
+            "a namespace sharing a prefix without `:` was hit"
+        );
+
+        levels.apply("peer|{team:member}:1");
+        assert!(
+            tagged.get("{team:member}:1").is_none(),
+            "hash-tagged keys were not routed"
+        );
+        assert!(tagged.get("{team:member}:2").is_some());
+
+        levels.apply(&levels.message("user:2"));
+        assert!(
+            user.get("user:2").is_some(),
+            "an instance's own message was applied"
+        );
+
+        levels.apply("peer|{team:member}:*");
+        assert!(
+            tagged.get("{team:member}:2").is_none(),
+            "a clear did not empty the level"
+        );
+        levels.apply("peer|users:*");
+        assert!(users.get("users:1").is_none());
+        levels.apply("peer|nobody:1");
+        levels.apply("garbage without a separator");
+    }
+
+    #[test]
+    fn only_the_listener_that_counts_sets_coherence() {
+        let levels = LocalLevels::new();
+        level(&levels, "user");
+        let old = levels.claim();
+        let new = levels.claim();
+        levels.heard(old, true);
+        assert!(
+            !levels.coherent(),
+            "a retired listener made the levels readable"
+        );
+        levels.heard(new, true);
+        assert!(levels.coherent());
+        levels.release(old);
+        assert!(
+            levels.coherent(),
+            "releasing a retired listener affected the current one"
+        );
+        levels.release(new);
+        assert!(!levels.coherent());
     }
 }

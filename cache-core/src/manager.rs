@@ -77,7 +77,7 @@ impl ManagerCore {
             self.shared.locals.register(C::NAMESPACE, level.clone());
             level
         });
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(C::NAMESPACE));
         self.counters
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -637,3 +637,44 @@ async fn local_levels_stay_coherent_across_instances_on_a_cluster() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_removes_a_namespace_from_every_master() {
+    let cluster = RedisCluster::new();
+    let manager = connected(&cluster).await;
+    let all: HashMap<i64, UserProfile> = (0..100).map(|id| (id, profile(id))).collect();
+    assert!(manager.profiles().mset(&all).await.unwrap());
+    let members: HashMap<i64, TeamMember> = (0..20)
+        .map(|id| {
+            (
+                id,
+                TeamMember {
+                    name: format!("m{id}"),
+                },
+            )
+        })
+        .collect();
+    assert!(manager.members().mset(&members).await.unwrap());
+    assert!(manager.visits().set(&1, &5).await.unwrap());
+
+    assert_eq!(manager.profiles().clear().await, 100);
+    assert_eq!(
+        manager.members().clear().await,
+        20,
+        "hash-tagged keys were missed"
+    );
+    for node in 0..3 {
+        let raw = cluster.raw(node).await;
+        let keys = wire::keys(&raw).await;
+        assert!(
+            keys.iter()
+                .all(|k| !k.starts_with("user:profile:") && !k.starts_with("{team:member}:")),
+            "master {node} still holds {keys:?}"
+        );
+    }
+    assert_eq!(
+        manager.visits().get(&1).await,
+        Some(5),
+        "another namespace was cleared"
+    );
+}

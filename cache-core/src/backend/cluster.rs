@@ -311,6 +311,37 @@ impl ClusterBackend {
         outcome
     }
 
+    /// Clears `{prefix}:*` on every master concurrently (`SCAN` + `UNLINK` on each), then
+    /// tells other instances once: pub/sub reaches every node.
+    pub(crate) async fn clear(&self, prefix: &str, announce: bool) -> (u64, Option<Unavailable>) {
+        let topology = self.inner.topology.load_full();
+        let Some(first) = topology.nodes.first() else {
+            self.inner.unrouted.fetch_add(1, Ordering::Relaxed);
+            return (0, Some(Unavailable::Down));
+        };
+        let cleared = join_all(
+            topology
+                .nodes
+                .iter()
+                .map(|node| node.link.clear(prefix, false)),
+        )
+        .await;
+        let mut removed = 0;
+        let mut failure = None;
+        for (n, why) in cleared {
+            removed += n;
+            failure = failure.or(why);
+        }
+        if announce {
+            let mut pipe = redis::pipe();
+            first.link.announce(&mut pipe, &format!("{prefix}:*"));
+            if let Err(why) = first.link.pipeline::<()>(&pipe).await {
+                failure = failure.or(Some(why));
+            }
+        }
+        (removed, failure)
+    }
+
     /// One `DEL` per slot, one pipeline per node, the nodes concurrently: how many
     /// entries were removed, and why some keys could not be, if any.
     pub(crate) async fn del_many(

@@ -103,6 +103,22 @@ impl MemoryStore {
         }
     }
 
+    /// Removes every entry of `namespace`; returns how many were live.
+    pub(crate) fn clear(&self, namespace: &str) -> u64 {
+        let now = Instant::now();
+        let mut removed = 0;
+        self.lock().entries.retain(|key, entry| {
+            let theirs = key.len() > namespace.len()
+                && key.starts_with(namespace)
+                && key.as_bytes()[namespace.len()] == b':';
+            if theirs && entry.expires_at > now {
+                removed += 1;
+            }
+            !theirs
+        });
+        removed
+    }
+
     /// The remaining time to live of a live entry.
     #[cfg(test)]
     pub(crate) fn ttl(&self, key: &str) -> Option<Duration> {

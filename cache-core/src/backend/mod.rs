@@ -135,6 +135,17 @@ impl Backend {
         }
     }
 
+    /// Removes every key `{prefix}:*`; how many, and why it stopped early if it did.
+    /// `announce`: also tell other instances to empty the namespace's first level.
+    pub(crate) async fn clear(&self, prefix: &str, announce: bool) -> (u64, Option<Unavailable>) {
+        match self {
+            Backend::Disconnected => (0, Some(Unavailable::Down)),
+            Backend::Memory(m) => (m.clear(prefix), None),
+            Backend::Redis(r) => r.clear(prefix, announce).await,
+            Backend::Cluster(c) => c.clear(prefix, announce).await,
+        }
+    }
+
     pub(crate) async fn health(&self) -> Health {
         match self {
             Backend::Disconnected => Health::disconnected(),

@@ -467,6 +467,34 @@ impl RedisBackend {
             .map(|n| n > 0)
     }
 
+    /// Removes every key of `namespace` with `SCAN` + `UNLINK` (see [`scan_unlink`]).
+    pub(crate) async fn clear(
+        &self,
+        namespace: &str,
+        announce: bool,
+    ) -> (u64, Option<Unavailable>) {
+        let conn = match self.connection() {
+            Ok(conn) => conn,
+            Err(why) => return (0, Some(why)),
+        };
+        let pattern = format!("{namespace}:*");
+        let cluster_node = self.inner.topology_changed.is_some();
+        let (removed, result) =
+            scan_unlink(&mut (*conn).clone(), &pattern, CLEAR_BATCH, cluster_node).await;
+        if let Err(why) = self.inner.settle(&conn, result) {
+            return (removed, Some(why));
+        }
+        if announce {
+            // `{namespace}:*` tells other instances to empty the namespace's level.
+            let mut pipe = redis::pipe();
+            self.inner.announce(&mut pipe, &pattern);
+            if let Err(why) = self.pipeline::<()>(&pipe).await {
+                return (removed, Some(why));
+            }
+        }
+        (removed, None)
+    }
+
     pub(crate) async fn health(&self) -> Health {
         let inner = &self.inner;
         let ping = match inner.conn.load_full() {
@@ -500,6 +528,68 @@ impl RedisBackend {
                 degraded,
             ),
         }
+    }
+}
+
+/// Keys `SCAN` is asked to visit per call during a clear, and so the most keys (give or
+/// take what one hash bucket holds) one `UNLINK` carries.
+const CLEAR_BATCH: usize = 500;
+
+/// Removes every key matching `pattern` from the server behind `conn`: `SCAN MATCH
+/// pattern COUNT count` and one `UNLINK` per batch found, until the cursor comes back to 0.
+/// Returns the keys removed, also when it stopped on an error.
+///
+/// It works on one connection to one server, so a cluster backend runs it once per
+/// primary node. `SCAN` guarantees the loop ends: a full iteration returns cursor 0.
+///
+/// On a cluster node the keys of one page lie in many hash slots, which one `UNLINK`
+/// may not span (CROSSSLOT): `per_key` sends one `UNLINK` per key, pipelined, still one
+/// round trip per page.
+pub(crate) async fn scan_unlink<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    pattern: &str,
+    count: usize,
+    per_key: bool,
+) -> (u64, Result<(), RedisError>) {
+    let mut cursor: u64 = 0;
+    let mut removed = 0;
+    loop {
+        let scanned = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query_async::<(u64, Vec<Vec<u8>>)>(conn)
+            .await;
+        let (next, keys) = match scanned {
+            Ok(page) => page,
+            Err(error) => return (removed, Err(error)),
+        };
+        if !keys.is_empty() {
+            let unlinked = if per_key {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("UNLINK").arg(key);
+                }
+                pipe.query_async::<Vec<u64>>(conn)
+                    .await
+                    .map(|n| n.iter().sum())
+            } else {
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<u64>(conn)
+                    .await
+            };
+            match unlinked {
+                Ok(n) => removed += n,
+                Err(error) => return (removed, Err(error)),
+            }
+        }
+        if next == 0 {
+            return (removed, Ok(()));
+        }
+        cursor = next;
     }
 }
 

@@ -1,0 +1,195 @@
+//! `cachectl` run as a process against a real `redis-server`: health, stats, clear with
+//! and without confirmation, and passwords taken from the URL or the environment and
+//! never printed.
+
+use std::process::{Command, Output, Stdio};
+
+use cache_tests::{RedisServer, free_port};
+use serde_json::Value;
+
+/// Runs `cachectl` with `args`, stdin not a terminal, no inherited Redis settings.
+fn cachectl(url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cachectl"));
+    cmd.arg("--url")
+        .arg(url)
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("REDISCLI_AUTH")
+        .env_remove("CACHECTL_PASSWORD")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run cachectl")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn conn(url: &str) -> redis::Connection {
+    redis::Client::open(url).unwrap().get_connection().unwrap()
+}
+
+/// Writes `n` keys `{namespace}:{i}`, with `ttl` seconds or none.
+fn fill(conn: &mut redis::Connection, namespace: &str, n: usize, ttl: Option<u64>) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        let key = format!("{namespace}:{i}");
+        match ttl {
+            Some(ttl) => pipe
+                .cmd("SET")
+                .arg(key)
+                .arg("value")
+                .arg("EX")
+                .arg(ttl)
+                .ignore(),
+            None => pipe.cmd("SET").arg(key).arg("value").ignore(),
+        };
+    }
+    pipe.query::<()>(conn).unwrap();
+}
+
+fn count(conn: &mut redis::Connection, pattern: &str) -> usize {
+    let mut n = 0;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(conn)
+            .unwrap();
+        n += keys.len();
+        if next == 0 {
+            return n;
+        }
+        cursor = next;
+    }
+}
+
+#[test]
+fn health_reports_a_reachable_server_and_fails_on_an_unreachable_one() {
+    let server = RedisServer::new();
+    let out = cachectl(&server.url(), &["health", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["healthy"], true);
+    assert!(report["version"].as_str().unwrap().contains('.'));
+
+    let nobody = format!("redis://127.0.0.1:{}/0", free_port());
+    let out = cachectl(&nobody, &["health"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("unhealthy"), "{}", text(&out));
+}
+
+#[test]
+fn passwords_from_the_url_or_the_environment_work_and_are_never_printed() {
+    let password = "s3cret-Pa55";
+    let server = RedisServer::with_password(password);
+    let bare = format!("redis://127.0.0.1:{}/0", server.port());
+    let with_password = server.url();
+    assert!(
+        with_password.contains(password),
+        "the harness URL carries it"
+    );
+
+    let runs = [
+        cachectl(&with_password, &["health"], &[]),
+        cachectl(&bare, &["health"], &[("CACHECTL_PASSWORD", password)]),
+        cachectl(&bare, &["health"], &[("REDISCLI_AUTH", password)]),
+        cachectl(&with_password, &["stats"], &[]),
+    ];
+    for out in &runs {
+        assert!(out.status.success(), "{}", text(out));
+        assert!(
+            !text(out).contains(password),
+            "password printed: {}",
+            text(out)
+        );
+    }
+    assert!(text(&runs[0]).contains(":***@"), "{}", text(&runs[0]));
+
+    // Without it, or with a wrong one: refused, and still nothing echoed.
+    let out = cachectl(&bare, &["health"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let wrong = "wrong-Pa55word";
+    let out = cachectl(&bare, &["health"], &[("CACHECTL_PASSWORD", wrong)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!text(&out).contains(wrong), "{}", text(&out));
+}
+
+#[test]
+fn stats_counts_keys_memory_and_ttl_spread_per_namespace() {
+    let server = RedisServer::new();
+    let mut c = conn(&server.url());
+    fill(&mut c, "user:profile", 1500, Some(600));
+    fill(&mut c, "session:token", 20, Some(30));
+    fill(&mut c, "legacy", 3, None);
+
+    let out = cachectl(&server.url(), &["stats", "--json", "--sample", "10"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["keys_scanned"], 1523);
+    let ns = |name: &str| {
+        report["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["namespace"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {report}"))
+            .clone()
+    };
+    let profiles = ns("user:profile");
+    assert_eq!(profiles["keys"], 1500);
+    assert_eq!(profiles["sampled"], 10);
+    assert!(profiles["estimated_bytes"].as_u64().unwrap() > 1500 * 10);
+    assert_eq!(profiles["ttl"]["under_10m"], 1500);
+    assert!(profiles["ttl"]["max_ms"].as_i64().unwrap() <= 600_000);
+    let sessions = ns("session:token");
+    assert_eq!(sessions["keys"], 20);
+    assert_eq!(sessions["ttl"]["under_1m"], 20);
+    let legacy = ns("legacy");
+    assert_eq!(legacy["ttl"]["without_ttl"], 3);
+
+    // The table form names every namespace.
+    let out = cachectl(&server.url(), &["stats"], &[]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    for name in ["user:profile", "session:token", "legacy"] {
+        assert!(table.contains(name), "{table}");
+    }
+}
+
+#[test]
+fn clear_removes_one_namespace_only_after_confirmation() {
+    let server = RedisServer::new();
+    let mut c = conn(&server.url());
+    fill(&mut c, "user:profile", 2500, Some(600));
+    fill(&mut c, "user:profile_old", 10, Some(600));
+    fill(&mut c, "session:token", 10, Some(600));
+
+    // No terminal to ask on and no --yes: refused, nothing removed.
+    let out = cachectl(&server.url(), &["clear", "user:profile"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--yes"), "{}", text(&out));
+    assert_eq!(count(&mut c, "user:profile:*"), 2500);
+
+    // A glob in the namespace would reach other namespaces: refused.
+    let out = cachectl(&server.url(), &["clear", "user*", "--yes"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(count(&mut c, "*"), 2520);
+
+    let out = cachectl(&server.url(), &["clear", "user:profile", "--yes"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("removed 2500 keys"), "{}", text(&out));
+    assert_eq!(count(&mut c, "user:profile:*"), 0);
+    assert_eq!(count(&mut c, "user:profile_old:*"), 10);
+    assert_eq!(count(&mut c, "session:token:*"), 10);
+}
