@@ -39,6 +39,7 @@ pub(crate) struct RedisSettings {
 /// | failure threshold | 3 | `failure_threshold` | timeouts in a row that open the breaker; one slow reply is noise, three is a hung server |
 /// | backoff | 50 ms to 5 s | `backoff_min_ms`, `backoff_max_ms` | reconnect quickly after a blip, without hammering a server that is down |
 /// | summary interval | 30 s | `summary_interval_ms` | how often a still-down backend logs how many calls degraded |
+/// | coalescing | on | `coalesce` (`true`/`false`) | under load, concurrent gets share `MGET`s; off for a multi-thread runtime squeezed onto one CPU, where the hand-offs cost more than they save |
 /// | TLS trust | the system's roots | `ca_file` | a PEM file of the CA(s) that signed the servers' certificates, for `rediss://` to a private CA; it replaces the system's roots |
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -55,6 +56,8 @@ pub struct CacheConfig {
     pub backoff_max: Duration,
     /// Interval of the summary logged while the backend stays down.
     pub summary_interval: Duration,
+    /// Whether concurrent gets are coalesced into `MGET`s under load.
+    pub coalesce: bool,
     /// PEM file of the certificate authorities a `rediss://` server's certificate must
     /// chain to; `None` trusts the system's roots.
     pub tls_ca_file: Option<PathBuf>,
@@ -69,6 +72,7 @@ impl Default for CacheConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             summary_interval: Duration::from_secs(30),
+            coalesce: true,
             tls_ca_file: None,
         }
     }
@@ -102,6 +106,12 @@ impl CacheConfig {
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
         self.backoff_max = max;
+        self
+    }
+
+    /// Turns the coalescing of concurrent gets into `MGET`s on or off.
+    pub fn with_coalescing(mut self, coalesce: bool) -> Self {
+        self.coalesce = coalesce;
         self
     }
 
@@ -176,7 +186,7 @@ impl Secret {
     }
 }
 
-const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `ca_file`";
+const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `coalesce`, `ca_file`";
 
 /// Settings of a Redis Cluster: where to learn its slot map, and how to reach any node.
 pub(crate) struct ClusterSettings {
@@ -433,6 +443,17 @@ fn apply_options(
             "backoff_min_ms" => config.backoff_min = Duration::from_millis(number()?),
             "backoff_max_ms" => config.backoff_max = Duration::from_millis(number()?),
             "summary_interval_ms" => config.summary_interval = Duration::from_millis(number()?),
+            "coalesce" => {
+                config.coalesce = match &*value {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(CacheError::config(format!(
+                            "option `coalesce` must be `true` or `false`, not `{other}`"
+                        )));
+                    }
+                }
+            }
             "failure_threshold" => {
                 config.failure_threshold = u32::try_from(number()?).map_err(|_| {
                     CacheError::config(format!(
@@ -566,7 +587,12 @@ mod tests {
         assert_eq!(s.config.response_timeout, Duration::from_millis(80));
         assert_eq!(s.config.failure_threshold, 5);
         assert_eq!(s.config.connect_timeout, defaults.connect_timeout);
+        assert!(s.config.coalesce, "coalescing is on by default");
         assert!(!format!("{:?}", s.secret).contains("hunter2"));
+        let Ok(Target::Redis(s)) = parse("redis://h/0?coalesce=false", &defaults) else {
+            panic!("coalesce=false rejected");
+        };
+        assert!(!s.config.coalesce);
     }
 
     #[test]
@@ -578,6 +604,7 @@ mod tests {
         assert!(unknown.contains("`tiemout`") && unknown.contains("response_timeout_ms"));
         assert!(config_error("redis://:s3cret@h/0?connect_timeout_ms=0").contains("above 0"));
         assert!(config_error("redis://h/0?failure_threshold=0").contains("at least 1"));
+        assert!(config_error("redis://h/0?coalesce=no").contains("`true` or `false`"));
         assert!(
             config_error("redis://h/0?backoff_min_ms=500&backoff_max_ms=100")
                 .contains("below the minimum")

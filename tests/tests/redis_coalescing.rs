@@ -186,3 +186,23 @@ async fn coalesced_gets_keep_their_deadline_against_a_paused_server() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_can_be_turned_off() {
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let caches = Caches::new();
+    let config = CacheConfig::new().with_coalescing(false);
+    caches.connect_with(&server.url(), &config).await.unwrap();
+    let caches = Arc::new(caches);
+    populate(&caches, 1000).await;
+    wire::reset_stats(&raw).await;
+    assert_eq!(concurrent_reads(&caches, 64, 50, 1000).await, 64 * 50);
+    let calls = wire::command_calls(&raw).await;
+    assert_eq!(
+        calls.get("mget"),
+        None,
+        "coalesced although turned off: {calls:?}"
+    );
+    assert_eq!(calls.get("get"), Some(&(64 * 50)));
+}

@@ -342,8 +342,8 @@ impl RedisBackend {
     /// A plain `GET` under low load; under load, the key joins the next `MGET`.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
         let conn = self.connection()?;
-        let (_in_progress, coalesce) = self.inner.coalescer.begin();
-        if !coalesce {
+        let (_in_progress, busy) = self.inner.coalescer.begin();
+        if !(busy && self.inner.config.coalesce) {
             let result = redis::cmd("GET")
                 .arg(key)
                 .query_async(&mut (*conn).clone())
