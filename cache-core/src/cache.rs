@@ -45,7 +45,8 @@ pub trait Cache: 'static {
     const FINGERPRINT: u32;
     /// Entries the in-process first level holds at most (0: no first level).
     const LOCAL_CAPACITY: u64 = 0;
-    /// How long the first level keeps an entry; never longer than [`TTL`](Self::TTL).
+    /// How long the first level keeps an entry from when it was read; at most
+    /// [`TTL`](Self::TTL).
     const LOCAL_TTL: Duration = Self::TTL;
     /// `hash_tag = true`: the namespace is written in braces, `{user:profile}:42` rather
     /// than `user:profile:42`, so a Redis Cluster keeps every key of the cache in one hash

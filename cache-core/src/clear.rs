@@ -32,6 +32,9 @@ impl<C: Cache> TypedCache<C> {
                 C::NAMESPACE.to_owned()
             };
             let (removed, failure) = backend.clear(&prefix, self.local.is_some()).await;
+            if let Some(local) = &self.local {
+                local.clear();
+            }
             if let Some(why) = failure {
                 self.counters.degraded(why);
                 tracing::warn!(

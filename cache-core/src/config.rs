@@ -155,6 +155,30 @@ impl CacheConfig {
                 "the failure threshold (`failure_threshold`) must be at least 1",
             ));
         }
+        // Bounded so deadlines and backoff arithmetic can never overflow an `Instant`.
+        let bounded = [
+            (
+                "response timeout (`response_timeout_ms`)",
+                self.response_timeout,
+            ),
+            (
+                "connect timeout (`connect_timeout_ms`)",
+                self.connect_timeout,
+            ),
+            ("minimum backoff (`backoff_min_ms`)", self.backoff_min),
+            ("maximum backoff (`backoff_max_ms`)", self.backoff_max),
+            (
+                "summary interval (`summary_interval_ms`)",
+                self.summary_interval,
+            ),
+        ];
+        for (name, value) in bounded {
+            if value > MAX_SETTING {
+                return Err(CacheError::config(format!(
+                    "the {name} must be at most one hour, not {value:?}"
+                )));
+            }
+        }
         if self.backoff_max < self.backoff_min {
             return Err(CacheError::config(format!(
                 "the maximum backoff ({:?}) is below the minimum ({:?})",
@@ -167,7 +191,22 @@ impl CacheConfig {
 
 /// A password; `Debug` never shows it.
 #[derive(Clone)]
-pub(crate) struct Secret(String);
+pub(crate) struct Secret {
+    /// As sent to the server (percent-decoded).
+    decoded: String,
+    /// As written in the URL.
+    raw: String,
+}
+
+impl Secret {
+    /// The password as a URL holds it.
+    fn from_url(raw: &str) -> Self {
+        Secret {
+            decoded: percent_decode(raw),
+            raw: raw.to_owned(),
+        }
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -178,13 +217,18 @@ impl fmt::Debug for Secret {
 impl Secret {
     /// Replaces every occurrence of the secret in `text`.
     pub fn scrub(&self, text: String) -> String {
-        if self.0.is_empty() || !text.contains(&self.0) {
-            text
-        } else {
-            text.replace(&self.0, "***")
+        let mut text = text;
+        for form in [&self.decoded, &self.raw] {
+            if !form.is_empty() && text.contains(form.as_str()) {
+                text = text.replace(form.as_str(), "***");
+            }
         }
+        text
     }
 }
+
+/// The longest any timeout, backoff or interval may be.
+const MAX_SETTING: Duration = Duration::from_secs(3600);
 
 const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `coalesce`, `ca_file`";
 
@@ -313,7 +357,7 @@ fn parse_redis(mut url: Url, mut config: CacheConfig) -> Result<RedisSettings, C
     config.validate()?;
     url.set_query(None);
 
-    let secret = url.password().map(|p| Secret(percent_decode(p)));
+    let secret = url.password().map(Secret::from_url);
     let ca = trusted_ca(url.scheme() == "rediss", &config)?;
     let client = open_client(&url, ca.as_deref()).map_err(|e| {
         CacheError::config(scrub(&secret, format!("the Redis URL is not usable: {e}")))
@@ -340,15 +384,17 @@ fn parse_cluster(
             "the cluster URL has a `#...` fragment; remove it (certificate checks cannot be turned off)",
         ));
     }
+    // The userinfo first, up to the last `@`: a password may hold an unencoded `/` or
+    // `?`, and splitting the path or query off before would echo part of it in errors.
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => (Some(userinfo), rest),
+        None => (None, rest),
+    };
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query)),
         None => (rest, None),
     };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo), hosts),
-        None => (None, authority),
-    };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
     if !matches!(path.trim_end_matches('/'), "" | "0") {
         return Err(CacheError::config(format!(
             "a Redis Cluster has only database 0; remove the path `/{path}` from the cluster URL"
@@ -365,7 +411,7 @@ fn parse_cluster(
             "the user name or password of the cluster URL does not parse ({e}); percent-encode it"
         ))
     })?;
-    let secret = template.password().map(|p| Secret(percent_decode(p)));
+    let secret = template.password().map(Secret::from_url);
     let ca = trusted_ca(tls, &config)?;
     let nodes = NodeTemplate {
         url: template,
@@ -557,10 +603,11 @@ pub(crate) fn redact(url: &Url) -> String {
 }
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("p={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    // Plain percent-decoding, as redis-rs does: `+` stays `+` (form decoding would make it
+    // a space, and the password sent would escape the scrubbing).
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -572,6 +619,24 @@ mod tests {
             Err(CacheError::Config { reason }) => reason,
             Err(other) => panic!("{url}: not a config error: {other}"),
             Ok(_) => panic!("{url}: accepted"),
+        }
+    }
+
+    #[test]
+    fn cluster_url_errors_never_echo_a_password_with_slashes_or_question_marks() {
+        for url in [
+            "redis+cluster://:ab/cd@h:1,h:2/5",
+            "redis+cluster://:ab?cd@h:1?bogus=1",
+            "redis+cluster://:ab/c?d@h:1/x",
+        ] {
+            let message = match parse(url, &CacheConfig::default()) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{url} accepted"),
+            };
+            assert!(
+                !message.contains("cd") && !message.contains("c?d"),
+                "{url}: {message}"
+            );
         }
     }
 
@@ -605,6 +670,10 @@ mod tests {
         assert!(config_error("redis://:s3cret@h/0?connect_timeout_ms=0").contains("above 0"));
         assert!(config_error("redis://h/0?failure_threshold=0").contains("at least 1"));
         assert!(config_error("redis://h/0?coalesce=no").contains("`true` or `false`"));
+        assert!(
+            config_error("redis://h/0?response_timeout_ms=18446744073709551615")
+                .contains("at most one hour")
+        );
         assert!(
             config_error("redis://h/0?backoff_min_ms=500&backoff_max_ms=100")
                 .contains("below the minimum")
@@ -708,8 +777,9 @@ mod tests {
 
     #[test]
     fn scrub_hides_the_password() {
-        let s = Secret("p@ss".into());
-        assert_eq!(s.scrub("auth p@ss failed".into()), "auth *** failed");
-        assert_eq!(percent_decode("p%40ss"), "p@ss");
+        let s = Secret::from_url("p%40ss+1");
+        assert_eq!(s.scrub("auth p@ss+1 failed".into()), "auth *** failed");
+        assert_eq!(s.scrub("url :p%40ss+1@h".into()), "url :***@h");
+        assert_eq!(percent_decode("p%40ss+1"), "p@ss+1");
     }
 }

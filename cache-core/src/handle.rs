@@ -216,6 +216,9 @@ impl<C: Cache> TypedCache<C> {
         self.forget_locally(&redis_key);
         let backend = self.shared.backend();
         let stored = backend.set(&redis_key, &bytes, ttl, self.announce()).await;
+        // Again after the write: a concurrent read of this instance may have put the
+        // old value back meanwhile, and this instance ignores its own announcement.
+        self.forget_locally(&redis_key);
         Ok(self.written(stored))
     }
 
@@ -288,6 +291,7 @@ impl<C: Cache> TypedCache<C> {
             }
         };
         let (mut misses, mut degraded) = (0, None);
+        let mut corrupt = Vec::new();
         for ((key, redis_key), fetched) in distinct.into_iter().zip(redis_keys).zip(values) {
             let value = match fetched {
                 Err(why) => {
@@ -308,14 +312,18 @@ impl<C: Cache> TypedCache<C> {
                         Some(value)
                     }
                     Err(error) => {
-                        self.evict_corrupt(&backend, &redis_key, &bytes, &error)
-                            .await;
+                        corrupt.push((redis_key, bytes, error));
                         None
                     }
                 },
             };
             out.insert(key.clone(), value);
         }
+        // Corrupt entries are evicted concurrently: one more round trip, not one per key.
+        futures_util::future::join_all(corrupt.iter().map(|(redis_key, bytes, error)| {
+            self.evict_corrupt(&backend, redis_key, bytes, error)
+        }))
+        .await;
         self.counters.hits(hits);
         self.counters.misses(misses);
         if let Some(why) = degraded {
@@ -373,6 +381,9 @@ impl<C: Cache> TypedCache<C> {
         }
         let backend = self.shared.backend();
         let stored = backend.mset(&encoded, C::TTL, self.announce()).await;
+        for (redis_key, _) in &encoded {
+            self.forget_locally(redis_key);
+        }
         Ok(self.written(stored))
     }
 
@@ -392,7 +403,9 @@ impl<C: Cache> TypedCache<C> {
         let redis_key = self.redis_key(key);
         self.forget_locally(&redis_key);
         let backend = self.shared.backend();
-        match backend.del(&redis_key, self.announce()).await {
+        let removed = backend.del(&redis_key, self.announce()).await;
+        self.forget_locally(&redis_key);
+        match removed {
             Ok(removed) => removed,
             Err(why) => {
                 self.counters.degraded(why);
@@ -401,8 +414,10 @@ impl<C: Cache> TypedCache<C> {
         }
     }
 
-    /// Drops this instance's first-level copy before a write; other instances drop
-    /// theirs when the write's announcement reaches them.
+    /// Drops this instance's first-level copy, before a write and again after it (a
+    /// concurrent read may have put the old value back meanwhile, and an instance
+    /// ignores its own announcements); other instances drop theirs when the write's
+    /// announcement reaches them.
     fn forget_locally(&self, redis_key: &str) {
         if let Some(local) = &self.local {
             local.remove(redis_key);
@@ -442,6 +457,9 @@ impl<C: Cache> TypedCache<C> {
         }
         let backend = self.shared.backend();
         let (removed, degraded) = backend.del_many(&redis_keys, self.announce()).await;
+        for redis_key in &redis_keys {
+            self.forget_locally(redis_key);
+        }
         if let Some(why) = degraded {
             self.counters.degraded(why);
         }

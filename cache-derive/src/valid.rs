@@ -71,7 +71,7 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
             cx.error_at(
                 local_ttl.span,
                 format_args!(
-                    "`local_ttl` must be from 1 to the cache's `ttl` ({ttl} s): an in-process copy never outlives the Redis entry's TTL"
+                    "`local_ttl` must be from 1 to the cache's `ttl` ({ttl} s): an in-process copy is kept at most as long as a Redis entry"
                 ),
             );
         }

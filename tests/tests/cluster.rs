@@ -678,3 +678,34 @@ async fn clear_removes_a_namespace_from_every_master() {
         "another namespace was cleared"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_on_a_cluster_all_hit() {
+    // Enough concurrent gets per master to trigger coalescing on a standalone server;
+    // one MGET over keys of many slots would be refused with CROSSSLOT.
+    let cluster = RedisCluster::new();
+    let manager = std::sync::Arc::new(connected(&cluster).await);
+    let all: HashMap<i64, UserProfile> = (0..100).map(|id| (id, profile(id))).collect();
+    assert!(manager.profiles().mset(&all).await.unwrap());
+    let tasks: Vec<_> = (0..64i64)
+        .map(|t| {
+            let manager = std::sync::Arc::clone(&manager);
+            tokio::spawn(async move {
+                let mut hits = 0;
+                for r in 0..50i64 {
+                    let id = (t * 7 + r) % 100;
+                    if manager.profiles().get(&id).await == Some(profile(id)) {
+                        hits += 1;
+                    }
+                }
+                hits
+            })
+        })
+        .collect();
+    let mut hits = 0;
+    for task in tasks {
+        hits += task.await.unwrap();
+    }
+    assert_eq!(hits, 64 * 50, "concurrent gets on a cluster missed");
+    assert_eq!(manager.profiles().stats().degraded, 0);
+}

@@ -185,3 +185,31 @@ async fn no_stale_read_after_redis_restarts_empty() {
         "a value the restarted Redis lost was served from process"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_never_keeps_a_stale_copy_under_concurrent_reads() {
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let a = std::sync::Arc::new(instance(&server).await);
+    eventually("the subscription", async || subscribers(&raw).await == 1).await;
+    for round in 0..200u64 {
+        let old = format!("v{round}");
+        let new = format!("v{round}-new");
+        a.items().set(&1, &old).await.unwrap();
+        let reader = {
+            let a = std::sync::Arc::clone(&a);
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    a.items().get(&1).await;
+                }
+            })
+        };
+        a.items().set(&1, &new).await.unwrap();
+        reader.await.unwrap();
+        assert_eq!(
+            a.items().get(&1).await,
+            Some(new),
+            "round {round}: the writer served its old value"
+        );
+    }
+}

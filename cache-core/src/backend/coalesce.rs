@@ -76,9 +76,10 @@ impl Coalescer {
     /// Queues `key` for the next `MGET` and waits for its bytes.
     pub(crate) async fn get(&self, key: &str, timeout: Duration) -> Reply {
         let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
         let waiting = Waiting {
             key: key.to_owned(),
-            deadline: Instant::now() + timeout,
+            deadline,
             reply,
         };
         self.queue
@@ -88,8 +89,12 @@ impl Coalescer {
         if !self.woken.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
-        // The dispatcher only goes away with the backend; a dropped reply is a failure.
-        answer.await.unwrap_or(Err(Unavailable::Failed))
+        // Each caller keeps its own deadline, whatever the batch it joined does. The
+        // dispatcher only goes away with the backend; a dropped reply is a failure.
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(reply) => reply.unwrap_or(Err(Unavailable::Failed)),
+            Err(_) => Err(Unavailable::Timeout),
+        }
     }
 
     fn take(&self, limit: usize) -> Vec<Waiting> {
@@ -103,11 +108,11 @@ impl Coalescer {
     }
 }
 
-/// Sends queued keys as `MGET`s through `mget` (keys, time left) until the backend drops
+/// Sends queued keys as `MGET`s through `mget` until the backend drops
 /// the task. Runs as one task per backend, driving its `MGET`s itself.
 pub(crate) async fn dispatch<F, Fut>(coalescer: &Coalescer, mget: F)
 where
-    F: Fn(Vec<String>, Duration) -> Fut,
+    F: Fn(Vec<String>) -> Fut,
     Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, Unavailable>>,
 {
     let mut in_flight = FuturesUnordered::new();
@@ -145,7 +150,7 @@ where
 /// One `MGET` for `batch`, answering each waiter with its own key's bytes.
 async fn send<F, Fut>(batch: Vec<Waiting>, mget: &F)
 where
-    F: Fn(Vec<String>, Duration) -> Fut,
+    F: Fn(Vec<String>) -> Fut,
     Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, Unavailable>>,
 {
     let now = Instant::now();
@@ -154,21 +159,22 @@ where
     for waiting in expired {
         let _ = waiting.reply.send(Err(Unavailable::Timeout));
     }
-    let Some(deadline) = live.iter().map(|w| w.deadline).min() else {
+    if live.is_empty() {
         return;
-    };
+    }
     let keys = live.iter().map(|w| w.key.clone()).collect();
-    match tokio::time::timeout(deadline - now, mget(keys, deadline - now)).await {
-        Ok(Ok(values)) if values.len() == live.len() => {
+    // The connection's response timeout bounds the MGET (and counts towards the
+    // breaker); callers whose own deadline passes first have stopped waiting already.
+    match mget(keys).await {
+        Ok(values) if values.len() == live.len() => {
             for (waiting, value) in live.into_iter().zip(values) {
                 let _ = waiting.reply.send(Ok(value));
             }
         }
         outcome => {
             let why = match outcome {
-                Err(_) => Unavailable::Timeout,
-                Ok(Err(why)) => why,
-                Ok(Ok(_)) => Unavailable::Failed,
+                Err(why) => why,
+                Ok(_) => Unavailable::Failed,
             };
             for waiting in live {
                 let _ = waiting.reply.send(Err(why));

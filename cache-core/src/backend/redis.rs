@@ -287,7 +287,7 @@ impl RedisBackend {
         let dispatcher = tokio::spawn({
             let inner = Arc::clone(&inner);
             async move {
-                let mget = |keys: Vec<String>, _: Duration| {
+                let mget = |keys: Vec<String>| {
                     let inner = &inner;
                     async move {
                         let conn = inner.conn.load_full().ok_or(Unavailable::Down)?;
@@ -343,7 +343,10 @@ impl RedisBackend {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
         let conn = self.connection()?;
         let (_in_progress, busy) = self.inner.coalescer.begin();
-        if !(busy && self.inner.config.coalesce) {
+        // A cluster node's keys lie in many hash slots, which one MGET may not span
+        // (CROSSSLOT): its gets always go alone.
+        let coalesce = busy && self.inner.config.coalesce && self.inner.topology_changed.is_none();
+        if !coalesce {
             let result = redis::cmd("GET")
                 .arg(key)
                 .query_async(&mut (*conn).clone())
@@ -358,7 +361,13 @@ impl RedisBackend {
     }
 
     pub(crate) async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
-        self.query(redis::cmd("MGET").arg(keys)).await
+        let values: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(keys)).await?;
+        // One value per key, or the reply cannot be mapped back to the keys.
+        if values.len() == keys.len() {
+            Ok(values)
+        } else {
+            Err(Unavailable::Failed)
+        }
     }
 
     pub(crate) async fn set(
