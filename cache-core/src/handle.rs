@@ -239,22 +239,7 @@ impl<C: Cache> TypedCache<C> {
         &self,
         keys: &[C::Key],
     ) -> Result<HashMap<C::Key, Option<C::Value>>, CacheError> {
-        let mut distinct: Vec<&C::Key> = Vec::with_capacity(keys.len().min(MAX_BATCH));
-        let mut seen = HashSet::with_capacity(keys.len().min(MAX_BATCH));
-        for key in keys {
-            if seen.insert(key) {
-                distinct.push(key);
-            }
-        }
-        if distinct.len() > MAX_BATCH {
-            return Err(CacheError::validation(
-                C::NAMESPACE,
-                format!(
-                    "mget of {} keys exceeds the batch limit of {MAX_BATCH}; split the keys into chunks of at most {MAX_BATCH}",
-                    distinct.len()
-                ),
-            ));
-        }
+        let mut distinct = distinct_within_limit::<C>(keys, "mget")?;
         let mut out = HashMap::with_capacity(distinct.len());
         if distinct.is_empty() {
             return Ok(out);
@@ -432,22 +417,7 @@ impl<C: Cache> TypedCache<C> {
     /// cluster, those of an unreachable master) are not counted; the call is counted as
     /// degraded and logged by the backend.
     pub async fn invalidate_many(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
-        let mut distinct: Vec<&C::Key> = Vec::with_capacity(keys.len().min(MAX_BATCH));
-        let mut seen = HashSet::with_capacity(keys.len().min(MAX_BATCH));
-        for key in keys {
-            if seen.insert(key) {
-                distinct.push(key);
-            }
-        }
-        if distinct.len() > MAX_BATCH {
-            return Err(CacheError::validation(
-                C::NAMESPACE,
-                format!(
-                    "invalidate_many of {} keys exceeds the batch limit of {MAX_BATCH}; split the keys into chunks of at most {MAX_BATCH}",
-                    distinct.len()
-                ),
-            ));
-        }
+        let distinct = distinct_within_limit::<C>(keys, "invalidate_many")?;
         if distinct.is_empty() {
             return Ok(0);
         }
@@ -510,6 +480,31 @@ impl<C: Cache> TypedCache<C> {
             }
         })
     }
+}
+
+/// The distinct keys of a batch call, in first-seen order; more than [`MAX_BATCH`] is
+/// `Err(CacheError::Validation)` naming the call, before anything is sent.
+fn distinct_within_limit<'k, C: Cache>(
+    keys: &'k [C::Key],
+    call: &str,
+) -> Result<Vec<&'k C::Key>, CacheError> {
+    let mut distinct: Vec<&C::Key> = Vec::with_capacity(keys.len().min(MAX_BATCH));
+    let mut seen = HashSet::with_capacity(keys.len().min(MAX_BATCH));
+    for key in keys {
+        if seen.insert(key) {
+            distinct.push(key);
+        }
+    }
+    if distinct.len() > MAX_BATCH {
+        return Err(CacheError::validation(
+            C::NAMESPACE,
+            format!(
+                "{call} of {} keys exceeds the batch limit of {MAX_BATCH}; split the keys into chunks of at most {MAX_BATCH}",
+                distinct.len()
+            ),
+        ));
+    }
+    Ok(distinct)
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Unavailable;
-use super::redis::{RedisBackend, expiry_args, jittered};
+use super::redis::{RedisBackend, jittered, set_command};
 use crate::config::{CacheConfig, ClusterSettings, NodeAddr, NodeTemplate};
 use crate::health::{Health, NodeHealth};
 use crate::local::LocalLevels;
@@ -282,10 +282,7 @@ impl ClusterBackend {
             pipe.ignore_errors();
             for &i in batch.slots.iter().flat_map(|(_, indices)| indices) {
                 let (key, value) = &entries[i];
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(key).arg(value);
-                expiry_args(&mut cmd, ttl);
-                pipe.add_command(cmd);
+                pipe.add_command(set_command(key, value, ttl));
             }
             if announce {
                 // Ignored replies: only the SETs' come back.

@@ -377,9 +377,7 @@ impl RedisBackend {
         ttl: Duration,
         announce: bool,
     ) -> Result<(), Unavailable> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value);
-        expiry_args(&mut cmd, ttl);
+        let cmd = set_command(key, value, ttl);
         if !announce {
             return self.query::<()>(&cmd).await;
         }
@@ -397,10 +395,7 @@ impl RedisBackend {
     ) -> Result<(), Unavailable> {
         let mut pipe = redis::pipe();
         for (key, value) in entries {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(key).arg(value);
-            expiry_args(&mut cmd, ttl);
-            pipe.add_command(cmd).ignore();
+            pipe.add_command(set_command(key, value, ttl)).ignore();
         }
         if announce {
             for (key, _) in entries {
@@ -602,12 +597,16 @@ pub(crate) async fn scan_unlink<C: redis::aio::ConnectionLike + Send>(
     }
 }
 
-pub(super) fn expiry_args(cmd: &mut redis::Cmd, ttl: Duration) {
+/// `SET key value EX s`, or `PX ms` when the TTL has a sub-second part.
+pub(super) fn set_command(key: &str, value: &[u8], ttl: Duration) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value);
     if ttl.subsec_millis() == 0 {
         cmd.arg("EX").arg(ttl.as_secs());
     } else {
         cmd.arg("PX").arg(ttl.as_millis() as u64);
     }
+    cmd
 }
 
 impl Inner {
