@@ -161,7 +161,7 @@ impl<C: Cache> TypedCache<C> {
     /// `Err(CacheError::Serialization)` when the value cannot be encoded; nothing is
     /// written then.
     pub async fn set(&self, key: &C::Key, value: &C::Value) -> Result<bool, CacheError> {
-        self.write(key, value, C::TTL).await
+        observed(C::NAMESPACE, Op::Set, self.write(key, value, C::TTL)).await
     }
 
     /// Stores `value` under `key` with its own TTL, at millisecond precision.
@@ -174,38 +174,14 @@ impl<C: Cache> TypedCache<C> {
         value: &C::Value,
         ttl: Duration,
     ) -> Result<bool, CacheError> {
-        if ttl.as_millis() == 0 {
-            return Err(CacheError::validation(
-                C::NAMESPACE,
-                format!("a TTL must be at least 1 ms, got {ttl:?}"),
-            ));
-        }
-        if ttl > MAX_TTL {
-            return Err(CacheError::validation(
-                C::NAMESPACE,
-                format!("a TTL must be at most {MAX_TTL:?}, got {ttl:?}"),
-            ));
-        }
-        // Redis expiries have millisecond precision; drop the rest rather than round up.
-        let ttl = Duration::from_millis(ttl.as_millis() as u64);
-        self.write(key, value, ttl).await
-    }
-
-    async fn write(
-        &self,
-        key: &C::Key,
-        value: &C::Value,
-        ttl: Duration,
-    ) -> Result<bool, CacheError> {
-        observed(
-            C::NAMESPACE,
-            Op::Set,
-            self.write_unobserved(key, value, ttl),
-        )
+        observed(C::NAMESPACE, Op::Set, async {
+            let ttl = per_call_ttl::<C>(ttl)?;
+            self.write(key, value, ttl).await
+        })
         .await
     }
 
-    async fn write_unobserved(
+    async fn write(
         &self,
         key: &C::Key,
         value: &C::Value,
@@ -417,6 +393,15 @@ impl<C: Cache> TypedCache<C> {
     /// cluster, those of an unreachable master) are not counted; the call is counted as
     /// degraded and logged by the backend.
     pub async fn invalidate_many(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
+        observed(
+            C::NAMESPACE,
+            Op::InvalidateMany,
+            self.invalidate_many_unobserved(keys),
+        )
+        .await
+    }
+
+    async fn invalidate_many_unobserved(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
         let distinct = distinct_within_limit::<C>(keys, "invalidate_many")?;
         if distinct.is_empty() {
             return Ok(0);
@@ -482,6 +467,24 @@ impl<C: Cache> TypedCache<C> {
     }
 }
 
+/// A TTL given to `set_with_ttl`, checked and cut to Redis's millisecond precision.
+fn per_call_ttl<C: Cache>(ttl: Duration) -> Result<Duration, CacheError> {
+    if ttl.as_millis() == 0 {
+        return Err(CacheError::validation(
+            C::NAMESPACE,
+            format!("a TTL must be at least 1 ms, got {ttl:?}"),
+        ));
+    }
+    if ttl > MAX_TTL {
+        return Err(CacheError::validation(
+            C::NAMESPACE,
+            format!("a TTL must be at most {MAX_TTL:?}, got {ttl:?}"),
+        ));
+    }
+    // Redis expiries have millisecond precision; drop the rest rather than round up.
+    Ok(Duration::from_millis(ttl.as_millis() as u64))
+}
+
 /// The distinct keys of a batch call, in first-seen order; more than [`MAX_BATCH`] is
 /// `Err(CacheError::Validation)` naming the call, before anything is sent.
 fn distinct_within_limit<'k, C: Cache>(
@@ -510,6 +513,7 @@ fn distinct_within_limit<'k, C: Cache>(
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::future::Future;
     use std::time::Duration;
 
     use serde::{Deserialize, Serialize};
@@ -943,6 +947,94 @@ mod tests {
         core.disconnect().await;
         assert_eq!(cache.invalidate_many(&[3]).await.unwrap(), 0);
         assert_eq!(cache.stats().degraded, 1);
+    }
+
+    /// `Profiles` with a first level.
+    enum LocalProfiles {}
+    impl Cache for LocalProfiles {
+        type Key = i64;
+        type Value = Profile;
+        type Codec = codec::Bincode;
+        type Local = crate::local::Moka<Profile>;
+        const NAMESPACE: &'static str = "user:local";
+        const TTL: Duration = Duration::from_secs(600);
+        const VERSION: u32 = 0;
+        const FINGERPRINT: u32 = 0x1234_5678;
+        const LOCAL_CAPACITY: u64 = 10;
+    }
+
+    /// Runs `call` 1000 times in a row on a current-thread runtime beside a task that
+    /// counts how often it ran: a call that completes without waiting must still yield
+    /// to the runtime now and then (tokio's cooperative budget), or the other task never
+    /// runs until the loop ends.
+    async fn other_task_runs_during<F, Fut>(what: &str, mut call: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future,
+    {
+        let ran = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let other = tokio::spawn({
+            let ran = Arc::clone(&ran);
+            async move {
+                loop {
+                    ran.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        for _ in 0..1000 {
+            call().await;
+        }
+        let runs = ran.load(std::sync::atomic::Ordering::Relaxed);
+        other.abort();
+        assert!(
+            runs >= 2,
+            "{what}: 1000 calls in a row let another task run only {runs} times: the call never yields"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_call_that_completes_at_once_yields_to_the_runtime() {
+        let core = memory().await;
+        let cache = core.cache::<Profiles>("test");
+        let local = core.cache::<LocalProfiles>("local");
+        cache.set(&1, &ada()).await.unwrap();
+        local.set(&1, &ada()).await.unwrap();
+        assert_eq!(local.get(&1).await, Some(ada()));
+        let too_many: Vec<i64> = (0..=MAX_BATCH as i64).collect();
+        let (value, nothing) = (ada(), HashMap::new());
+        other_task_runs_during("get on memory://", || cache.get(&1)).await;
+        other_task_runs_during("first-level hit", || local.get(&1)).await;
+        other_task_runs_during("set on memory://", || cache.set(&1, &value)).await;
+        other_task_runs_during("set_with_ttl rejected", || {
+            cache.set_with_ttl(&1, &value, Duration::ZERO)
+        })
+        .await;
+        other_task_runs_during("empty mget", || cache.mget(&[])).await;
+        other_task_runs_during("mget over the limit", || cache.mget(&too_many)).await;
+        other_task_runs_during("mget of first-level hits", || local.mget(&[1])).await;
+        other_task_runs_during("empty mset", || cache.mset(&nothing)).await;
+        other_task_runs_during("invalidate", || cache.invalidate(&2)).await;
+        other_task_runs_during("empty invalidate_many", || cache.invalidate_many(&[])).await;
+        other_task_runs_during("clear", || cache.clear()).await;
+        other_task_runs_during("health", || core.health()).await;
+        other_task_runs_during("get_or_load hit", || {
+            cache.get_or_load(&1, || async { Ok::<_, ()>(None) })
+        })
+        .await;
+        other_task_runs_during("get_or_load of a key the loader has not", || {
+            cache.get_or_load(&3, || async { Ok::<_, ()>(None) })
+        })
+        .await;
+        other_task_runs_during("get_many_or_load hit", || {
+            cache.get_many_or_load(&[1], |_| async { Ok::<_, ()>(HashMap::new()) })
+        })
+        .await;
+
+        core.disconnect().await;
+        other_task_runs_during("get, not connected", || cache.get(&1)).await;
+        other_task_runs_during("set, not connected", || cache.set(&1, &value)).await;
+        other_task_runs_during("mget, not connected", || cache.mget(&[1, 2])).await;
     }
 
     mod properties {

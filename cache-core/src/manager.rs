@@ -137,6 +137,9 @@ impl ManagerCore {
 
     /// Pings the backend and reports its state.
     pub async fn health(&self) -> Health {
+        // Disconnected and `memory://` answer without waiting: a loop polling health must
+        // still yield (see `observe`).
+        tokio::task::consume_budget().await;
         self.shared.backend().health().await
     }
 

@@ -4,6 +4,12 @@
 //! Both cost next to nothing when nobody listens: the span is created at debug level, so
 //! without a subscriber interested in it the call is awaited as it is; without the
 //! feature no clock is read and nothing is recorded.
+//!
+//! Every call also spends one unit of tokio's cooperative budget. Many calls complete
+//! without ever waiting (the breaker is open, the manager is not connected, `memory://`,
+//! a first-level hit, a rejected batch); without the budget a task looping on them would
+//! never give its worker back, and timers and other tasks on that worker would stall.
+//! With it, such a loop yields as often as a loop over a tokio channel does.
 
 use std::future::Future;
 
@@ -17,6 +23,7 @@ pub(crate) enum Op {
     Mget,
     Mset,
     Invalidate,
+    InvalidateMany,
     Clear,
 }
 
@@ -28,13 +35,16 @@ impl Op {
             Op::Mget => "mget",
             Op::Mset => "mset",
             Op::Invalidate => "invalidate",
+            Op::InvalidateMany => "invalidate_many",
             Op::Clear => "clear",
         }
     }
 }
 
-/// Runs `call` inside a `cache` span and records its latency.
+/// Runs `call` inside a `cache` span and records its latency, after spending a unit of
+/// the task's cooperative budget (yielding to the runtime first when it is spent).
 pub(crate) async fn observed<F: Future>(namespace: &'static str, op: Op, call: F) -> F::Output {
+    tokio::task::consume_budget().await;
     #[cfg(feature = "metrics")]
     let started = std::time::Instant::now();
     let span = tracing::debug_span!("cache", namespace, operation = op.name());
