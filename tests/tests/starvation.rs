@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use cache_manager::{Breaker, Cache, cache_registry};
 use cache_tests::RedisServer;
 
+/// A plain cache: every call goes to the backend.
 #[derive(Cache)]
 #[cache(namespace = "starve:item", ttl = 600, key = i64, value = String)]
 pub struct ItemCache;
