@@ -7,6 +7,7 @@
 pub(crate) mod cluster;
 mod coalesce;
 pub(crate) mod memory;
+mod outage;
 pub(crate) mod redis;
 
 use std::time::Duration;

@@ -15,8 +15,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -29,21 +28,10 @@ use futures_util::StreamExt;
 
 use super::Unavailable;
 use super::coalesce::{self, Coalescer};
+use super::outage::{ConnectFailure, Outage};
 use crate::config::{CacheConfig, RedisSettings, Secret};
 use crate::health::{Breaker, Health};
 use crate::local::{self, LocalLevels};
-
-/// At most one warning per this interval for commands the server refused (e.g. OOM).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Why a connection attempt failed.
-struct ConnectFailure {
-    /// The error, password scrubbed.
-    text: String,
-    /// The server answered but refused us (authentication, permissions, database):
-    /// retrying alone will not fix it.
-    refused: bool,
-}
 
 pub(crate) struct RedisBackend {
     inner: Arc<Inner>,
@@ -69,154 +57,6 @@ struct Inner {
     /// In a cluster: woken when a reply says the slot map changed (`MOVED`, `ASK`,
     /// `CLUSTERDOWN`), so the cluster refreshes it.
     topology_changed: Option<Arc<Notify>>,
-}
-
-/// Keeps logging to one line per transition: down, a summary per interval while down,
-/// back. Also the source of the health report's error and outage duration.
-struct Outage {
-    down: AtomicBool,
-    degraded_total: AtomicU64,
-    degraded_at_down: AtomicU64,
-    state: Mutex<OutageState>,
-}
-
-#[derive(Default)]
-struct OutageState {
-    since: Option<Instant>,
-    last_error: Option<String>,
-    /// The reason last logged at error level during this outage.
-    logged_error: Option<String>,
-    last_summary: Option<Instant>,
-    last_refusal_log: Option<Instant>,
-    refusals_unlogged: u64,
-}
-
-impl Outage {
-    fn new() -> Self {
-        Outage {
-            down: AtomicBool::new(false),
-            degraded_total: AtomicU64::new(0),
-            degraded_at_down: AtomicU64::new(0),
-            state: Mutex::new(OutageState::default()),
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, OutageState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn count_degraded(&self) {
-        self.degraded_total.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn degraded_since_down(&self) -> u64 {
-        self.degraded_total.load(Ordering::Relaxed) - self.degraded_at_down.load(Ordering::Relaxed)
-    }
-
-    /// Records that Redis cannot be used; logs only on the transition to down.
-    fn went_down(&self, url: &str, error: String) {
-        let mut state = self.state();
-        if !self.down.swap(true, Ordering::AcqRel) {
-            let now = Instant::now();
-            state.since = Some(now);
-            state.last_summary = Some(now);
-            self.degraded_at_down.store(
-                self.degraded_total.load(Ordering::Relaxed),
-                Ordering::Relaxed,
-            );
-            tracing::error!(
-                backend = "redis",
-                url,
-                error = %error,
-                "redis unavailable: cache reads miss and writes return false until it is back"
-            );
-            state.logged_error = Some(error.clone());
-        }
-        state.last_error = Some(error);
-    }
-
-    /// A reconnection attempt failed. When the server answered but refused us (NOAUTH,
-    /// NOPERM, a wrong database), that is logged at error level at once, once per
-    /// reason: it will not fix itself, and the first line of the outage only said the
-    /// socket dropped. Plain connection failures wait for the periodic summary.
-    fn reconnect_failed(&self, url: &str, failure: ConnectFailure) {
-        self.went_down(url, failure.text.clone());
-        if !failure.refused {
-            return;
-        }
-        let mut state = self.state();
-        if state.logged_error.as_deref() != Some(failure.text.as_str()) {
-            tracing::error!(
-                backend = "redis",
-                url,
-                error = %failure.text,
-                degraded_calls = self.degraded_since_down(),
-                "redis refuses the reconnection; cache calls keep degrading until this is fixed"
-            );
-            state.logged_error = Some(failure.text);
-        }
-    }
-
-    /// Logs the periodic summary while down.
-    fn still_down(&self, url: &str, every: Duration) {
-        let mut state = self.state();
-        let now = Instant::now();
-        if state.last_summary.is_some_and(|t| now - t < every) {
-            return;
-        }
-        state.last_summary = Some(now);
-        let down_for = state.since.map(|s| now - s).unwrap_or_default();
-        tracing::warn!(
-            backend = "redis",
-            url,
-            down_for_s = down_for.as_secs(),
-            degraded_calls = self.degraded_since_down(),
-            error = state.last_error.as_deref().unwrap_or(""),
-            "redis still unavailable"
-        );
-    }
-
-    fn came_back(&self, url: &str) {
-        if self.down.swap(false, Ordering::AcqRel) {
-            let mut state = self.state();
-            let down_for = state
-                .since
-                .take()
-                .map(|s| Instant::now() - s)
-                .unwrap_or_default();
-            state.last_error = None;
-            state.logged_error = None;
-            tracing::info!(
-                backend = "redis",
-                url,
-                down_for_ms = down_for.as_millis() as u64,
-                degraded_calls = self.degraded_since_down(),
-                "redis connection restored"
-            );
-        }
-    }
-
-    /// A command the server refused while the connection is fine (OOM, NOPERM, ...).
-    fn refused(&self, url: &str, error: String) {
-        let mut state = self.state();
-        let now = Instant::now();
-        if state
-            .last_refusal_log
-            .is_some_and(|t| now - t < REFUSAL_LOG_EVERY)
-        {
-            state.refusals_unlogged += 1;
-            return;
-        }
-        state.last_refusal_log = Some(now);
-        let suppressed = std::mem::take(&mut state.refusals_unlogged);
-        tracing::warn!(
-            backend = "redis",
-            url,
-            error = %error,
-            suppressed,
-            "redis refused a cache command; the call degraded"
-        );
-    }
 }
 
 impl Drop for RedisBackend {
@@ -269,7 +109,7 @@ impl RedisBackend {
             conn: ArcSwapOption::empty(),
             wake: Notify::new(),
             timeouts_in_a_row: AtomicU32::new(0),
-            outage: Outage::new(),
+            outage: Outage::new("redis", "redis"),
             coalescer: Coalescer::default(),
             locals,
             topology_changed,
@@ -512,16 +352,13 @@ impl RedisBackend {
                 inner.settle(&conn, result).map(|()| rtt).map_err(drop)
             }
         };
-        let (error, down_for) = {
-            let state = inner.outage.state();
-            (state.last_error.clone(), state.since.map(|s| s.elapsed()))
-        };
+        let (error, down_for) = inner.outage.report();
         let breaker = if inner.conn.load().is_some() {
             Breaker::Closed
         } else {
             Breaker::Open
         };
-        let degraded = inner.outage.degraded_total.load(Ordering::Relaxed);
+        let degraded = inner.outage.degraded_total();
         match ping {
             Ok(rtt) => Health::redis_up(&inner.url, rtt, degraded),
             Err(()) => Health::redis_down(

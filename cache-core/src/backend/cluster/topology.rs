@@ -1,0 +1,315 @@
+//! The slot map: which master serves each hash slot, learned with `CLUSTER SLOTS` and
+//! kept current by a background task: at once when a reply says it changed (`MOVED`,
+//! `ASK`, `CLUSTERDOWN`), every second while a master is unreachable (it may have failed
+//! over to a replica), and every 30 s otherwise.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::Value;
+use tokio::time::Instant;
+
+use super::slot::{SLOTS, slot};
+use super::{Cluster, RedisBackend};
+use crate::backend::redis::jittered;
+use crate::config::NodeAddr;
+
+/// Marks a slot no master serves.
+pub(super) const UNASSIGNED: u16 = u16::MAX;
+/// Slot map refresh interval while every master answers.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// Slot map refresh interval while a master is unreachable: a replica may take over.
+const REFRESH_WHILE_DEGRADED: Duration = Duration::from_secs(1);
+
+/// Which master serves each slot.
+pub(super) struct Topology {
+    /// Index into `nodes` per slot, `UNASSIGNED` where no master serves it.
+    pub(super) slots: Box<[u16]>,
+    pub(super) nodes: Vec<Node>,
+}
+
+pub(super) struct Node {
+    pub(super) addr: NodeAddr,
+    pub(super) link: Arc<RedisBackend>,
+    /// How many slots it serves.
+    pub(super) slots: u32,
+}
+
+impl Topology {
+    pub(super) fn empty() -> Self {
+        Topology {
+            slots: vec![UNASSIGNED; SLOTS].into_boxed_slice(),
+            nodes: Vec::new(),
+        }
+    }
+
+    pub(super) fn node_of(&self, key: &str) -> Option<&Node> {
+        self.nodes
+            .get(usize::from(self.slots[usize::from(slot(key.as_bytes()))]))
+    }
+}
+
+impl Cluster {
+    /// Learns the slot map from the first node that answers `CLUSTER SLOTS`: the masters
+    /// already connected, then the URL's nodes. Connects to masters it did not know.
+    pub(super) async fn refresh(&self) -> Result<(), String> {
+        let (ranges, asked) = self.fetch_slots().await?;
+        let current = self.topology.load_full();
+        let mut addrs: Vec<NodeAddr> = Vec::new();
+        let mut slots = vec![UNASSIGNED; SLOTS].into_boxed_slice();
+        for (start, end, host, port) in ranges {
+            let addr = match host.as_str() {
+                // An empty host is the node that was asked.
+                "" => NodeAddr {
+                    host: asked.host.clone(),
+                    port,
+                },
+                // An unknown endpoint: these slots stay unassigned.
+                "?" => continue,
+                host => NodeAddr::new(host, port),
+            };
+            let index = match addrs.iter().position(|a| *a == addr) {
+                Some(i) => i,
+                None => {
+                    addrs.push(addr);
+                    addrs.len() - 1
+                }
+            };
+            for slot in usize::from(start)..=usize::from(end).min(SLOTS - 1) {
+                slots[slot] = index as u16;
+            }
+        }
+        if addrs.is_empty() {
+            return Err(format!("{asked} answered that no master serves any slot"));
+        }
+        let unchanged = current.slots == slots
+            && current.nodes.len() == addrs.len()
+            && current.nodes.iter().zip(&addrs).all(|(n, a)| n.addr == *a);
+        if unchanged {
+            return Ok(());
+        }
+
+        // Connections to masters already known are kept; new ones connect concurrently.
+        // One master listens for the first levels' invalidations: a kept one that already
+        // does, or else the first new one.
+        let kept = |addr: &NodeAddr| current.nodes.iter().find(|n| n.addr == *addr);
+        let listening = addrs.iter().filter_map(kept).any(|n| n.link.listens());
+        let listener = (!listening)
+            .then(|| addrs.iter().find(|a| kept(a).is_none()))
+            .flatten();
+        let links = join_all(addrs.iter().map(|addr| async move {
+            if let Some(node) = kept(addr) {
+                return Ok(Arc::clone(&node.link));
+            }
+            let settings = self.template.settings(addr, &self.config)?;
+            let listen = listener == Some(addr);
+            Ok::<_, String>(Arc::new(
+                RedisBackend::start_node(
+                    settings,
+                    Arc::clone(&self.changed),
+                    Arc::clone(&self.locals),
+                    listen,
+                )
+                .await,
+            ))
+        }))
+        .await;
+        let mut nodes = Vec::with_capacity(addrs.len());
+        for (addr, link) in addrs.into_iter().zip(links) {
+            nodes.push(Node {
+                addr,
+                link: link?,
+                slots: 0,
+            });
+        }
+        for &index in slots.iter().filter(|&&i| i != UNASSIGNED) {
+            nodes[usize::from(index)].slots += 1;
+        }
+        if !current.nodes.is_empty() {
+            tracing::info!(
+                backend = "redis-cluster",
+                url = %self.url,
+                masters = %nodes.iter().map(|n| n.addr.to_string()).collect::<Vec<_>>().join(","),
+                "redis cluster slot map changed"
+            );
+        }
+        self.topology.store(Arc::new(Topology { slots, nodes }));
+        Ok(())
+    }
+
+    /// `CLUSTER SLOTS` as `(first slot, last slot, master host, master port)`, and the
+    /// node that answered.
+    async fn fetch_slots(&self) -> Result<(Vec<(u16, u16, String, u16)>, NodeAddr), String> {
+        let mut errors = Vec::new();
+        let current = self.topology.load_full();
+        for node in current.nodes.iter().filter(|n| n.link.is_up()) {
+            match node
+                .link
+                .query::<Value>(redis::cmd("CLUSTER").arg("SLOTS"))
+                .await
+            {
+                Ok(reply) => match parse_slots(reply) {
+                    Ok(ranges) => return Ok((ranges, node.addr.clone())),
+                    Err(e) => errors.push(format!("{}: {e}", node.addr)),
+                },
+                Err(why) => errors.push(format!("{}: {why:?}", node.addr)),
+            }
+        }
+        for seed in &self.seeds {
+            match self.ask_seed(seed).await {
+                Ok(ranges) => return Ok((ranges, seed.clone())),
+                Err(e) => errors.push(format!("{seed}: {e}")),
+            }
+        }
+        Err(format!(
+            "no node answered CLUSTER SLOTS ({})",
+            errors.join("; ")
+        ))
+    }
+
+    /// `CLUSTER SLOTS` on a connection of its own to `seed`, within the connect timeout.
+    async fn ask_seed(&self, seed: &NodeAddr) -> Result<Vec<(u16, u16, String, u16)>, String> {
+        let settings = self.template.settings(seed, &self.config)?;
+        let secret = settings.secret;
+        let scrub = |text: String| match &secret {
+            Some(s) => s.scrub(text),
+            None => text,
+        };
+        let redis_config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_response_timeout(Some(self.config.connect_timeout));
+        let attempt = async {
+            let mut conn = settings
+                .client
+                .get_multiplexed_async_connection_with_config(&redis_config)
+                .await?;
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Ok(Ok(reply)) => parse_slots(reply),
+            Ok(Err(e)) => Err(scrub(e.to_string())),
+            Err(_) => Err(format!(
+                "no answer within the connect timeout ({:?})",
+                self.config.connect_timeout
+            )),
+        }
+    }
+
+    fn all_up(&self) -> bool {
+        let topology = self.topology.load();
+        !topology.nodes.is_empty() && topology.nodes.iter().all(|n| n.link.is_up())
+    }
+}
+
+/// Keeps the slot map current: on a hint from a node, and periodically.
+pub(super) async fn supervise(inner: Arc<Cluster>) {
+    let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
+    let mut backoff = first;
+    let mut last_refresh = Instant::now();
+    loop {
+        if inner.outage.is_down() {
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(longest);
+        } else {
+            backoff = first;
+            let every = if inner.all_up() {
+                REFRESH_EVERY
+            } else {
+                REFRESH_WHILE_DEGRADED
+            };
+            tokio::select! {
+                _ = inner.changed.notified() => {}
+                _ = tokio::time::sleep_until(last_refresh + every) => {}
+            }
+            // A burst of redirections asks for one refresh, not one each.
+            tokio::time::sleep_until(last_refresh + first).await;
+        }
+        last_refresh = Instant::now();
+        match inner.refresh().await {
+            Ok(()) => inner.outage.came_back(&inner.url),
+            Err(error) => inner.outage.went_down(&inner.url, error),
+        }
+    }
+}
+
+/// Parses a `CLUSTER SLOTS` reply: `[[first, last, [host, port, id, ...], replicas...], ...]`.
+fn parse_slots(reply: Value) -> Result<Vec<(u16, u16, String, u16)>, String> {
+    let malformed = || "malformed CLUSTER SLOTS reply".to_owned();
+    let Value::Array(ranges) = reply else {
+        return Err(malformed());
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let Value::Array(items) = range else {
+            return Err(malformed());
+        };
+        let (Some(first), Some(last), Some(Value::Array(master))) = (
+            items.first().and_then(int),
+            items.get(1).and_then(int),
+            items.get(2),
+        ) else {
+            return Err(malformed());
+        };
+        let host = match master.first() {
+            Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            Some(Value::SimpleString(text)) => text.clone(),
+            _ => return Err(malformed()),
+        };
+        let port = master.get(1).and_then(int).ok_or_else(malformed)?;
+        out.push((first, last, host, port));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_slots_replies_parse() {
+        let node = |host: &str, port| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("10.0.0.1", 7000),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                node("", 7001),
+                node("10.0.0.3", 7002),
+            ]),
+        ]);
+        assert_eq!(
+            parse_slots(reply).unwrap(),
+            vec![
+                (0, 5460, "10.0.0.1".to_owned(), 7000),
+                (5461, 16383, String::new(), 7001)
+            ]
+        );
+        assert!(parse_slots(Value::Int(1)).is_err());
+        assert!(parse_slots(Value::Array(vec![Value::Array(vec![Value::Int(0)])])).is_err());
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(NodeAddr::new("::1", 7000).to_string(), "[::1]:7000");
+        assert_eq!(NodeAddr::new("[::1]", 7000).to_string(), "[::1]:7000");
+        assert_eq!(NodeAddr::new("10.0.0.1", 7000).to_string(), "10.0.0.1:7000");
+    }
+}
