@@ -261,4 +261,54 @@ mod tests {
         );
         assert!(decode_entry::<Profile, Json>(br#"{"name":"ada"}"#, 0).is_err());
     }
+
+    mod properties {
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        struct Tagged {
+            name: String,
+            tags: Vec<String>,
+        }
+
+        /// Strings with the characters that break naive encodings.
+        fn nasty() -> impl Strategy<Value = String> {
+            proptest::string::string_regex("[:{}*\\n\\r\\t a-z\\x00é€😀]{0,12}").unwrap()
+        }
+
+        proptest! {
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let mut framed = vec![FRAME_TAG, 0x78, 0x56, 0x34, 0x12];
+                framed.extend_from_slice(&bytes);
+                for input in [&bytes, &framed] {
+                    let _ = decode_entry::<Tagged, Bincode>(input, 0x1234_5678);
+                    let _ = decode_entry::<Vec<String>, Bincode>(input, 0x1234_5678);
+                    let _ = decode_entry::<HashMap<String, u64>, Bincode>(input, 0x1234_5678);
+                    let _ = decode_entry::<i64, Bincode>(input, 0x1234_5678);
+                    let _ = decode_entry::<Tagged, Json>(input, 0);
+                    let _ = decode_entry::<i64, Text>(input, 0);
+                    let _ = decode_entry::<uuid::Uuid, Text>(input, 0);
+                    let _ = decode_entry::<String, Text>(input, 0);
+                }
+            }
+
+            #[test]
+            fn every_codec_round_trips_what_it_encodes(name in nasty(), tags in proptest::collection::vec(nasty(), 0..3), n: i64) {
+                let p = Tagged { name: name.clone(), tags };
+                let bytes = encode_entry::<_, Bincode>(&p, 7).unwrap();
+                prop_assert_eq!(decode_entry::<Tagged, Bincode>(&bytes, 7).unwrap(), p.clone());
+                let bytes = encode_entry::<_, Json>(&p, 0).unwrap();
+                prop_assert_eq!(decode_entry::<Tagged, Json>(&bytes, 0).unwrap(), p);
+                let bytes = encode_entry::<_, Text>(&n, 0).unwrap();
+                prop_assert_eq!(decode_entry::<i64, Text>(&bytes, 0).unwrap(), n);
+                let bytes = encode_entry::<String, Text>(&name, 0).unwrap();
+                prop_assert_eq!(decode_entry::<String, Text>(&bytes, 0).unwrap(), name);
+            }
+        }
+    }
 }

@@ -43,6 +43,17 @@ pub trait CacheKey {
     fn write_key(&self, out: &mut String);
 }
 
+/// The Redis key of `key` in a cache of `namespace`: `"{namespace}:{key}"`, or with
+/// `hash_tag` the namespace in braces, `"{{namespace}}:{key}"`. The one place keys are
+/// built; `TypedCache::redis_key` and every call go through it.
+pub(crate) fn redis_key<K: CacheKey + ?Sized>(namespace: &str, hash_tag: bool, key: &K) -> String {
+    // Room for the namespace, its tag and a UUID or an integer without growing.
+    let mut out = String::with_capacity(namespace.len() + 40);
+    cache_keyspace::write_key_prefix(&mut out, namespace, hash_tag);
+    key.write_key(&mut out);
+    out
+}
+
 macro_rules! integer_keys {
     ($($t:ty)*) => {$(
         impl CacheKey for $t {
@@ -110,5 +121,103 @@ mod tests {
         assert_eq!(text(&id), "550e8400-e29b-41d4-a716-446655440001");
         assert_eq!(text(&true), "true");
         assert_eq!(text(&'é'), "é");
+    }
+
+    mod properties {
+        use std::fmt::Debug;
+        use std::str::FromStr;
+
+        use cache_keyspace::check_namespace;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::registry::namespaces_collide;
+
+        /// Namespaces of the grammar `#[derive(Cache)]` accepts.
+        fn namespace() -> impl Strategy<Value = String> {
+            proptest::collection::vec("[a-z0-9_.-]{1,4}", 1..4)
+                .prop_map(|segments| segments.join(":"))
+        }
+
+        /// Strings with the characters that break naive key schemes.
+        fn nasty() -> impl Strategy<Value = String> {
+            proptest::string::string_regex("[:{}*\\n\\r\\t a-z\\x00é€😀]{0,12}").unwrap()
+        }
+
+        /// Keys that often look like a namespace segment followed by `:`, the shape that
+        /// lets one cache's key spell another namespace's key.
+        fn key_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                nasty(),
+                (namespace(), nasty()).prop_map(|(segments, rest)| format!("{segments}:{rest}")),
+            ]
+        }
+
+        /// The key's own text in a Redis key of namespace `t` parses back to the key: the
+        /// layout loses nothing, so distinct keys have distinct Redis keys.
+        fn parses_back<K>(key: K) -> Result<(), TestCaseError>
+        where
+            K: CacheKey + FromStr + PartialEq + Debug,
+            K::Err: Debug,
+        {
+            let full = redis_key("t", false, &key);
+            let text = full.strip_prefix("t:").expect("the namespace comes first");
+            prop_assert_eq!(text.parse::<K>().expect("the key text parses"), key);
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn every_builtin_key_type_writes_text_that_parses_back(
+                a: i8, b: i16, c: i32, d: i64, e: i128, f: isize,
+                g: u8, h: u16, i: u32, j: u64, k: u128, l: usize,
+                m: bool, n: char, o in nasty(), p: u128,
+            ) {
+                parses_back(a)?; parses_back(b)?; parses_back(c)?; parses_back(d)?;
+                parses_back(e)?; parses_back(f)?; parses_back(g)?; parses_back(h)?;
+                parses_back(i)?; parses_back(j)?; parses_back(k)?; parses_back(l)?;
+                parses_back(m)?; parses_back(n)?; parses_back(o.clone())?;
+                parses_back(Uuid::from_u128(p))?;
+                let boxed: Box<str> = o.clone().into();
+                prop_assert_eq!(redis_key("t", false, &boxed), redis_key("t", false, &o));
+            }
+
+            /// Every other (namespace, key) pair that spells the same Redis key is a pair
+            /// of namespaces the registry rejects: its `:`-prefix rule is what makes raw
+            /// string keys safe. The pairs are built on purpose, by cutting a Redis key
+            /// at each `:`.
+            #[test]
+            fn a_redis_key_belongs_to_one_namespace_of_a_registry(n in namespace(), k in key_text()) {
+                let full = redis_key(&n, false, &k);
+                for (at, _) in full.match_indices(':') {
+                    let (other_ns, other_key) = (&full[..at], &full[at + 1..]);
+                    if other_ns == n || check_namespace(other_ns).is_err() {
+                        continue;
+                    }
+                    prop_assert_eq!(redis_key(other_ns, false, &other_key.to_owned()), full.clone());
+                    prop_assert!(
+                        namespaces_collide(&n, other_ns),
+                        "`{}` and `{}` both own the Redis key {:?}, yet a registry accepts both",
+                        n, other_ns, full
+                    );
+                }
+            }
+
+            /// A hash-tagged key names its namespace between its braces, and no valid
+            /// namespace's untagged key can spell it (namespaces never start with `{`).
+            #[test]
+            fn hash_tagged_keys_name_their_namespace(n in namespace(), k in key_text()) {
+                let full = redis_key(&n, true, &k);
+                let (tag, rest) = full
+                    .strip_prefix('{')
+                    .and_then(|r| r.split_once('}'))
+                    .expect("a tagged key starts with its tag");
+                prop_assert_eq!(tag, n.as_str());
+                prop_assert_eq!(rest.strip_prefix(':'), Some(k.as_str()));
+                for (at, _) in full.match_indices(':') {
+                    prop_assert!(check_namespace(&full[..at]).is_err());
+                }
+            }
+        }
     }
 }

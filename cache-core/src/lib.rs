@@ -13,18 +13,18 @@
 
 mod backend;
 mod cache;
-mod clear;
 pub mod codec;
 mod config;
 mod error;
+mod flight;
 mod handle;
 mod health;
 mod key;
-mod load;
 mod local;
 mod manager;
 mod observe;
 mod registry;
+mod shared;
 mod stats;
 
 pub use cache::{Cache, CacheInfo, MAX_BATCH};

@@ -3,8 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use crate::backend::Backend;
 use crate::backend::cluster::ClusterBackend;
 use crate::backend::memory::MemoryStore;
@@ -14,22 +12,9 @@ use crate::config::{self, CacheConfig, Target};
 use crate::error::CacheError;
 use crate::handle::TypedCache;
 use crate::health::Health;
-use crate::local::{LocalLevel, LocalLevels};
+use crate::local::LocalLevel;
+use crate::shared::Shared;
 use crate::stats::{CacheStats, Counters};
-
-/// What the caches of one manager share.
-pub(crate) struct Shared {
-    backend: ArcSwap<Backend>,
-    pub(crate) locals: Arc<LocalLevels>,
-}
-
-impl Shared {
-    /// The backend for one call. Holding the `Arc` keeps a backend that `connect`
-    /// replaces alive until the calls already using it finish.
-    pub(crate) fn backend(&self) -> Arc<Backend> {
-        self.backend.load_full()
-    }
-}
 
 /// The engine behind a `cache_registry!` manager. Not meant to be used directly.
 #[doc(hidden)]
@@ -41,7 +26,7 @@ pub struct ManagerCore {
 
 impl fmt::Debug for ManagerCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let backend = match &**self.shared.backend.load() {
+        let backend = match &*self.shared.backend() {
             Backend::Disconnected => "none",
             Backend::Memory(_) => "memory",
             Backend::Redis(_) => "redis",
@@ -58,10 +43,7 @@ impl ManagerCore {
     /// A manager that is not connected: every cache call degrades until `connect`.
     pub fn new(caches: &'static [CacheInfo]) -> Self {
         ManagerCore {
-            shared: Arc::new(Shared {
-                backend: ArcSwap::from_pointee(Backend::Disconnected),
-                locals: Arc::new(LocalLevels::new()),
-            }),
+            shared: Arc::new(Shared::new()),
             caches,
             counters: std::sync::Mutex::default(),
         }
@@ -122,13 +104,13 @@ impl ManagerCore {
                 Backend::Cluster(ClusterBackend::start(*settings, Arc::clone(locals)).await)
             }
         };
-        self.shared.backend.store(Arc::new(backend));
+        self.shared.replace(backend);
         Ok(())
     }
 
     /// Drops the connection; cache calls degrade until the next `connect`.
     pub async fn disconnect(&self) {
-        let previous = self.shared.backend.swap(Arc::new(Backend::Disconnected));
+        let previous = self.shared.replace(Backend::Disconnected);
         self.shared.locals.reset(false);
         if !matches!(*previous, Backend::Disconnected) {
             tracing::info!("cache disconnected");

@@ -153,56 +153,7 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
     })
 }
 
-/// The namespace grammar: ASCII letters, digits and `: _ - .`; no empty, leading,
-/// trailing or doubled `:` segment.
+/// The namespace grammar, shared with the runtime and `cachectl`.
 fn check_namespace(namespace: &str) -> Result<(), String> {
-    if namespace.is_empty() {
-        return Err(
-            "the namespace cannot be empty; use e.g. `namespace = \"user:profile\"`".into(),
-        );
-    }
-    if let Some(bad) = namespace
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.')))
-    {
-        return Err(format!(
-            "the namespace `{namespace}` contains {bad:?}; only ASCII letters, digits and `:` `_` `-` `.` are allowed"
-        ));
-    }
-    if namespace.starts_with(':') || namespace.ends_with(':') {
-        return Err(format!(
-            "the namespace `{namespace}` starts or ends with `:`; `:` only separates segments, as in `user:profile`"
-        ));
-    }
-    if namespace.contains("::") {
-        return Err(format!(
-            "the namespace `{namespace}` contains an empty segment `::`; `:` only separates segments, as in `user:profile`"
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_namespace;
-
-    #[test]
-    fn namespace_grammar() {
-        for ok in ["user", "user:uuid_to_id", "a.b-c_d:9", "X"] {
-            assert!(check_namespace(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            ":user",
-            "user:",
-            "user::x",
-            "user profile",
-            "usér",
-            "a*b",
-            "a{b}",
-            "a\nb",
-        ] {
-            assert!(check_namespace(bad).is_err(), "{bad:?}");
-        }
-    }
+    cache_keyspace::check_namespace(namespace).map_err(|e| e.to_string())
 }

@@ -103,14 +103,14 @@ impl MemoryStore {
         }
     }
 
-    /// Removes every entry of `namespace`; returns how many were live.
-    pub(crate) fn clear(&self, namespace: &str) -> u64 {
+    /// Removes every entry matching `pattern`, a cache's `{prefix}*`; returns how many
+    /// were live.
+    pub(crate) fn clear(&self, pattern: &str) -> u64 {
+        let prefix = pattern.strip_suffix('*').unwrap_or(pattern);
         let now = Instant::now();
         let mut removed = 0;
         self.lock().entries.retain(|key, entry| {
-            let theirs = key.len() > namespace.len()
-                && key.starts_with(namespace)
-                && key.as_bytes()[namespace.len()] == b':';
+            let theirs = key.starts_with(prefix);
             if theirs && entry.expires_at > now {
                 removed += 1;
             }

@@ -136,14 +136,15 @@ impl Backend {
         }
     }
 
-    /// Removes every key `{prefix}:*`; how many, and why it stopped early if it did.
-    /// `announce`: also tell other instances to empty the namespace's first level.
-    pub(crate) async fn clear(&self, prefix: &str, announce: bool) -> (u64, Option<Unavailable>) {
+    /// Removes every key matching `pattern`, a cache's `{prefix}*`; how many, and why it
+    /// stopped early if it did. `announce`: also tell other instances to empty the
+    /// namespace's first level.
+    pub(crate) async fn clear(&self, pattern: &str, announce: bool) -> (u64, Option<Unavailable>) {
         match self {
             Backend::Disconnected => (0, Some(Unavailable::Down)),
-            Backend::Memory(m) => (m.clear(prefix), None),
-            Backend::Redis(r) => r.clear(prefix, announce).await,
-            Backend::Cluster(c) => c.clear(prefix, announce).await,
+            Backend::Memory(m) => (m.clear(pattern), None),
+            Backend::Redis(r) => r.clear(pattern, announce).await,
+            Backend::Cluster(c) => c.clear(pattern, announce).await,
         }
     }
 

@@ -311,27 +311,23 @@ impl RedisBackend {
             .map(|n| n > 0)
     }
 
-    /// Removes every key of `namespace` with `SCAN` + `UNLINK` (see [`scan_unlink`]).
-    pub(crate) async fn clear(
-        &self,
-        namespace: &str,
-        announce: bool,
-    ) -> (u64, Option<Unavailable>) {
+    /// Removes every key matching `pattern` (a cache's `{prefix}*`) with `SCAN` +
+    /// `UNLINK` (see [`scan_unlink`]).
+    pub(crate) async fn clear(&self, pattern: &str, announce: bool) -> (u64, Option<Unavailable>) {
         let conn = match self.connection() {
             Ok(conn) => conn,
             Err(why) => return (0, Some(why)),
         };
-        let pattern = format!("{namespace}:*");
         let cluster_node = self.inner.topology_changed.is_some();
         let (removed, result) =
-            scan_unlink(&mut (*conn).clone(), &pattern, CLEAR_BATCH, cluster_node).await;
+            scan_unlink(&mut (*conn).clone(), pattern, CLEAR_BATCH, cluster_node).await;
         if let Err(why) = self.inner.settle(&conn, result) {
             return (removed, Some(why));
         }
         if announce {
-            // `{namespace}:*` tells other instances to empty the namespace's level.
+            // The pattern tells other instances to empty the namespace's level.
             let mut pipe = redis::pipe();
-            self.inner.announce(&mut pipe, &pattern);
+            self.inner.announce(&mut pipe, pattern);
             if let Err(why) = self.pipeline::<()>(&pipe).await {
                 return (removed, Some(why));
             }

@@ -273,9 +273,9 @@ impl ClusterBackend {
         (removed, failure)
     }
 
-    /// Clears `{prefix}:*` on every master concurrently (`SCAN` + `UNLINK` on each), then
-    /// tells other instances once: pub/sub reaches every node.
-    pub(crate) async fn clear(&self, prefix: &str, announce: bool) -> (u64, Option<Unavailable>) {
+    /// Clears the keys matching `pattern` on every master concurrently (`SCAN` + `UNLINK`
+    /// on each), then tells other instances once: pub/sub reaches every node.
+    pub(crate) async fn clear(&self, pattern: &str, announce: bool) -> (u64, Option<Unavailable>) {
         let topology = self.inner.topology.load_full();
         let Some(first) = topology.nodes.first() else {
             self.inner.unrouted.fetch_add(1, Ordering::Relaxed);
@@ -285,7 +285,7 @@ impl ClusterBackend {
             topology
                 .nodes
                 .iter()
-                .map(|node| node.link.clear(prefix, false)),
+                .map(|node| node.link.clear(pattern, false)),
         )
         .await;
         let mut removed = 0;
@@ -296,7 +296,7 @@ impl ClusterBackend {
         }
         if announce {
             let mut pipe = redis::pipe();
-            first.link.announce(&mut pipe, &format!("{prefix}:*"));
+            first.link.announce(&mut pipe, pattern);
             if let Err(why) = first.link.pipeline::<()>(&pipe).await {
                 failure = failure.or(Some(why));
             }

@@ -1,7 +1,7 @@
 //! `clear()`: removes every entry of one cache, by namespace, with `SCAN` + `UNLINK`.
 
+use super::TypedCache;
 use crate::cache::Cache;
-use crate::handle::TypedCache;
 use crate::local::Invalidate as _;
 use crate::observe::{Op, observed};
 
@@ -25,13 +25,8 @@ impl<C: Cache> TypedCache<C> {
                 local.clear();
             }
             let backend = self.shared.backend();
-            // The keys' common prefix: `{namespace}` for hash-tagged caches.
-            let prefix = if C::HASH_TAG {
-                format!("{{{}}}", C::NAMESPACE)
-            } else {
-                C::NAMESPACE.to_owned()
-            };
-            let (removed, failure) = backend.clear(&prefix, self.local.is_some()).await;
+            let pattern = cache_keyspace::scan_pattern(C::NAMESPACE, C::HASH_TAG);
+            let (removed, failure) = backend.clear(&pattern, self.announce()).await;
             if let Some(local) = &self.local {
                 local.clear();
             }

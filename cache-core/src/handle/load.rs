@@ -2,43 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Mutex;
 
-use tokio::sync::watch;
-
+use super::TypedCache;
 use crate::cache::{Cache, MAX_BATCH};
-use crate::handle::TypedCache;
-
-/// A load in progress for one key: `None` while loading, `Some(result)` once done. A
-/// leader that fails or is cancelled drops its sender, and its followers try again.
-pub(crate) type Flight<V> = watch::Receiver<Option<Option<V>>>;
-
-/// The loads in progress of one cache, by key.
-pub(crate) type Flights<K, V> = Mutex<HashMap<K, Flight<V>>>;
-
-enum Role<V> {
-    Lead(watch::Sender<Option<Option<V>>>, Flight<V>),
-    Follow(Flight<V>),
-}
-
-/// Removes the leader's flight when it finishes, fails or is cancelled.
-struct Landing<'a, K: std::hash::Hash + Eq, V> {
-    flights: &'a Flights<K, V>,
-    key: &'a K,
-    flight: Flight<V>,
-}
-
-impl<K: std::hash::Hash + Eq, V> Drop for Landing<'_, K, V> {
-    fn drop(&mut self) {
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights
-            .get(self.key)
-            .is_some_and(|f| f.same_channel(&self.flight))
-        {
-            flights.remove(self.key);
-        }
-    }
-}
 
 impl<C: Cache> TypedCache<C> {
     /// Reads `key`, or loads it on a miss and caches what the loader found.
@@ -62,45 +28,15 @@ impl<C: Cache> TypedCache<C> {
         if let Some(value) = self.get(key).await {
             return Ok(Some(value));
         }
-        let mut load = Some(load);
-        loop {
-            let role = {
-                let mut flights = self.flights().lock().unwrap_or_else(|p| p.into_inner());
-                match flights.get(key) {
-                    // A closed channel is a leader that already failed: take over.
-                    Some(flight) if flight.has_changed().is_ok() => Role::Follow(flight.clone()),
-                    _ => {
-                        let (sender, flight) = watch::channel(None);
-                        flights.insert(key.clone(), flight.clone());
-                        Role::Lead(sender, flight)
-                    }
+        self.flights
+            .run(key, || async {
+                let loaded = load().await?;
+                if let Some(value) = &loaded {
+                    self.store_loaded(key, value).await;
                 }
-            };
-            match role {
-                Role::Follow(mut flight) => {
-                    if let Ok(done) = flight.wait_for(Option::is_some).await {
-                        return Ok(done.clone().flatten());
-                    }
-                    // The leader failed or was cancelled: try again, perhaps as leader.
-                }
-                Role::Lead(sender, flight) => {
-                    let _landing = Landing {
-                        flights: self.flights(),
-                        key,
-                        flight,
-                    };
-                    let load = load
-                        .take()
-                        .expect("a caller leads at most once: leading returns");
-                    let loaded = load().await?;
-                    if let Some(value) = &loaded {
-                        self.store_loaded(key, value).await;
-                    }
-                    sender.send_replace(Some(loaded.clone()));
-                    return Ok(loaded);
-                }
-            }
-        }
+                Ok(loaded)
+            })
+            .await
     }
 
     /// Reads many keys, loading every miss with one call to `load`.
@@ -180,6 +116,7 @@ mod tests {
 
     use crate::cache::{Cache, CacheInfo, MAX_BATCH};
     use crate::codec;
+    use crate::handle::TypedCache;
     use crate::manager::ManagerCore;
 
     enum Names {}
@@ -236,10 +173,7 @@ mod tests {
             Some("seven".to_owned()),
             "the loaded value is cached"
         );
-        assert!(
-            cache.flights().lock().unwrap().is_empty(),
-            "the flight was not removed"
-        );
+        assert_eq!(cache.flights.in_progress(), 0, "the flight was not removed");
     }
 
     #[tokio::test]
@@ -260,27 +194,64 @@ mod tests {
         );
     }
 
+    /// Waits until `n` callers wait for the load of `key` in progress: joining a
+    /// flight is observable, so a test knows the follower joined before the leader ends.
+    async fn until_waiting(cache: &TypedCache<Names>, key: u32, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while cache.flights.waiters(&key) != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} callers never joined the load of {key} (waiting: {})",
+                cache.flights.waiters(&key)
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiters_on_a_failed_load_run_their_own() {
         let core = memory().await;
         let cache = Arc::new(core.cache::<Names>("names"));
-        let started = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
         let leader = {
-            let (cache, started) = (cache.clone(), started.clone());
+            let (cache, release) = (cache.clone(), release.clone());
             tokio::spawn(async move {
                 cache
                     .get_or_load(&3, || async move {
-                        started.notify_one();
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        release.notified().await;
                         Err::<Option<String>, _>("leader failed")
                     })
                     .await
             })
         };
-        started.notified().await;
-        let follower = cache.get_or_load(&3, || async { Ok::<_, &str>(Some("three".to_owned())) });
-        assert_eq!(follower.await, Ok(Some("three".to_owned())));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while cache.flights.in_progress() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the leader never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        let follower_loads = Arc::new(AtomicUsize::new(0));
+        let follower = {
+            let (cache, loads) = (cache.clone(), follower_loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&3, || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, &str>(Some("three".to_owned()))
+                    })
+                    .await
+            })
+        };
+        // The follower waits on the leader's load rather than running its own...
+        until_waiting(&cache, 3, 1).await;
+        assert_eq!(follower_loads.load(Ordering::SeqCst), 0);
+        // ...and runs its own once the leader failed, getting its own result.
+        release.notify_one();
         assert_eq!(leader.await.unwrap(), Err("leader failed"));
+        assert_eq!(follower.await.unwrap(), Ok(Some("three".to_owned())));
+        assert_eq!(follower_loads.load(Ordering::SeqCst), 1);
         assert_eq!(cache.get(&3).await, Some("three".to_owned()));
     }
 
@@ -288,33 +259,51 @@ mod tests {
     async fn a_cancelled_leader_does_not_strand_its_waiters() {
         let core = memory().await;
         let cache = Arc::new(core.cache::<Names>("names"));
-        let started = Arc::new(tokio::sync::Notify::new());
         let leader = {
-            let (cache, started) = (cache.clone(), started.clone());
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&4, std::future::pending::<Result<Option<String>, ()>>)
+                    .await
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while cache.flights.in_progress() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the leader never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        let follower_loads = Arc::new(AtomicUsize::new(0));
+        let follower = {
+            let (cache, loads) = (cache.clone(), follower_loads.clone());
             tokio::spawn(async move {
                 cache
                     .get_or_load(&4, || async move {
-                        started.notify_one();
-                        std::future::pending::<Result<Option<String>, ()>>().await
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, ()>(Some("four".to_owned()))
                     })
                     .await
             })
         };
-        started.notified().await;
-        let follower = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(&4, || async { Ok::<_, ()>(Some("four".to_owned())) })
-                    .await
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_waiting(&cache, 4, 1).await;
+        assert_eq!(
+            follower_loads.load(Ordering::SeqCst),
+            0,
+            "the follower loaded before the leader was cancelled"
+        );
         leader.abort();
         let got = tokio::time::timeout(Duration::from_secs(5), follower)
             .await
             .expect("the waiter was stranded");
         assert_eq!(got.unwrap(), Ok(Some("four".to_owned())));
+        assert_eq!(
+            follower_loads.load(Ordering::SeqCst),
+            1,
+            "the follower took over"
+        );
+        assert_eq!(cache.flights.in_progress(), 0);
     }
 
     #[tokio::test]

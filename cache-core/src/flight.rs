@@ -1,0 +1,157 @@
+//! Single flight: concurrent loads of one key run once, the other callers wait for the
+//! result (as moka's `ValueInitializer` does for its own `get_with`).
+//!
+//! The first caller of a key leads: it runs the load. Callers that come while it runs
+//! follow: they wait for its result. A leader that fails, or is cancelled (its future
+//! dropped), drops its sender; its followers then try again, one of them leading. So an
+//! error need not be `Clone`, and a cancelled caller never strands the others.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// One load in progress: `None` while loading, `Some(result)` once done.
+struct Flight<V> {
+    done: watch::Receiver<Option<Option<V>>>,
+    /// Callers waiting for this load, not counting its leader.
+    waiters: Arc<AtomicUsize>,
+}
+
+impl<V> Clone for Flight<V> {
+    fn clone(&self) -> Self {
+        Flight {
+            done: self.done.clone(),
+            waiters: Arc::clone(&self.waiters),
+        }
+    }
+}
+
+/// The loads in progress of one cache, by key.
+pub(crate) struct SingleFlight<K, V> {
+    flights: Mutex<HashMap<K, Flight<V>>>,
+}
+
+impl<K, V> Default for SingleFlight<K, V> {
+    fn default() -> Self {
+        SingleFlight {
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+enum Role<V> {
+    Lead(watch::Sender<Option<Option<V>>>, Flight<V>),
+    Follow(Flight<V>),
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<K, Flight<V>>> {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `load` for `key` unless a load of `key` is in progress, in which case it
+    /// waits for that one's result instead. `load`'s error goes to this caller only;
+    /// when the load it waited for failed or was cancelled, it runs `load` itself.
+    pub(crate) async fn run<F, Fut, E>(&self, key: &K, load: F) -> Result<Option<V>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>>,
+    {
+        let mut load = Some(load);
+        loop {
+            let role = {
+                let mut flights = self.flights();
+                match flights.get(key) {
+                    // A closed channel is a leader that already failed: take over.
+                    Some(flight) if flight.done.has_changed().is_ok() => {
+                        Role::Follow(flight.clone())
+                    }
+                    _ => {
+                        let (sender, done) = watch::channel(None);
+                        let flight = Flight {
+                            done,
+                            waiters: Arc::new(AtomicUsize::new(0)),
+                        };
+                        flights.insert(key.clone(), flight.clone());
+                        Role::Lead(sender, flight)
+                    }
+                }
+            };
+            match role {
+                Role::Follow(mut flight) => {
+                    let _waiting = Waiting::join(&flight.waiters);
+                    if let Ok(done) = flight.done.wait_for(Option::is_some).await {
+                        return Ok(done.clone().flatten());
+                    }
+                    // The leader failed or was cancelled: try again, perhaps as leader.
+                }
+                Role::Lead(sender, flight) => {
+                    let _landing = Landing {
+                        flights: self,
+                        key,
+                        flight,
+                    };
+                    let load = load
+                        .take()
+                        .expect("a caller leads at most once: leading returns");
+                    let loaded = load().await?;
+                    sender.send_replace(Some(loaded.clone()));
+                    return Ok(loaded);
+                }
+            }
+        }
+    }
+
+    /// How many callers wait for the load of `key` in progress (0 when there is none).
+    #[cfg(test)]
+    pub(crate) fn waiters(&self, key: &K) -> usize {
+        self.flights()
+            .get(key)
+            .map_or(0, |f| f.waiters.load(Ordering::Acquire))
+    }
+
+    /// How many loads are in progress.
+    #[cfg(test)]
+    pub(crate) fn in_progress(&self) -> usize {
+        self.flights().len()
+    }
+}
+
+/// Counts a follower as waiting until it stops, whichever way.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn join(waiters: &'a AtomicUsize) -> Self {
+        waiters.fetch_add(1, Ordering::AcqRel);
+        Waiting(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Removes the leader's flight when it finishes, fails or is cancelled.
+struct Landing<'a, K: Hash + Eq + Clone, V: Clone> {
+    flights: &'a SingleFlight<K, V>,
+    key: &'a K,
+    flight: Flight<V>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Drop for Landing<'_, K, V> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.flights();
+        if flights
+            .get(self.key)
+            .is_some_and(|f| f.done.same_channel(&self.flight.done))
+        {
+            flights.remove(self.key);
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! `TypedCache<C>`: the typed handle a registry hands out for each cache.
+//!
+//! The plain calls live here; read-through (`get_or_load`) in [`load`], `clear()` in
+//! [`clear`]. A write drops this instance's first-level copy before and after it goes
+//! to the backend ([`TypedCache::forgetting`]); other instances drop theirs when the
+//! write's announcement reaches them.
+
+mod clear;
+mod load;
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Backend, Unavailable};
+use crate::cache::{Cache, MAX_BATCH};
+use crate::codec::{decode_entry, encode_entry};
+use crate::error::{CacheError, CodecError};
+use crate::flight::SingleFlight;
+use crate::key;
+use crate::local::{Invalidate as _, LocalLevel as _};
+use crate::observe::{Op, observed};
+use crate::shared::Shared;
+use crate::stats::{CacheStats, Counters};
+
+/// Longest TTL a call may set: what fits Redis's millisecond expiry arithmetic.
+const MAX_TTL: Duration = Duration::from_millis(i64::MAX as u64 / 2);
+
+/// A typed cache: keys `C::Key`, values `C::Value`, in namespace `C::NAMESPACE`.
+///
+/// Handles come only from a `cache_registry!` manager and share its connection. No call
+/// returns a connection error: while the backend is unavailable, reads return `None` and
+/// writes `Ok(false)`.
+pub struct TypedCache<C: Cache> {
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    field: &'static str,
+    flights: SingleFlight<C::Key, C::Value>,
+    local: Option<Arc<C::Local>>,
+    _cache: PhantomData<fn() -> C>,
+}
+
+impl<C: Cache> fmt::Debug for TypedCache<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedCache")
+            .field("namespace", &C::NAMESPACE)
+            .field("ttl", &C::TTL)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Cache> TypedCache<C> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        field: &'static str,
+        counters: Arc<Counters>,
+        local: Option<Arc<C::Local>>,
+    ) -> Self {
+        TypedCache {
+            shared,
+            counters,
+            field,
+            flights: SingleFlight::default(),
+            local,
+            _cache: PhantomData,
+        }
+    }
+
+    /// The first level, when this cache has one and it may be read now.
+    fn local(&self) -> Option<&C::Local> {
+        let local = self.local.as_deref()?;
+        self.shared.locals.coherent().then_some(local)
+    }
+
+    /// Whether writes must tell other instances to drop their copies.
+    fn announce(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// This cache's counters: hits, misses, degraded calls, timeouts, corrupt entries.
+    pub fn stats(&self) -> CacheStats {
+        self.counters.snapshot(self.field, C::NAMESPACE)
+    }
+
+    /// The declared namespace: every key of this cache is `"{namespace}:{key}"` (with
+    /// `hash_tag = true`, the namespace in braces: `{user:profile}:42`).
+    pub fn namespace(&self) -> &'static str {
+        C::NAMESPACE
+    }
+
+    /// The declared TTL, set by every write except `set_with_ttl`.
+    pub fn ttl(&self) -> Duration {
+        C::TTL
+    }
+
+    /// The Redis key of `key`: `"{namespace}:{key}"`, as `user:profile:42`; with
+    /// `hash_tag = true` the namespace is in braces, `{user:profile}:42`, which puts every
+    /// key of the cache in the hash slot of its namespace on a Redis Cluster.
+    pub fn redis_key(&self, key: &C::Key) -> String {
+        key::redis_key(C::NAMESPACE, C::HASH_TAG, key)
+    }
+
+    /// Reads the value of `key`.
+    ///
+    /// `None` on a miss, while the backend is unavailable, and for a corrupt entry (bytes
+    /// that do not decode as `C::Value`), which is logged at error level and deleted.
+    pub async fn get(&self, key: &C::Key) -> Option<C::Value> {
+        observed(C::NAMESPACE, Op::Get, self.get_unobserved(key)).await
+    }
+
+    async fn get_unobserved(&self, key: &C::Key) -> Option<C::Value> {
+        let redis_key = self.redis_key(key);
+        let local = self.local();
+        if let Some(value) = local.and_then(|l| l.get(&redis_key)) {
+            self.counters.hits(1);
+            return Some(value);
+        }
+        let generation = local.map(|l| l.generation());
+        let backend = self.shared.backend();
+        let bytes = match backend.get(&redis_key).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                self.counters.misses(1);
+                return None;
+            }
+            Err(why) => {
+                self.counters.degraded(why);
+                return None;
+            }
+        };
+        match decode_entry::<C::Value, C::Codec>(&bytes, C::FINGERPRINT) {
+            Ok(value) => {
+                self.counters.hits(1);
+                if let (Some(local), Some(generation)) = (local, generation) {
+                    local.insert_if_current(redis_key, &value, generation);
+                }
+                Some(value)
+            }
+            Err(error) => {
+                self.evict_corrupt(&backend, &redis_key, &bytes, &error)
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// Stores `value` under `key` with the cache's TTL.
+    ///
+    /// `Ok(true)` when stored, `Ok(false)` when the backend is unavailable (logged), and
+    /// `Err(CacheError::Serialization)` when the value cannot be encoded; nothing is
+    /// written then.
+    pub async fn set(&self, key: &C::Key, value: &C::Value) -> Result<bool, CacheError> {
+        observed(C::NAMESPACE, Op::Set, self.write(key, value, C::TTL)).await
+    }
+
+    /// Stores `value` under `key` with its own TTL, at millisecond precision.
+    ///
+    /// A TTL under one millisecond is `Err(CacheError::Validation)`; otherwise as
+    /// [`set`](Self::set).
+    pub async fn set_with_ttl(
+        &self,
+        key: &C::Key,
+        value: &C::Value,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        observed(C::NAMESPACE, Op::Set, async {
+            let ttl = per_call_ttl::<C>(ttl)?;
+            self.write(key, value, ttl).await
+        })
+        .await
+    }
+
+    async fn write(
+        &self,
+        key: &C::Key,
+        value: &C::Value,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let bytes = self.encode(value)?;
+        let redis_key = self.redis_key(key);
+        let backend = self.shared.backend();
+        let stored = self
+            .forgetting(
+                [redis_key.as_str()],
+                backend.set(&redis_key, &bytes, ttl, self.announce()),
+            )
+            .await;
+        Ok(self.written(stored))
+    }
+
+    /// Reads many keys in one round trip (on a Redis Cluster, one per master, concurrently).
+    ///
+    /// The map has one entry per distinct key: `Some` for a hit, `None` for a miss, a
+    /// corrupt entry (logged and deleted) or an unavailable backend (on a cluster, the
+    /// keys of an unreachable master only). More than [`MAX_BATCH`] distinct keys is
+    /// `Err(CacheError::Validation)` and nothing is sent.
+    pub async fn mget(
+        &self,
+        keys: &[C::Key],
+    ) -> Result<HashMap<C::Key, Option<C::Value>>, CacheError> {
+        observed(C::NAMESPACE, Op::Mget, self.mget_unobserved(keys)).await
+    }
+
+    async fn mget_unobserved(
+        &self,
+        keys: &[C::Key],
+    ) -> Result<HashMap<C::Key, Option<C::Value>>, CacheError> {
+        let mut distinct = distinct_within_limit::<C>(keys, "mget")?;
+        let mut out = HashMap::with_capacity(distinct.len());
+        if distinct.is_empty() {
+            return Ok(out);
+        }
+        let mut redis_keys = self.redis_keys(&distinct);
+        let local = self.local();
+        let mut hits = 0;
+        if let Some(local) = local {
+            // Serve what the first level holds; fetch the rest.
+            let mut i = 0;
+            while i < distinct.len() {
+                if let Some(value) = local.get(&redis_keys[i]) {
+                    out.insert(distinct.swap_remove(i).clone(), Some(value));
+                    redis_keys.swap_remove(i);
+                    hits += 1;
+                } else {
+                    i += 1;
+                }
+            }
+            if distinct.is_empty() {
+                self.counters.hits(hits);
+                return Ok(out);
+            }
+        }
+        let generation = local.map(|l| l.generation());
+        let backend = self.shared.backend();
+        let values = match backend.mget(&redis_keys).await {
+            Ok(values) => values,
+            Err(why) => {
+                self.counters.degraded(why);
+                self.counters.hits(hits);
+                out.extend(distinct.into_iter().map(|k| (k.clone(), None)));
+                return Ok(out);
+            }
+        };
+        let (mut misses, mut degraded) = (0, None);
+        let mut corrupt = Vec::new();
+        for ((key, redis_key), fetched) in distinct.into_iter().zip(redis_keys).zip(values) {
+            let value = match fetched {
+                Err(why) => {
+                    degraded.get_or_insert(why);
+                    None
+                }
+                Ok(None) => {
+                    misses += 1;
+                    None
+                }
+                Ok(Some(bytes)) => match decode_entry::<C::Value, C::Codec>(&bytes, C::FINGERPRINT)
+                {
+                    Ok(value) => {
+                        hits += 1;
+                        if let (Some(local), Some(generation)) = (local, generation) {
+                            local.insert_if_current(redis_key, &value, generation);
+                        }
+                        Some(value)
+                    }
+                    Err(error) => {
+                        corrupt.push((redis_key, bytes, error));
+                        None
+                    }
+                },
+            };
+            out.insert(key.clone(), value);
+        }
+        // Corrupt entries are evicted concurrently: one more round trip, not one per key.
+        futures_util::future::join_all(corrupt.iter().map(|(redis_key, bytes, error)| {
+            self.evict_corrupt(&backend, redis_key, bytes, error)
+        }))
+        .await;
+        self.counters.hits(hits);
+        self.counters.misses(misses);
+        if let Some(why) = degraded {
+            self.counters.degraded(why);
+        }
+        Ok(out)
+    }
+
+    /// Stores many entries, each with the cache's TTL, in one round trip (on a Redis
+    /// Cluster, one per master, concurrently).
+    ///
+    /// Takes `&HashMap<K, V>` (or any iterator of `(&K, &V)`). More than [`MAX_BATCH`]
+    /// entries is `Err(CacheError::Validation)`; a value that fails to encode is
+    /// `Err(CacheError::Serialization)`. In both cases nothing is written. Each entry is
+    /// written atomically, the batch as a whole is not: a reader may see some entries
+    /// before others, and `Ok(false)` means some entries may not have been stored (on a
+    /// cluster, those of an unreachable master) while others were.
+    pub async fn mset<'a, I>(&self, entries: I) -> Result<bool, CacheError>
+    where
+        I: IntoIterator<Item = (&'a C::Key, &'a C::Value)>,
+    {
+        observed(C::NAMESPACE, Op::Mset, self.mset_unobserved(entries)).await
+    }
+
+    async fn mset_unobserved<'a, I>(&self, entries: I) -> Result<bool, CacheError>
+    where
+        I: IntoIterator<Item = (&'a C::Key, &'a C::Value)>,
+    {
+        let mut encoded: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut index: HashMap<&'a C::Key, usize> = HashMap::new();
+        for (key, value) in entries {
+            let bytes = self.encode(value)?;
+            match index.entry(key) {
+                // A later value for the same key wins, as it would with sequential sets.
+                Entry::Occupied(slot) => encoded[*slot.get()].1 = bytes,
+                Entry::Vacant(slot) => {
+                    if encoded.len() == MAX_BATCH {
+                        return Err(CacheError::validation(
+                            C::NAMESPACE,
+                            format!(
+                                "mset of more than {MAX_BATCH} entries exceeds the batch limit; split the entries into chunks of at most {MAX_BATCH}"
+                            ),
+                        ));
+                    }
+                    slot.insert(encoded.len());
+                    encoded.push((self.redis_key(key), bytes));
+                }
+            }
+        }
+        if encoded.is_empty() {
+            return Ok(true);
+        }
+        let backend = self.shared.backend();
+        let stored = self
+            .forgetting(
+                encoded.iter().map(|(k, _)| k.as_str()),
+                backend.mset(&encoded, C::TTL, self.announce()),
+            )
+            .await;
+        Ok(self.written(stored))
+    }
+
+    /// Removes the entry of `key`; `true` when there was one.
+    ///
+    /// `false` also when the backend is unavailable (logged).
+    pub async fn invalidate(&self, key: &C::Key) -> bool {
+        observed(
+            C::NAMESPACE,
+            Op::Invalidate,
+            self.invalidate_unobserved(key),
+        )
+        .await
+    }
+
+    async fn invalidate_unobserved(&self, key: &C::Key) -> bool {
+        let redis_key = self.redis_key(key);
+        let backend = self.shared.backend();
+        let removed = self
+            .forgetting(
+                [redis_key.as_str()],
+                backend.del(&redis_key, self.announce()),
+            )
+            .await;
+        match removed {
+            Ok(removed) => removed,
+            Err(why) => {
+                self.counters.degraded(why);
+                false
+            }
+        }
+    }
+
+    /// Runs `write` of `keys` with this instance's first-level copies of them dropped
+    /// before it starts and again after it ends: a concurrent read of this instance may
+    /// have put the old value back meanwhile, and an instance ignores its own
+    /// announcements. Other instances drop theirs when the write's announcement reaches
+    /// them.
+    async fn forgetting<'k, T>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str> + Clone,
+        write: impl Future<Output = T>,
+    ) -> T {
+        let Some(local) = &self.local else {
+            return write.await;
+        };
+        keys.clone().into_iter().for_each(|k| local.remove(k));
+        let written = write.await;
+        keys.into_iter().for_each(|k| local.remove(k));
+        written
+    }
+
+    /// Removes the entries of many keys in one round trip (on a Redis Cluster, one per
+    /// master, concurrently); how many entries there were.
+    ///
+    /// More than [`MAX_BATCH`] distinct keys is `Err(CacheError::Validation)` and nothing
+    /// is sent. Keys that could not be deleted because the backend is unavailable (on a
+    /// cluster, those of an unreachable master) are not counted; the call is counted as
+    /// degraded and logged by the backend.
+    pub async fn invalidate_many(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
+        observed(
+            C::NAMESPACE,
+            Op::InvalidateMany,
+            self.invalidate_many_unobserved(keys),
+        )
+        .await
+    }
+
+    async fn invalidate_many_unobserved(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
+        let distinct = distinct_within_limit::<C>(keys, "invalidate_many")?;
+        if distinct.is_empty() {
+            return Ok(0);
+        }
+        let redis_keys = self.redis_keys(&distinct);
+        let backend = self.shared.backend();
+        let (removed, degraded) = self
+            .forgetting(
+                redis_keys.iter().map(String::as_str),
+                backend.del_many(&redis_keys, self.announce()),
+            )
+            .await;
+        if let Some(why) = degraded {
+            self.counters.degraded(why);
+        }
+        Ok(removed)
+    }
+
+    fn redis_keys(&self, keys: &[&C::Key]) -> Vec<String> {
+        keys.iter().map(|k| self.redis_key(k)).collect()
+    }
+
+    fn written(&self, result: Result<(), Unavailable>) -> bool {
+        match result {
+            Ok(()) => true,
+            Err(why) => {
+                self.counters.degraded(why);
+                false
+            }
+        }
+    }
+
+    /// Logs a corrupt entry and deletes it, unless another writer replaced it meanwhile.
+    async fn evict_corrupt(
+        &self,
+        backend: &Backend,
+        redis_key: &str,
+        bytes: &[u8],
+        error: &CodecError,
+    ) {
+        self.counters.corrupt();
+        self.counters.misses(1);
+        let deleted = backend.del_if_eq(redis_key, bytes).await;
+        tracing::error!(
+            namespace = C::NAMESPACE,
+            key = redis_key,
+            codec = <C::Codec as crate::codec::Codec<C::Value>>::NAME,
+            len = bytes.len(),
+            error = %error,
+            deleted = deleted.unwrap_or(false),
+            "corrupt cache entry: it does not decode as this cache's value type; deleted and read as a miss"
+        );
+    }
+
+    fn encode(&self, value: &C::Value) -> Result<Vec<u8>, CacheError> {
+        encode_entry::<C::Value, C::Codec>(value, C::FINGERPRINT).map_err(|source| {
+            CacheError::Serialization {
+                namespace: C::NAMESPACE,
+                source,
+            }
+        })
+    }
+}
+
+/// A TTL given to `set_with_ttl`, checked and cut to Redis's millisecond precision.
+fn per_call_ttl<C: Cache>(ttl: Duration) -> Result<Duration, CacheError> {
+    if ttl.as_millis() == 0 {
+        return Err(CacheError::validation(
+            C::NAMESPACE,
+            format!("a TTL must be at least 1 ms, got {ttl:?}"),
+        ));
+    }
+    if ttl > MAX_TTL {
+        return Err(CacheError::validation(
+            C::NAMESPACE,
+            format!("a TTL must be at most {MAX_TTL:?}, got {ttl:?}"),
+        ));
+    }
+    // Redis expiries have millisecond precision; drop the rest rather than round up.
+    Ok(Duration::from_millis(ttl.as_millis() as u64))
+}
+
+/// The distinct keys of a batch call, in first-seen order; more than [`MAX_BATCH`] is
+/// `Err(CacheError::Validation)` naming the call, before anything is sent.
+fn distinct_within_limit<'k, C: Cache>(
+    keys: &'k [C::Key],
+    call: &str,
+) -> Result<Vec<&'k C::Key>, CacheError> {
+    let mut distinct: Vec<&C::Key> = Vec::with_capacity(keys.len().min(MAX_BATCH));
+    let mut seen = HashSet::with_capacity(keys.len().min(MAX_BATCH));
+    for key in keys {
+        if seen.insert(key) {
+            distinct.push(key);
+        }
+    }
+    if distinct.len() > MAX_BATCH {
+        return Err(CacheError::validation(
+            C::NAMESPACE,
+            format!(
+                "{call} of {} keys exceeds the batch limit of {MAX_BATCH}; split the keys into chunks of at most {MAX_BATCH}",
+                distinct.len()
+            ),
+        ));
+    }
+    Ok(distinct)
+}
+
+#[cfg(test)]
+mod tests;

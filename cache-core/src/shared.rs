@@ -1,0 +1,35 @@
+//! What the caches of one manager share: the current backend and the first levels.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::Backend;
+use crate::local::LocalLevels;
+
+/// What the caches of one manager share.
+pub(crate) struct Shared {
+    backend: ArcSwap<Backend>,
+    pub(crate) locals: Arc<LocalLevels>,
+}
+
+impl Shared {
+    /// Not connected: every call degrades until a backend replaces it.
+    pub(crate) fn new() -> Self {
+        Shared {
+            backend: ArcSwap::from_pointee(Backend::Disconnected),
+            locals: Arc::new(LocalLevels::new()),
+        }
+    }
+
+    /// The backend for one call. Holding the `Arc` keeps a backend that `connect`
+    /// replaces alive until the calls already using it finish.
+    pub(crate) fn backend(&self) -> Arc<Backend> {
+        self.backend.load_full()
+    }
+
+    /// Puts `backend` in place for the calls that start from now on; the previous one.
+    pub(crate) fn replace(&self, backend: Backend) -> Arc<Backend> {
+        self.backend.swap(Arc::new(backend))
+    }
+}

@@ -1,0 +1,189 @@
+//! The key space of the typed Redis cache framework: what a namespace may be, and how
+//! a cache's Redis keys are laid out.
+//!
+//! One home for these rules, used where they are checked at compile time
+//! (`#[derive(Cache)]`), where keys are built at run time (`cache-core`) and where an
+//! operator names a cache (`cachectl clear`): a copy in each drifted before.
+//!
+//! ```
+//! use cache_keyspace::{check_namespace, key_prefix};
+//!
+//! assert!(check_namespace("user:profile").is_ok());
+//! assert!(check_namespace("user profile").is_err());
+//! assert_eq!(key_prefix("user:profile", false), "user:profile:");
+//! assert_eq!(key_prefix("user:profile", true), "{user:profile}:");
+//! ```
+#![deny(missing_docs)]
+
+use std::fmt;
+
+/// Why a text is not a namespace; its `Display` says what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NamespaceError {
+    /// The namespace is empty.
+    Empty,
+    /// It holds a character outside ASCII letters, digits and `: _ - .`.
+    Character {
+        /// The namespace.
+        namespace: String,
+        /// The first character not allowed.
+        found: char,
+    },
+    /// It starts or ends with `:`.
+    Edge {
+        /// The namespace.
+        namespace: String,
+    },
+    /// It holds `::`, an empty segment.
+    EmptySegment {
+        /// The namespace.
+        namespace: String,
+    },
+}
+
+impl fmt::Display for NamespaceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NamespaceError::Empty => f.write_str(
+                "the namespace cannot be empty; use e.g. `namespace = \"user:profile\"`",
+            ),
+            NamespaceError::Character { namespace, found } => write!(
+                f,
+                "the namespace `{namespace}` contains {found:?}; only ASCII letters, digits and `:` `_` `-` `.` are allowed"
+            ),
+            NamespaceError::Edge { namespace } => write!(
+                f,
+                "the namespace `{namespace}` starts or ends with `:`; `:` only separates segments, as in `user:profile`"
+            ),
+            NamespaceError::EmptySegment { namespace } => write!(
+                f,
+                "the namespace `{namespace}` contains an empty segment `::`; `:` only separates segments, as in `user:profile`"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NamespaceError {}
+
+/// Checks the namespace grammar: ASCII letters, digits and `: _ - .`; no empty, leading,
+/// trailing or doubled `:` segment.
+///
+/// What it rules out is what could make keys ambiguous or unsafe to match: no glob
+/// characters (`*?[]`) so `SCAN MATCH "{namespace}:*"` matches one namespace only, no
+/// braces so a hash-tagged key `{namespace}:key` ends its tag where the namespace ends,
+/// no empty segments so `user:` and `user` do not both exist.
+pub fn check_namespace(namespace: &str) -> Result<(), NamespaceError> {
+    if namespace.is_empty() {
+        return Err(NamespaceError::Empty);
+    }
+    if let Some(found) = namespace
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.')))
+    {
+        return Err(NamespaceError::Character {
+            namespace: namespace.to_owned(),
+            found,
+        });
+    }
+    if namespace.starts_with(':') || namespace.ends_with(':') {
+        return Err(NamespaceError::Edge {
+            namespace: namespace.to_owned(),
+        });
+    }
+    if namespace.contains("::") {
+        return Err(NamespaceError::EmptySegment {
+            namespace: namespace.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Appends the text every Redis key of a cache starts with, before the key's own text:
+/// `"{namespace}:"`, or with `hash_tag` the namespace in braces, `"{{namespace}}:"`, so a
+/// Redis Cluster hashes only the namespace and keeps every key of the cache in one slot.
+///
+/// Namespaces never contain braces, so a tag ends exactly where the namespace ends, and
+/// a tagged key never equals an untagged one (those never start with `{`).
+pub fn write_key_prefix(out: &mut String, namespace: &str, hash_tag: bool) {
+    if hash_tag {
+        out.push('{');
+        out.push_str(namespace);
+        out.push('}');
+    } else {
+        out.push_str(namespace);
+    }
+    out.push(':');
+}
+
+/// The text every Redis key of a cache starts with; see [`write_key_prefix`].
+pub fn key_prefix(namespace: &str, hash_tag: bool) -> String {
+    let mut out = String::with_capacity(namespace.len() + 3);
+    write_key_prefix(&mut out, namespace, hash_tag);
+    out
+}
+
+/// The `SCAN MATCH` pattern of every Redis key of a cache: its [`key_prefix`] and `*`.
+///
+/// Exact for namespaces that pass [`check_namespace`]: they hold no glob character, and
+/// the braces of a hash tag are not special to `MATCH`.
+pub fn scan_pattern(namespace: &str, hash_tag: bool) -> String {
+    let mut pattern = key_prefix(namespace, hash_tag);
+    pattern.push('*');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grammar_accepts_segments_of_letters_digits_and_punctuation() {
+        for ok in ["user", "user:uuid_to_id", "a.b-c_d:9", "X"] {
+            assert_eq!(check_namespace(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn the_grammar_rejects_what_could_make_keys_ambiguous() {
+        let character = |ns: &str, found| {
+            Err(NamespaceError::Character {
+                namespace: ns.into(),
+                found,
+            })
+        };
+        assert_eq!(check_namespace(""), Err(NamespaceError::Empty));
+        assert_eq!(
+            check_namespace("user profile"),
+            character("user profile", ' ')
+        );
+        assert_eq!(check_namespace("usér"), character("usér", 'é'));
+        assert_eq!(check_namespace("a*b"), character("a*b", '*'));
+        assert_eq!(check_namespace("a{b}"), character("a{b}", '{'));
+        assert_eq!(check_namespace("a\nb"), character("a\nb", '\n'));
+        for edge in [":user", "user:", ":"] {
+            assert_eq!(
+                check_namespace(edge),
+                Err(NamespaceError::Edge {
+                    namespace: edge.into()
+                })
+            );
+        }
+        assert_eq!(
+            check_namespace("user::x"),
+            Err(NamespaceError::EmptySegment {
+                namespace: "user::x".into()
+            })
+        );
+        let message = check_namespace("a*b").unwrap_err().to_string();
+        assert!(message.contains("only ASCII letters"), "{message}");
+    }
+
+    #[test]
+    fn keys_start_with_the_namespace_or_its_tag() {
+        assert_eq!(key_prefix("user:profile", false), "user:profile:");
+        assert_eq!(key_prefix("user:profile", true), "{user:profile}:");
+        assert_eq!(scan_pattern("user:profile", false), "user:profile:*");
+        assert_eq!(scan_pattern("user:profile", true), "{user:profile}:*");
+    }
+}
