@@ -1,18 +1,113 @@
 //! Parses `#[cache(...)]`, keeping each value's span for later checks.
+//!
+//! Every key is one row of [`ATTRIBUTES`]: its name, what its value may be, how it is
+//! written, and the parser that stores it. The lookup, the "expected one of" list and
+//! every message that shows a key read that row, so a new key is a row here, a field of
+//! [`Attrs`] and its checks in `valid.rs`, and no message can forget it.
 
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
+use syn::parse::ParseStream;
 use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, Path, Type, UnOp};
 
 use crate::ctxt::Ctxt;
 
-const KEYS: &str =
-    "`namespace`, `ttl`, `key`, `value`, `codec`, `version`, `local`, `local_ttl`, `hash_tag`";
+/// One key `#[cache(...)]` accepts.
+struct AttrKey {
+    /// The key as written, e.g. `ttl`.
+    name: &'static str,
+    /// What its value may be, completing a message about a wrong one, e.g. `a type`.
+    expects: &'static str,
+    /// The key with a typical value, e.g. `ttl = 600`, shown whenever a message says how
+    /// to write it.
+    example: &'static str,
+    /// Reads the value after `=` into the key's field of [`Attrs`]. A function in the row,
+    /// rather than a `match` on the name elsewhere, so a key cannot be listed but unparsed.
+    parse: fn(&Entry<'_>, &mut Attrs) -> syn::Result<()>,
+}
+
+/// Every key, in the order the "expected one of" message lists them.
+const ATTRIBUTES: &[AttrKey] = &[
+    AttrKey {
+        name: "namespace",
+        expects: "a string literal",
+        example: "namespace = \"user:profile\"",
+        parse: |entry, out| entry.string(&mut out.namespace),
+    },
+    AttrKey {
+        name: "ttl",
+        expects: "whole seconds from 1 to 4294967295",
+        example: "ttl = 600",
+        parse: |entry, out| entry.integer(&mut out.ttl),
+    },
+    AttrKey {
+        name: "key",
+        expects: "a type",
+        example: "key = i64",
+        parse: |entry, out| entry.owned_type(&mut out.key),
+    },
+    AttrKey {
+        name: "value",
+        expects: "a type",
+        example: "value = Uuid",
+        parse: |entry, out| entry.owned_type(&mut out.value),
+    },
+    AttrKey {
+        name: "codec",
+        expects: "\"bincode\", \"json\", \"string\" or the path of a type implementing `cache_manager::Codec`",
+        example: "codec = \"json\"",
+        parse: |entry, out| entry.codec(&mut out.codec),
+    },
+    AttrKey {
+        name: "version",
+        expects: "an integer from 0 to 4294967295",
+        example: "version = 2",
+        parse: |entry, out| entry.integer(&mut out.version),
+    },
+    AttrKey {
+        name: "local",
+        expects: "the most entries kept in process",
+        example: "local = 10_000",
+        parse: |entry, out| entry.integer(&mut out.local),
+    },
+    AttrKey {
+        name: "local_ttl",
+        expects: "whole seconds, at most the cache's `ttl`",
+        example: "local_ttl = 30",
+        parse: |entry, out| entry.integer(&mut out.local_ttl),
+    },
+    AttrKey {
+        name: "hash_tag",
+        expects: "`true` or `false`",
+        example: "hash_tag = true",
+        parse: |entry, out| {
+            entry.flag(
+                &mut out.hash_tag,
+                "keeps every key of the cache in one Redis Cluster hash slot",
+            )
+        },
+    },
+];
+
+/// The row of the key `name`, if it is one.
+fn lookup(name: &str) -> Option<&'static AttrKey> {
+    ATTRIBUTES.iter().find(|key| key.name == name)
+}
+
+/// How the key `name` is written, e.g. `ttl = 600`, for messages outside this module.
+/// Callers name keys they know exist, so a miss is a bug in this crate.
+pub(crate) fn example(name: &str) -> &'static str {
+    lookup(name)
+        .expect("`example` is asked only for keys of ATTRIBUTES")
+        .example
+}
 
 /// A value with the span of the tokens it was read from.
 pub(crate) struct Spanned<T> {
+    /// The value as parsed.
     pub value: T,
+    /// Where it was written, so a later check can point at it.
     pub span: Span,
 }
 
@@ -33,14 +128,23 @@ pub(crate) struct Attrs {
     pub incomplete: bool,
     /// Keys that were written, valid or not.
     pub seen: Vec<&'static str>,
+    /// `namespace = "..."`: the prefix of the cache's Redis keys.
     pub namespace: Option<LitStr>,
+    /// `ttl = N`: the expiry of each entry, in seconds.
     pub ttl: Option<Spanned<u64>>,
+    /// `key = Type`: the type of the cache's keys.
     pub key: Option<Type>,
+    /// `value = Type`: the type of the cache's values, for a mapping (form A).
     pub value: Option<Type>,
+    /// `codec = ...`: how values are encoded.
     pub codec: Option<CodecChoice>,
+    /// `version = N`: mixed into the fingerprint to invalidate stored entries.
     pub version: Option<Spanned<u32>>,
+    /// `local = N`: the capacity of the in-process level.
     pub local: Option<Spanned<u64>>,
+    /// `local_ttl = N`: how long an in-process copy is kept, in seconds.
     pub local_ttl: Option<Spanned<u64>>,
+    /// `hash_tag = bool`: whether the namespace is a Redis Cluster hash tag.
     pub hash_tag: Option<Spanned<bool>>,
 }
 
@@ -51,6 +155,7 @@ impl Attrs {
     }
 }
 
+/// Reads every `#[cache(...)]` of the item, recording each mistake and going on.
 pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
     let mut out = Attrs::default();
     for attr in attrs.iter().filter(|a| a.path().is_ident("cache")) {
@@ -63,180 +168,38 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute]) -> Attrs {
     out
 }
 
+/// Reads one `key = value`. An `Err` is a parse error that stops the attribute; a wrong
+/// but well-formed value is recorded in `cx` so the next key is still read.
 fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
-    let path = meta.path.clone();
-    let name = path.to_token_stream().to_string().replace(' ', "");
-    let Some(key) = [
-        "namespace",
-        "ttl",
-        "version",
-        "key",
-        "value",
-        "codec",
-        "local",
-        "local_ttl",
-        "hash_tag",
-    ]
-    .into_iter()
-    .find(|k| *k == name) else {
+    let name = meta.path.to_token_stream().to_string().replace(' ', "");
+    let Some(key) = lookup(&name) else {
+        let expected: Vec<String> = ATTRIBUTES
+            .iter()
+            .map(|key| format!("`{}`", key.name))
+            .collect();
         cx.error_spanned_by(
-            &path,
-            format_args!("unknown cache attribute `{name}`; expected one of {KEYS}"),
+            &meta.path,
+            format_args!(
+                "unknown cache attribute `{name}`; expected one of {}",
+                expected.join(", ")
+            ),
         );
         return skip_value(&meta);
     };
     if !meta.input.peek(syn::Token![=]) {
-        return Err(meta.error(format_args!("`{key}` needs a value: {}", example(key))));
+        return Err(meta.error(format_args!(
+            "`{}` needs a value: `{}`",
+            key.name, key.example
+        )));
     }
-    out.seen.push(key);
-    let input = meta.value()?;
-    match key {
-        "namespace" => match input.parse::<Expr>()? {
-            Expr::Lit(ExprLit {
-                lit: Lit::Str(lit), ..
-            }) => set_once(cx, &mut out.namespace, lit, &path),
-            other => cx.error_spanned_by(
-                other,
-                format_args!("expected a string literal: {}", example(key)),
-            ),
-        },
-        "ttl" => {
-            let expr: Expr = input.parse()?;
-            if let Some(ttl) = integer::<u64>(
-                cx,
-                &expr,
-                key,
-                "whole seconds from 1 to 4294967295, e.g. `ttl = 600`",
-            ) {
-                set_once(cx, &mut out.ttl, ttl, &path);
-            }
-        }
-        "version" => {
-            let expr: Expr = input.parse()?;
-            if let Some(version) = integer::<u32>(
-                cx,
-                &expr,
-                key,
-                "an integer from 0 to 4294967295, e.g. `version = 2`",
-            ) {
-                set_once(cx, &mut out.version, version, &path);
-            }
-        }
-        "local" => {
-            let expr: Expr = input.parse()?;
-            let expected = "the most entries kept in process, e.g. `local = 10_000`";
-            if let Some(local) = integer::<u64>(cx, &expr, key, expected) {
-                set_once(cx, &mut out.local, local, &path);
-            }
-        }
-        "local_ttl" => {
-            let expr: Expr = input.parse()?;
-            let expected = "whole seconds, at most the cache's `ttl`, e.g. `local_ttl = 30`";
-            if let Some(ttl) = integer::<u64>(cx, &expr, key, expected) {
-                set_once(cx, &mut out.local_ttl, ttl, &path);
-            }
-        }
-        "hash_tag" => match input.parse::<Expr>()? {
-            Expr::Lit(ExprLit {
-                lit: Lit::Bool(lit),
-                ..
-            }) => {
-                let flag = Spanned {
-                    value: lit.value,
-                    span: lit.span(),
-                };
-                set_once(cx, &mut out.hash_tag, flag, &path);
-            }
-            other => cx.error_spanned_by(
-                other,
-                format_args!(
-                    "`hash_tag` takes `true` or `false`: {} keeps every key of the cache in one Redis Cluster hash slot",
-                    example(key)
-                ),
-            ),
-        },
-        "key" | "value" => {
-            if input.peek(LitStr) {
-                let lit: LitStr = input.parse()?;
-                cx.error_spanned_by(
-                    &lit,
-                    format_args!("expected a type, not a string: `{key} = {}`", lit.value()),
-                );
-                return Ok(());
-            }
-            let ty: Type = input.parse().map_err(|e| {
-                syn::Error::new(
-                    e.span(),
-                    format_args!("expected a type after `{key} =`: {}", example(key)),
-                )
-            })?;
-            if let Type::Reference(reference) = &ty {
-                cx.error_spanned_by(
-                    reference,
-                    format_args!(
-                        "a cache {key} must be an owned type: use `String` rather than `&str`, `Vec<u8>` rather than `&[u8]`"
-                    ),
-                );
-                return Ok(());
-            }
-            let slot = if key == "key" {
-                &mut out.key
-            } else {
-                &mut out.value
-            };
-            set_once(cx, slot, ty, &path);
-        }
-        "codec" => {
-            let choice = if input.peek(LitStr) {
-                let lit: LitStr = input.parse()?;
-                match lit.value().as_str() {
-                    "bincode" => Some(CodecChoice::Builtin("bincode", lit.span())),
-                    "json" => Some(CodecChoice::Builtin("json", lit.span())),
-                    "string" => Some(CodecChoice::Builtin("string", lit.span())),
-                    other => {
-                        cx.error_spanned_by(
-                            &lit,
-                            format_args!(
-                                "unknown codec `{other}`; expected \"bincode\", \"json\", \"string\" or the path of a type implementing `cache_manager::Codec`"
-                            ),
-                        );
-                        None
-                    }
-                }
-            } else {
-                match input.parse::<Expr>()? {
-                    Expr::Path(p) if p.qself.is_none() => Some(CodecChoice::Custom(p.path)),
-                    other => {
-                        cx.error_spanned_by(
-                            other,
-                            "expected \"bincode\", \"json\", \"string\" or the path of a type implementing `cache_manager::Codec`",
-                        );
-                        None
-                    }
-                }
-            };
-            if let Some(choice) = choice {
-                set_once(cx, &mut out.codec, choice, &path);
-            }
-        }
-        _ => unreachable!("`key` is one of the known keys"),
-    }
-    Ok(())
-}
-
-/// How a key is written, for messages.
-pub(crate) fn example(key: &str) -> &'static str {
-    match key {
-        "namespace" => "`namespace = \"user:profile\"`",
-        "ttl" => "`ttl = 600`",
-        "version" => "`version = 2`",
-        "key" => "`key = i64`",
-        "value" => "`value = Uuid`",
-        "local" => "`local = 10_000`",
-        "local_ttl" => "`local_ttl = 30`",
-        "hash_tag" => "`hash_tag = true`",
-        _ => "`codec = \"json\"`",
-    }
+    out.seen.push(key.name);
+    let entry = Entry {
+        cx,
+        key,
+        path: &meta.path,
+        input: meta.value()?,
+    };
+    (key.parse)(&entry, out)
 }
 
 /// Consumes `= value` or `(...)` after an unknown key so parsing can go on.
@@ -251,75 +214,213 @@ fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
     Ok(())
 }
 
-fn set_once<T>(cx: &Ctxt, slot: &mut Option<T>, value: T, path: &Path) {
-    if slot.is_some() {
-        let name = path.to_token_stream().to_string();
-        cx.error_spanned_by(
-            path,
-            format_args!("duplicate cache attribute `{name}`; give it once"),
-        );
-    } else {
-        *slot = Some(value);
-    }
+/// One known key whose value is being read: what the parsers of [`ATTRIBUTES`] share, so
+/// each reports in terms of its own row.
+struct Entry<'a> {
+    /// Where a wrong value is recorded.
+    cx: &'a Ctxt,
+    /// The row of the key being read.
+    key: &'static AttrKey,
+    /// The key as written, where a duplicate is reported.
+    path: &'a Path,
+    /// The tokens after `=`.
+    input: ParseStream<'a>,
 }
 
-/// Reads an integer literal that fits `T`, reporting what was wrong otherwise.
-fn integer<T>(cx: &Ctxt, expr: &Expr, name: &str, expected: &str) -> Option<Spanned<T>>
-where
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    match expr {
-        Expr::Lit(ExprLit {
-            lit: Lit::Int(lit), ..
-        }) if !lit.suffix().is_empty() => {
-            cx.error_spanned_by(
+impl Entry<'_> {
+    /// Stores `value` unless the key was already given, in this or an earlier attribute.
+    fn set_once<T>(&self, slot: &mut Option<T>, value: T) {
+        if slot.is_some() {
+            self.cx.error_spanned_by(
+                self.path,
+                format_args!(
+                    "duplicate cache attribute `{}`; give it once",
+                    self.key.name
+                ),
+            );
+        } else {
+            *slot = Some(value);
+        }
+    }
+
+    /// A string literal.
+    fn string(&self, slot: &mut Option<LitStr>) -> syn::Result<()> {
+        match self.input.parse::<Expr>()? {
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(lit), ..
+            }) => self.set_once(slot, lit),
+            other => self.cx.error_spanned_by(
+                other,
+                format_args!("expected {}: `{}`", self.key.expects, self.key.example),
+            ),
+        }
+        Ok(())
+    }
+
+    /// `true` or `false`; `effect` says what `true` does, completing the message.
+    fn flag(&self, slot: &mut Option<Spanned<bool>>, effect: &str) -> syn::Result<()> {
+        match self.input.parse::<Expr>()? {
+            Expr::Lit(ExprLit {
+                lit: Lit::Bool(lit),
+                ..
+            }) => {
+                let flag = Spanned {
+                    value: lit.value,
+                    span: lit.span(),
+                };
+                self.set_once(slot, flag);
+            }
+            other => self.cx.error_spanned_by(
+                other,
+                format_args!(
+                    "`{}` takes {}: `{}` {effect}",
+                    self.key.name, self.key.expects, self.key.example
+                ),
+            ),
+        }
+        Ok(())
+    }
+
+    /// An integer literal that fits `T`, reporting what was wrong otherwise.
+    fn integer<T>(&self, slot: &mut Option<Spanned<T>>) -> syn::Result<()>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let expr: Expr = self.input.parse()?;
+        let name = self.key.name;
+        let expected = format!("{}, e.g. `{}`", self.key.expects, self.key.example);
+        match &expr {
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(lit), ..
+            }) if !lit.suffix().is_empty() => self.cx.error_spanned_by(
                 lit,
                 format_args!(
                     "`{name}` takes a plain integer without a type suffix; expected {expected}"
                 ),
-            );
-            None
-        }
-        Expr::Lit(ExprLit {
-            lit: Lit::Int(lit), ..
-        }) => match lit.base10_parse::<T>() {
-            Ok(value) => Some(Spanned {
-                value,
-                span: lit.span(),
-            }),
-            Err(_) => {
-                cx.error_spanned_by(
+            ),
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(lit), ..
+            }) => match lit.base10_parse::<T>() {
+                Ok(value) => self.set_once(
+                    slot,
+                    Spanned {
+                        value,
+                        span: lit.span(),
+                    },
+                ),
+                Err(_) => self.cx.error_spanned_by(
                     lit,
                     format_args!("`{name}` is out of range; expected {expected}"),
-                );
-                None
-            }
-        },
-        Expr::Unary(ExprUnary {
-            op: UnOp::Neg(_), ..
-        }) => {
-            cx.error_spanned_by(
-                expr,
+                ),
+            },
+            Expr::Unary(ExprUnary {
+                op: UnOp::Neg(_), ..
+            }) => self.cx.error_spanned_by(
+                &expr,
                 format_args!("`{name}` cannot be negative; expected {expected}"),
-            );
-            None
-        }
-        Expr::Lit(ExprLit {
-            lit: Lit::Str(s), ..
-        }) => {
-            cx.error_spanned_by(
+            ),
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(s), ..
+            }) => self.cx.error_spanned_by(
                 s,
                 format_args!("`{name}` takes an integer, not a string; expected {expected}"),
-            );
-            None
-        }
-        other => {
-            cx.error_spanned_by(
+            ),
+            other => self.cx.error_spanned_by(
                 other,
                 format_args!("`{name}` takes an integer literal; expected {expected}"),
+            ),
+        }
+        Ok(())
+    }
+
+    /// An owned type: a string or a reference is reported, since users write both.
+    fn owned_type(&self, slot: &mut Option<Type>) -> syn::Result<()> {
+        let name = self.key.name;
+        if self.input.peek(LitStr) {
+            let lit: LitStr = self.input.parse()?;
+            self.cx.error_spanned_by(
+                &lit,
+                format_args!("expected a type, not a string: `{name} = {}`", lit.value()),
             );
-            None
+            return Ok(());
+        }
+        // A value that is not a type cannot be skipped reliably, so it ends the attribute.
+        let ty: Type = self.input.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                format_args!(
+                    "expected {} after `{name} =`: `{}`",
+                    self.key.expects, self.key.example
+                ),
+            )
+        })?;
+        if let Type::Reference(reference) = &ty {
+            self.cx.error_spanned_by(
+                reference,
+                format_args!(
+                    "a cache {name} must be an owned type: use `String` rather than `&str`, `Vec<u8>` rather than `&[u8]`"
+                ),
+            );
+            return Ok(());
+        }
+        self.set_once(slot, ty);
+        Ok(())
+    }
+
+    /// A built-in codec's name as a string, or the path of a user codec.
+    fn codec(&self, slot: &mut Option<CodecChoice>) -> syn::Result<()> {
+        let expects = self.key.expects;
+        let choice = if self.input.peek(LitStr) {
+            let lit: LitStr = self.input.parse()?;
+            match lit.value().as_str() {
+                "bincode" => Some(CodecChoice::Builtin("bincode", lit.span())),
+                "json" => Some(CodecChoice::Builtin("json", lit.span())),
+                "string" => Some(CodecChoice::Builtin("string", lit.span())),
+                other => {
+                    self.cx.error_spanned_by(
+                        &lit,
+                        format_args!("unknown codec `{other}`; expected {expects}"),
+                    );
+                    None
+                }
+            }
+        } else {
+            match self.input.parse::<Expr>()? {
+                Expr::Path(p) if p.qself.is_none() => Some(CodecChoice::Custom(p.path)),
+                other => {
+                    self.cx
+                        .error_spanned_by(other, format_args!("expected {expects}"));
+                    None
+                }
+            }
+        };
+        if let Some(choice) = choice {
+            self.set_once(slot, choice);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ATTRIBUTES;
+
+    /// The rows are written by hand: a copied row that was not fully edited would show a
+    /// key under another key's name in every message.
+    #[test]
+    fn each_row_is_its_own_key() {
+        for (i, key) in ATTRIBUTES.iter().enumerate() {
+            assert!(
+                key.example.starts_with(&format!("{} = ", key.name)),
+                "{}",
+                key.name
+            );
+            assert!(
+                ATTRIBUTES[..i].iter().all(|other| other.name != key.name),
+                "`{}` is listed twice",
+                key.name
+            );
         }
     }
 }

@@ -3,32 +3,37 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
-use syn::{DeriveInput, Ident, Type};
+use syn::{DeriveInput, Ident};
 
-use crate::ast::{Input, Shape};
+use crate::ast::Input;
 use crate::attr::CodecChoice;
 use crate::ctxt::Ctxt;
-use crate::fingerprint;
 use crate::valid::{self, Decl};
+use crate::{fallback, fingerprint};
 
+/// The whole expansion: the declaration's impl, or its errors with a stand-in impl.
 pub(crate) fn derive(item: &DeriveInput) -> TokenStream {
     let cx = Ctxt::default();
     let input = Input::from_syn(&cx, item);
     let decl = valid::check(&cx, &input);
     match (cx.check(), decl) {
         (Ok(()), Some(decl)) => generate(&input, &decl),
-        (Err(errors), _) => {
-            let errors = errors.into_compile_error();
-            let fallback = fallback(&input);
-            quote! { #errors #fallback }
-        }
+        (Err(errors), _) => fallback::expand(&input, errors),
         (Ok(()), None) => unreachable!("a declaration without errors is complete"),
     }
 }
 
+/// `::cache_manager::__private`, the hidden module generated code names everything
+/// through. It is spelled here only, so moving the module is a one-line change. Its tokens
+/// carry `span`, so an unmet bound on a path built from it can point at the attribute
+/// that chose that path; `Span::call_site()` where nothing did.
+pub(crate) fn private_path(span: Span) -> TokenStream {
+    quote_spanned!(span=> ::cache_manager::__private)
+}
+
 /// The type that implements `Cache`: the unit struct itself (form A), or the generated
 /// `<Name>Cache` (form B).
-fn cache_type(input: &Input<'_>) -> Ident {
+pub(crate) fn cache_type(input: &Input<'_>) -> Ident {
     if input.is_value_type() {
         format_ident!("{}Cache", input.item.ident)
     } else {
@@ -38,7 +43,7 @@ fn cache_type(input: &Input<'_>) -> Ident {
 
 /// For form B, declares the `<Name>Cache` marker: an uninhabited enum, so the only way to
 /// use the cache is through a registry.
-fn marker(input: &Input<'_>, cache: &Ident) -> TokenStream {
+pub(crate) fn marker(input: &Input<'_>, cache: &Ident) -> TokenStream {
     if !input.is_value_type() {
         return TokenStream::new();
     }
@@ -53,8 +58,9 @@ fn marker(input: &Input<'_>, cache: &Ident) -> TokenStream {
     }
 }
 
+/// The `Cache` impl of a declaration that passed every check.
 fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
-    let private = quote!(::cache_manager::__private);
+    let private = private_path(Span::call_site());
     let cache = cache_type(input);
     let marker = marker(input, &cache);
     let item = input.item;
@@ -85,10 +91,11 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
         None => quote! { type Local = #private::NoLocal; },
         Some((capacity, ttl, span)) => {
             // Spanned at `local = N`, so a value that is not `Clone` is reported there.
-            let level = quote_spanned!(span=> ::cache_manager::__private::Moka<#value>);
+            let private_at_local = private_path(span);
+            let level = quote_spanned!(span=> #private_at_local::Moka<#value>);
             quote! {
                 type Local = #level;
-            const LOCAL_CAPACITY: u64 = #capacity;
+                const LOCAL_CAPACITY: u64 = #capacity;
                 const LOCAL_TTL: #private::Duration = #private::Duration::from_secs(#ttl);
             }
         }
@@ -116,6 +123,7 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
     }
 }
 
+/// The type of the built-in codec `name`, spanned at `span` so an unmet bound points there.
 fn builtin_codec(name: &str, span: Span) -> TokenStream {
     let codec = match name {
         "json" => "Json",
@@ -123,46 +131,6 @@ fn builtin_codec(name: &str, span: Span) -> TokenStream {
         _ => "Bincode",
     };
     let codec = Ident::new(codec, span);
-    quote_spanned!(span=> ::cache_manager::__private::codec::#codec)
-}
-
-/// Emitted next to the errors: enough of the declaration that the registry and the code
-/// using the cache do not add follow-on errors of their own.
-fn fallback(input: &Input<'_>) -> TokenStream {
-    if matches!(input.shape, Shape::Union) || !input.item.generics.params.is_empty() {
-        return TokenStream::new();
-    }
-    let private = quote!(::cache_manager::__private);
-    let cache = cache_type(input);
-    let marker = marker(input, &cache);
-    let unconfigured = quote!(#private::Unconfigured);
-    let key = type_or(input.attrs.key.as_ref(), &unconfigured);
-    let value = if input.is_value_type() {
-        let ident = &input.item.ident;
-        quote!(#ident)
-    } else {
-        type_or(input.attrs.value.as_ref(), &unconfigured)
-    };
-    quote! {
-        #marker
-
-        #[automatically_derived]
-        impl #private::Cache for #cache {
-            type Key = #key;
-            type Value = #value;
-            type Codec = #unconfigured;
-            type Local = #private::NoLocal;
-            const NAMESPACE: &'static str = "";
-            const TTL: #private::Duration = #private::Duration::from_secs(600);
-            const VERSION: u32 = 0;
-            const FINGERPRINT: u32 = 0;
-        }
-    }
-}
-
-fn type_or(ty: Option<&Type>, default: &TokenStream) -> TokenStream {
-    match ty {
-        Some(ty) => quote!(#ty),
-        None => default.clone(),
-    }
+    let private = private_path(span);
+    quote_spanned!(span=> #private::codec::#codec)
 }

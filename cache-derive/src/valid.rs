@@ -106,12 +106,12 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input<'_>) -> Option<Decl<'a>> {
             ("key", "the type of this cache's keys"),
         ] {
             if !attrs.saw(key) {
-                missing.push(format!("{} ({what})", example(key)));
+                missing.push(format!("`{}` ({what})", example(key)));
             }
         }
         if matches!(input.shape, Shape::Unit) && !attrs.saw("value") {
             missing.push(format!(
-                "{} (a unit struct declares a mapping from `key` to `value`; to cache a type itself, derive `Cache` on that type)",
+                "`{}` (a unit struct declares a mapping from `key` to `value`; to cache a type itself, derive `Cache` on that type)",
                 example("value")
             ));
         }
