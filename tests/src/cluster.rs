@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
+use crate::RedisServer;
+use crate::server::{free_port, percent_encode};
 use crate::tls::TestPki;
-use crate::{RedisServer, free_port, percent_encode};
 
 /// How long the cluster may take to reach `cluster_state:ok` on every node.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);

@@ -8,7 +8,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 
-use crate::{RedisServer, RedisServerBuilder, free_port, unique_temp_dir};
+use crate::server::{free_port, unique_temp_dir};
+use crate::{RedisServer, RedisServerBuilder};
 
 /// A test CA and a server certificate it signed for `127.0.0.1` and `localhost`, as PEM
 /// files in a temporary directory removed on drop; plus a second CA that signed nothing,

@@ -1,0 +1,90 @@
+//! Raw Redis commands for checking what the cache put on the wire.
+//!
+//! Each helper panics on a Redis error: the raw connection talks to a test's own server,
+//! so an error is a broken test, not a behaviour under test.
+
+use std::collections::BTreeMap;
+
+use redis::aio::MultiplexedConnection;
+
+async fn run<T: redis::FromRedisValue>(conn: &MultiplexedConnection, cmd: &redis::Cmd) -> T {
+    cmd.query_async(&mut conn.clone())
+        .await
+        .unwrap_or_else(|e| panic!("raw command failed: {e}"))
+}
+
+/// `GET key`: the stored bytes.
+pub async fn get(conn: &MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
+    run(conn, redis::cmd("GET").arg(key)).await
+}
+
+/// `SET key bytes`, without expiry: plants an entry as another service would.
+pub async fn set(conn: &MultiplexedConnection, key: &str, bytes: &[u8]) {
+    run::<()>(conn, redis::cmd("SET").arg(key).arg(bytes)).await
+}
+
+/// `EXISTS key`.
+pub async fn exists(conn: &MultiplexedConnection, key: &str) -> bool {
+    run::<u64>(conn, redis::cmd("EXISTS").arg(key)).await == 1
+}
+
+/// `TTL key` in seconds (-2 missing, -1 no expiry).
+pub async fn ttl(conn: &MultiplexedConnection, key: &str) -> i64 {
+    run(conn, redis::cmd("TTL").arg(key)).await
+}
+
+/// `PTTL key` in milliseconds (-2 missing, -1 no expiry).
+pub async fn pttl(conn: &MultiplexedConnection, key: &str) -> i64 {
+    run(conn, redis::cmd("PTTL").arg(key)).await
+}
+
+/// `DBSIZE`: how many keys the database holds.
+pub async fn dbsize(conn: &MultiplexedConnection) -> u64 {
+    run(conn, &redis::cmd("DBSIZE")).await
+}
+
+/// `KEYS *`, sorted.
+pub async fn keys(conn: &MultiplexedConnection) -> Vec<String> {
+    let mut keys: Vec<String> = run(conn, redis::cmd("KEYS").arg("*")).await;
+    keys.sort();
+    keys
+}
+
+/// `CONFIG RESETSTAT`: zeroes the counters [`command_calls`] reads.
+pub async fn reset_stats(conn: &MultiplexedConnection) {
+    run::<()>(conn, redis::cmd("CONFIG").arg("RESETSTAT")).await
+}
+
+/// Calls per command since the last [`reset_stats`], from `INFO commandstats`:
+/// `{"mget": 1, "set": 10, "config|resetstat": 1, ...}`.
+pub async fn command_calls(conn: &MultiplexedConnection) -> BTreeMap<String, u64> {
+    let info: String = run(conn, redis::cmd("INFO").arg("commandstats")).await;
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One field of `INFO`, e.g. `total_connections_received`.
+pub async fn info_field(conn: &MultiplexedConnection, field: &str) -> String {
+    let info: String = run(conn, &redis::cmd("INFO")).await;
+    info.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("INFO has no field `{field}`"))
+        .trim()
+        .to_owned()
+}
+
+/// The clients connected to the server, one `CLIENT LIST` line each.
+pub async fn clients(conn: &MultiplexedConnection) -> Vec<String> {
+    let list: String = run(conn, redis::cmd("CLIENT").arg("LIST")).await;
+    list.lines().map(str::to_owned).collect()
+}
+
+/// `CONFIG SET name value`.
+pub async fn config_set(conn: &MultiplexedConnection, name: &str, value: &str) {
+    run::<()>(conn, redis::cmd("CONFIG").arg("SET").arg(name).arg(value)).await
+}
