@@ -328,11 +328,12 @@ pub(crate) fn parse(input: &str, config: &CacheConfig) -> Result<Target, CacheEr
             if url.host_str().is_some_and(|h| !h.is_empty()) || !matches!(url.path(), "" | "/") {
                 return Err(CacheError::config("`memory://` takes no host or path"));
             }
-            if let Some((name, _)) = url.query_pairs().next() {
-                return Err(CacheError::config(format!(
-                    "unknown option `{}` in the URL query; `memory://` takes no options",
-                    shown(&name)
-                )));
+            // Not named: after an unencoded `?` in a password, the "option" is the rest
+            // of it.
+            if url.query().is_some() {
+                return Err(CacheError::config(
+                    "`memory://` takes no options; remove the `?...` query",
+                ));
             }
             Ok(Target::Memory)
         }
@@ -350,6 +351,16 @@ fn parse_redis(mut url: Url, mut config: CacheConfig) -> Result<RedisSettings, C
             "the Redis URL has no host; expected `{}://host[:port][/db]`",
             url.scheme()
         )));
+    }
+    // The userinfo ends at the first `/`, `?` or `#`: past one left unencoded in the
+    // password, the rest of it would be read as the path, query or fragment, and echoed
+    // by their errors. Nothing else puts an `@` there.
+    if [Some(url.path()), url.query(), url.fragment()]
+        .into_iter()
+        .flatten()
+        .any(|part| part.contains('@'))
+    {
+        return Err(CacheError::config(misplaced_at("Redis URL")));
     }
     let db = url.path().trim_start_matches('/');
     if !db.is_empty() && db.parse::<u16>().is_err() {
@@ -402,6 +413,14 @@ fn check_text(input: &str) -> Result<(), CacheError> {
         ));
     }
     Ok(())
+}
+
+/// What is wrong when an `@` ends up past the userinfo; names no part, since the parts
+/// then hold pieces of the password.
+fn misplaced_at(kind: &str) -> String {
+    format!(
+        "the user name or password of the {kind} holds a `/`, `?` or `#`, or an option holds an `@`; percent-encode them (`%2F`, `%3F`, `%23`, `%40`)"
+    )
 }
 
 /// A part of the URL as an error message shows it: cut to [`MAX_SHOWN`] characters and
@@ -461,6 +480,14 @@ fn parse_cluster(
             "the user name or password of the cluster URL does not parse ({e}); percent-encode it"
         ))
     })?;
+    // The userinfo ends at the last `@`: with one in the query, or a `/`, `?` or `#` in
+    // the password, the split above misread the URL, and the template shows it.
+    if template.host_str() != Some("127.0.0.1")
+        || template.path() != "/0"
+        || template.query().is_some()
+    {
+        return Err(CacheError::config(misplaced_at("cluster URL")));
+    }
     let secret = template.password().map(Secret::from_url);
     let ca = trusted_ca(tls, &config)?;
     let nodes = NodeTemplate {
@@ -740,7 +767,7 @@ mod tests {
             config_error("redis://h/0?response_timeout_ms=fast")
                 .contains("whole number, not `fast`")
         );
-        assert!(config_error("memory://?x=1").contains("unknown option `x`"));
+        assert!(config_error("memory://?x=1").contains("takes no options"));
         for url in [
             "redis://:s3cret@127.0.0.1/x",
             "redis://:s3cret@h:99999/0",
@@ -902,7 +929,6 @@ mod tests {
             format!("redis://h/0?coalesce={long}"),
             format!("redis://h/{long}"),
             format!("{long}://h"),
-            format!("memory://?{long}=1"),
             format!("redis+cluster://h:1/{long}"),
             format!("redis+cluster://h:1,{long}:x"),
             format!("rediss://h/0?ca_file=/{long}"),
@@ -913,6 +939,51 @@ mod tests {
         }
         let msg = config_error("redis://h/0?coalesce=%0Ayes");
         assert!(msg.contains(r"not `\nyes`"), "{msg}");
+    }
+
+    #[test]
+    fn a_password_with_an_unencoded_slash_or_question_mark_is_never_echoed() {
+        // The userinfo ends at the first `/`, `?` or `#`: the rest of the password would
+        // be read as the path, query or fragment, and echoed in their errors.
+        for url in [
+            "redis://default:8/s3cret@h:6379/0",
+            "redis://default:8?s3cret@h:6379/0",
+            "redis://default:8#s3cret@h:6379/0",
+            "rediss://127.0.0.1:0?s3cret@127.0.0.1",
+        ] {
+            let msg = config_error(url);
+            assert!(
+                !msg.contains("s3cret")
+                    && msg.contains("password of the Redis URL holds a `/`, `?` or `#`")
+                    && msg.contains("`%2F`"),
+                "{url}: {msg}"
+            );
+        }
+        let msg = config_error("memory://?:s3cret@127.0.0.1");
+        assert!(
+            !msg.contains("s3cret") && msg.contains("takes no options"),
+            "{msg}"
+        );
+        // Percent-encoded, an `@` in an option value is a plain character.
+        let msg = config_error("rediss://h/0?ca_file=/nonexistent/a%40b.pem");
+        assert!(msg.contains("cannot be read"), "{msg}");
+    }
+
+    #[test]
+    fn cluster_urls_with_an_at_sign_past_the_nodes_are_refused_not_misread() {
+        // The userinfo ends at the last `@`: one in the query made the text after it the
+        // node list, and the real nodes part of the password.
+        for url in [
+            "redis+cluster://:s3cret@h1:1?ca_file=/x@h9:2",
+            "redis+cluster://u:8/s3cret@h1:1",
+            "redis+cluster://u:8?s3cret@h1:1",
+        ] {
+            let msg = config_error(url);
+            assert!(
+                !msg.contains("s3cret") && msg.contains("percent-encode"),
+                "{url}: {msg}"
+            );
+        }
     }
 
     #[test]
