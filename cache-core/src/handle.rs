@@ -166,8 +166,9 @@ impl<C: Cache> TypedCache<C> {
 
     /// Stores `value` under `key` with its own TTL, at millisecond precision.
     ///
-    /// A TTL under one millisecond is `Err(CacheError::Validation)`; otherwise as
-    /// [`set`](Self::set).
+    /// A TTL under one millisecond, or above 4 611 686 018 427 387 903 ms (what Redis's
+    /// expiry arithmetic holds), is `Err(CacheError::Validation)` and nothing is written;
+    /// otherwise as [`set`](Self::set).
     pub async fn set_with_ttl(
         &self,
         key: &C::Key,
@@ -469,16 +470,14 @@ impl<C: Cache> TypedCache<C> {
 
 /// A TTL given to `set_with_ttl`, checked and cut to Redis's millisecond precision.
 fn per_call_ttl<C: Cache>(ttl: Duration) -> Result<Duration, CacheError> {
-    if ttl.as_millis() == 0 {
+    if ttl.as_millis() == 0 || ttl > MAX_TTL {
+        // Both bounds in one unit, so either mistake shows what is allowed.
         return Err(CacheError::validation(
             C::NAMESPACE,
-            format!("a TTL must be at least 1 ms, got {ttl:?}"),
-        ));
-    }
-    if ttl > MAX_TTL {
-        return Err(CacheError::validation(
-            C::NAMESPACE,
-            format!("a TTL must be at most {MAX_TTL:?}, got {ttl:?}"),
+            format!(
+                "a TTL must be from 1 ms to {} ms, got {ttl:?}",
+                MAX_TTL.as_millis()
+            ),
         ));
     }
     // Redis expiries have millisecond precision; drop the rest rather than round up.
@@ -667,14 +666,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn set_with_ttl_rejects_ttls_under_a_millisecond() {
+    async fn set_with_ttl_rejects_ttls_outside_the_range_and_names_it() {
         let core = memory().await;
         let cache = core.cache::<Sessions>("test");
-        for ttl in [Duration::ZERO, Duration::from_micros(999)] {
-            let err = cache
-                .set_with_ttl(&"t".to_owned(), &1, ttl)
-                .await
-                .unwrap_err();
+        let key = "t".to_owned();
+        for ttl in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            MAX_TTL + Duration::from_millis(1),
+            Duration::MAX,
+        ] {
+            let err = cache.set_with_ttl(&key, &1, ttl).await.unwrap_err();
             assert!(
                 matches!(
                     err,
@@ -685,9 +687,15 @@ mod tests {
                 ),
                 "{err}"
             );
-            assert!(err.to_string().contains("at least 1 ms"), "{err}");
+            let range = "from 1 ms to 4611686018427387903 ms";
+            let given = format!("got {ttl:?}");
+            let text = err.to_string();
+            assert!(text.contains(range) && text.contains(&given), "{text}");
         }
         assert_eq!(with_store(&core, |m| m.len()), 0);
+        for ttl in [Duration::from_millis(1), MAX_TTL] {
+            assert!(cache.set_with_ttl(&key, &1, ttl).await.unwrap(), "{ttl:?}");
+        }
     }
 
     #[tokio::test]
