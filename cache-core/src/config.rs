@@ -230,6 +230,16 @@ impl Secret {
 /// The longest any timeout, backoff or interval may be.
 const MAX_SETTING: Duration = Duration::from_secs(3600);
 
+/// The longest `connect` URL accepted, in bytes. A cluster URL naming hundreds of seed
+/// nodes, or a percent-encoded `ca_file` path as long as Linux allows (4096 bytes), fits;
+/// anything longer is a mistake (a file or a token pasted into `REDIS_URL`), is refused
+/// before it is parsed, and is never echoed.
+const MAX_URL_LEN: usize = 16 * 1024;
+
+/// The most characters of a part of the URL an error message shows: enough to recognise
+/// it (a usual `ca_file` path fits), short enough that a huge input cannot flood a log.
+const MAX_SHOWN: usize = 64;
+
 const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `coalesce`, `ca_file`";
 
 /// Settings of a Redis Cluster: where to learn its slot map, and how to reach any node.
@@ -282,16 +292,12 @@ impl NodeTemplate {
     /// The settings of a connection to the node at `addr`.
     pub fn settings(&self, addr: &NodeAddr, config: &CacheConfig) -> Result<RedisSettings, String> {
         let mut url = self.url.clone();
+        let unusable = || format!("node address `{}` is not usable", shown(&addr.to_string()));
         url.set_host(Some(&addr.host))
-            .map_err(|e| format!("node address `{addr}` is not usable: {e}"))?;
-        url.set_port(Some(addr.port))
-            .map_err(|()| format!("node address `{addr}` is not usable"))?;
-        let client = open_client(&url, self.ca.as_deref()).map_err(|e| {
-            scrub(
-                &self.secret,
-                format!("node address `{addr}` is not usable: {e}"),
-            )
-        })?;
+            .map_err(|e| format!("{}: {e}", unusable()))?;
+        url.set_port(Some(addr.port)).map_err(|()| unusable())?;
+        let client = open_client(&url, self.ca.as_deref())
+            .map_err(|e| scrub(&self.secret, format!("{}: {e}", unusable())))?;
         Ok(RedisSettings {
             client,
             redacted: redact(&url),
@@ -303,6 +309,7 @@ impl NodeTemplate {
 
 /// Parses a `connect` URL. Errors name the faulty part and never echo the password.
 pub(crate) fn parse(input: &str, config: &CacheConfig) -> Result<Target, CacheError> {
+    check_text(input)?;
     // `host:port,host:port` is not a URL authority, so cluster URLs are split by hand.
     if let Some((scheme, rest)) = input.split_once("://") {
         let scheme = scheme.to_ascii_lowercase();
@@ -321,16 +328,19 @@ pub(crate) fn parse(input: &str, config: &CacheConfig) -> Result<Target, CacheEr
             if url.host_str().is_some_and(|h| !h.is_empty()) || !matches!(url.path(), "" | "/") {
                 return Err(CacheError::config("`memory://` takes no host or path"));
             }
-            if let Some((name, _)) = url.query_pairs().next() {
-                return Err(CacheError::config(format!(
-                    "unknown option `{name}` in the URL query; `memory://` takes no options"
-                )));
+            // Not named: after an unencoded `?` in a password, the "option" is the rest
+            // of it.
+            if url.query().is_some() {
+                return Err(CacheError::config(
+                    "`memory://` takes no options; remove the `?...` query",
+                ));
             }
             Ok(Target::Memory)
         }
         "redis" | "rediss" => parse_redis(url, config.clone()).map(|s| Target::Redis(Box::new(s))),
         other => Err(CacheError::config(format!(
-            "unknown URL scheme `{other}`; expected `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://` or `memory://`"
+            "unknown URL scheme `{}`; expected `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://` or `memory://`",
+            shown(other)
         ))),
     }
 }
@@ -342,10 +352,21 @@ fn parse_redis(mut url: Url, mut config: CacheConfig) -> Result<RedisSettings, C
             url.scheme()
         )));
     }
+    // The userinfo ends at the first `/`, `?` or `#`: past one left unencoded in the
+    // password, the rest of it would be read as the path, query or fragment, and echoed
+    // by their errors. Nothing else puts an `@` there.
+    if [Some(url.path()), url.query(), url.fragment()]
+        .into_iter()
+        .flatten()
+        .any(|part| part.contains('@'))
+    {
+        return Err(CacheError::config(misplaced_at("Redis URL")));
+    }
     let db = url.path().trim_start_matches('/');
     if !db.is_empty() && db.parse::<u16>().is_err() {
         return Err(CacheError::config(format!(
-            "the Redis URL path must be a database number like `/0`, not `/{db}`"
+            "the Redis URL path must be a database number like `/0`, not `/{}`",
+            shown(db)
         )));
     }
     if url.fragment().is_some() {
@@ -368,6 +389,53 @@ fn parse_redis(mut url: Url, mut config: CacheConfig) -> Result<RedisSettings, C
         secret,
         config,
     })
+}
+
+/// Refuses what the `url` crate would quietly change or what must not be echoed: a huge
+/// input, and control characters, which it strips (tabs, newlines: `redis://h\n/0` would
+/// connect to `redis://h/0`) or percent-encodes (into a password the server never had).
+fn check_text(input: &str) -> Result<(), CacheError> {
+    if input.len() > MAX_URL_LEN {
+        return Err(CacheError::config(format!(
+            "the cache URL is {} bytes long; at most {MAX_URL_LEN} bytes are allowed",
+            input.len()
+        )));
+    }
+    if let Some((at, c)) = input.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(CacheError::config(format!(
+            "the cache URL contains a control character (U+{:04X}) at byte {at}; percent-encode it or remove it",
+            u32::from(c)
+        )));
+    }
+    if input.trim().is_empty() {
+        return Err(CacheError::config(
+            "the cache URL is empty; expected e.g. `redis://:password@127.0.0.1:6379/0` or `memory://`",
+        ));
+    }
+    Ok(())
+}
+
+/// What is wrong when an `@` ends up past the userinfo; names no part, since the parts
+/// then hold pieces of the password.
+fn misplaced_at(kind: &str) -> String {
+    format!(
+        "the user name or password of the {kind} holds a `/`, `?` or `#`, or an option holds an `@`; percent-encode them (`%2F`, `%3F`, `%23`, `%40`)"
+    )
+}
+
+/// A part of the URL as an error message shows it: cut to [`MAX_SHOWN`] characters and
+/// with control characters escaped (percent-decoded options may hold any). Never for a
+/// part that may hold the password: a cut password would escape the scrubbing.
+fn shown(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_SHOWN)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(MAX_SHOWN).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// `redis[s]+cluster://[user][:password@]host:port,host:port[/0][?options]`.
@@ -397,7 +465,8 @@ fn parse_cluster(
     let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
     if !matches!(path.trim_end_matches('/'), "" | "0") {
         return Err(CacheError::config(format!(
-            "a Redis Cluster has only database 0; remove the path `/{path}` from the cluster URL"
+            "a Redis Cluster has only database 0; remove the path `/{}` from the cluster URL",
+            shown(path)
         )));
     }
     if let Some(query) = query {
@@ -411,6 +480,14 @@ fn parse_cluster(
             "the user name or password of the cluster URL does not parse ({e}); percent-encode it"
         ))
     })?;
+    // The userinfo ends at the last `@`: with one in the query, or a `/`, `?` or `#` in
+    // the password, the split above misread the URL, and the template shows it.
+    if template.host_str() != Some("127.0.0.1")
+        || template.path() != "/0"
+        || template.query().is_some()
+    {
+        return Err(CacheError::config(misplaced_at("cluster URL")));
+    }
     let secret = template.password().map(Secret::from_url);
     let ca = trusted_ca(tls, &config)?;
     let nodes = NodeTemplate {
@@ -428,7 +505,8 @@ fn parse_cluster(
         }
         let url = Url::parse(&format!("{node_scheme}://{host}")).map_err(|e| {
             CacheError::config(format!(
-                "cluster node `{host}` is not a host:port ({e}); expected {example}"
+                "cluster node `{}` is not a host:port ({e}); expected {example}",
+                shown(host)
             ))
         })?;
         let addr = match url.host_str() {
@@ -437,7 +515,8 @@ fn parse_cluster(
             }
             _ => {
                 return Err(CacheError::config(format!(
-                    "cluster node `{host}` is not a host:port; expected {example}"
+                    "cluster node `{}` is not a host:port; expected {example}",
+                    shown(host)
                 )));
             }
         };
@@ -479,7 +558,9 @@ fn apply_options(
         let number = || {
             value.parse::<u64>().map_err(|_| {
                 CacheError::config(format!(
-                    "option `{name}` must be a whole number, not `{value}`"
+                    "option `{}` must be a whole number, not `{}`",
+                    shown(&name),
+                    shown(&value)
                 ))
             })
         };
@@ -495,7 +576,8 @@ fn apply_options(
                     "false" => false,
                     other => {
                         return Err(CacheError::config(format!(
-                            "option `coalesce` must be `true` or `false`, not `{other}`"
+                            "option `coalesce` must be `true` or `false`, not `{}`",
+                            shown(other)
                         )));
                     }
                 }
@@ -503,7 +585,9 @@ fn apply_options(
             "failure_threshold" => {
                 config.failure_threshold = u32::try_from(number()?).map_err(|_| {
                     CacheError::config(format!(
-                        "option `failure_threshold` is too large: `{value}`"
+                        "option `failure_threshold` must be at most {}, not `{}`",
+                        u32::MAX,
+                        shown(&value)
                     ))
                 })?;
             }
@@ -515,7 +599,8 @@ fn apply_options(
             "ca_file" => config.tls_ca_file = Some(PathBuf::from(&*value)),
             other => {
                 return Err(CacheError::config(format!(
-                    "unknown option `{other}` in the Redis URL query; expected one of {QUERY_OPTIONS}"
+                    "unknown option `{}` in the Redis URL query; expected one of {QUERY_OPTIONS}",
+                    shown(other)
                 )));
             }
         }
@@ -534,13 +619,13 @@ fn trusted_ca(tls: bool, config: &CacheConfig) -> Result<Option<Vec<u8>>, CacheE
     if !tls {
         return Err(CacheError::config(format!(
             "a CA file (`ca_file`, {}) applies to TLS only; use a `rediss://` or `rediss+cluster://` URL",
-            path.display()
+            shown(&path.to_string_lossy())
         )));
     }
     let pem = std::fs::read(path).map_err(|e| {
         CacheError::config(format!(
             "the CA file (`ca_file`) {} cannot be read: {e}",
-            path.display()
+            shown(&path.to_string_lossy())
         ))
     })?;
     use rustls::pki_types::{CertificateDer, pem::PemObject};
@@ -549,13 +634,13 @@ fn trusted_ca(tls: bool, config: &CacheConfig) -> Result<Option<Vec<u8>>, CacheE
         .map_err(|e| {
             CacheError::config(format!(
                 "the CA file (`ca_file`) {} is not valid PEM: {e}",
-                path.display()
+                shown(&path.to_string_lossy())
             ))
         })?;
     if certificates.is_empty() {
         return Err(CacheError::config(format!(
             "the CA file (`ca_file`) {} holds no PEM certificate",
-            path.display()
+            shown(&path.to_string_lossy())
         )));
     }
     Ok(Some(pem))
@@ -617,8 +702,8 @@ mod tests {
     fn config_error(url: &str) -> String {
         match parse(url, &CacheConfig::default()) {
             Err(CacheError::Config { reason }) => reason,
-            Err(other) => panic!("{url}: not a config error: {other}"),
-            Ok(_) => panic!("{url}: accepted"),
+            Err(other) => panic!("{}: not a config error: {other}", shown(url)),
+            Ok(_) => panic!("{}: accepted", shown(url)),
         }
     }
 
@@ -682,7 +767,7 @@ mod tests {
             config_error("redis://h/0?response_timeout_ms=fast")
                 .contains("whole number, not `fast`")
         );
-        assert!(config_error("memory://?x=1").contains("unknown option `x`"));
+        assert!(config_error("memory://?x=1").contains("takes no options"));
         for url in [
             "redis://:s3cret@127.0.0.1/x",
             "redis://:s3cret@h:99999/0",
@@ -773,6 +858,132 @@ mod tests {
         };
         std::fs::remove_file(&not_pem).unwrap();
         assert!(msg.contains("holds no PEM certificate"), "{msg}");
+    }
+
+    #[test]
+    fn control_characters_are_rejected_not_stripped() {
+        // The `url` crate silently drops tabs and newlines: `h\n/0` would connect to
+        // another URL than the one written.
+        for (url, code, at) in [
+            ("redis://h\n/0", "U+000A", 9),
+            ("redis://127.0.0\t.1/0", "U+0009", 15),
+            ("redis://:pa\rss@h/0", "U+000D", 11),
+            ("redis://:s3cret@h/0\0", "U+0000", 19),
+            ("redis://h/0?coalesce=true\x7f", "U+007F", 25),
+            ("redis+cluster://h1:1,h\n2:2", "U+000A", 22),
+            ("memory://\u{85}", "U+0085", 9),
+        ] {
+            let msg = config_error(url);
+            assert!(
+                msg.contains(&format!(
+                    "contains a control character ({code}) at byte {at}"
+                )) && msg.contains("percent-encode it or remove it"),
+                "{url:?}: {msg}"
+            );
+            assert!(!msg.contains("s3cret"), "{url:?}: {msg}");
+        }
+        // Percent-encoded, a control character is data, e.g. of a password.
+        assert!(parse("redis://:pa%0Ass@h/0", &CacheConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn urls_over_the_length_limit_are_rejected_without_being_echoed() {
+        let big = 100_000;
+        for url in [
+            format!("redis://{}/0", "h".repeat(big)),
+            format!("redis://:{}@h/0", "p".repeat(big)),
+            format!("redis://h/0?response_timeout_ms={}", "9".repeat(big)),
+            format!("redis+cluster://{}", "h:1,".repeat(big / 4)),
+        ] {
+            let msg = config_error(&url);
+            assert!(
+                msg.contains(&format!("is {} bytes long", url.len()))
+                    && msg.contains("at most 16384 bytes"),
+                "{msg}"
+            );
+            assert!(msg.len() < 200 && !msg.contains("hhhh") && !msg.contains("pppp"));
+        }
+        let at_limit = |len: usize| format!("redis://:{}@h/0", "p".repeat(len - 13));
+        assert_eq!(at_limit(MAX_URL_LEN).len(), MAX_URL_LEN);
+        assert!(parse(&at_limit(MAX_URL_LEN), &CacheConfig::default()).is_ok());
+        assert!(config_error(&at_limit(MAX_URL_LEN + 1)).contains("at most 16384 bytes"));
+    }
+
+    #[test]
+    fn an_empty_url_says_so() {
+        for url in ["", "   "] {
+            let msg = config_error(url);
+            assert!(
+                msg.contains("the cache URL is empty") && msg.contains("`memory://`"),
+                "{url:?}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn parts_echoed_in_errors_are_cut_short_and_escaped() {
+        let long = "x".repeat(10_000);
+        for url in [
+            format!("redis://h/0?{long}=1"),
+            format!("redis://h/0?response_timeout_ms={long}"),
+            format!("redis://h/0?coalesce={long}"),
+            format!("redis://h/{long}"),
+            format!("{long}://h"),
+            format!("redis+cluster://h:1/{long}"),
+            format!("redis+cluster://h:1,{long}:x"),
+            format!("rediss://h/0?ca_file=/{long}"),
+        ] {
+            let msg = config_error(&url);
+            assert!(msg.len() < 400, "{} bytes: {msg}", msg.len());
+            assert!(msg.contains("xxxx…"), "{msg}");
+        }
+        let msg = config_error("redis://h/0?coalesce=%0Ayes");
+        assert!(msg.contains(r"not `\nyes`"), "{msg}");
+    }
+
+    #[test]
+    fn a_password_with_an_unencoded_slash_or_question_mark_is_never_echoed() {
+        // The userinfo ends at the first `/`, `?` or `#`: the rest of the password would
+        // be read as the path, query or fragment, and echoed in their errors.
+        for url in [
+            "redis://default:8/s3cret@h:6379/0",
+            "redis://default:8?s3cret@h:6379/0",
+            "redis://default:8#s3cret@h:6379/0",
+            "rediss://127.0.0.1:0?s3cret@127.0.0.1",
+        ] {
+            let msg = config_error(url);
+            assert!(
+                !msg.contains("s3cret")
+                    && msg.contains("password of the Redis URL holds a `/`, `?` or `#`")
+                    && msg.contains("`%2F`"),
+                "{url}: {msg}"
+            );
+        }
+        let msg = config_error("memory://?:s3cret@127.0.0.1");
+        assert!(
+            !msg.contains("s3cret") && msg.contains("takes no options"),
+            "{msg}"
+        );
+        // Percent-encoded, an `@` in an option value is a plain character.
+        let msg = config_error("rediss://h/0?ca_file=/nonexistent/a%40b.pem");
+        assert!(msg.contains("cannot be read"), "{msg}");
+    }
+
+    #[test]
+    fn cluster_urls_with_an_at_sign_past_the_nodes_are_refused_not_misread() {
+        // The userinfo ends at the last `@`: one in the query made the text after it the
+        // node list, and the real nodes part of the password.
+        for url in [
+            "redis+cluster://:s3cret@h1:1?ca_file=/x@h9:2",
+            "redis+cluster://u:8/s3cret@h1:1",
+            "redis+cluster://u:8?s3cret@h1:1",
+        ] {
+            let msg = config_error(url);
+            assert!(
+                !msg.contains("s3cret") && msg.contains("percent-encode"),
+                "{url}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -159,8 +159,9 @@ impl<C: Cache> TypedCache<C> {
 
     /// Stores `value` under `key` with its own TTL, at millisecond precision.
     ///
-    /// A TTL under one millisecond is `Err(CacheError::Validation)`; otherwise as
-    /// [`set`](Self::set).
+    /// A TTL under one millisecond, or above 4 611 686 018 427 387 903 ms (what Redis's
+    /// expiry arithmetic holds), is `Err(CacheError::Validation)` and nothing is written;
+    /// otherwise as [`set`](Self::set).
     pub async fn set_with_ttl(
         &self,
         key: &C::Key,
@@ -473,16 +474,14 @@ impl<C: Cache> TypedCache<C> {
 
 /// A TTL given to `set_with_ttl`, checked and cut to Redis's millisecond precision.
 fn per_call_ttl<C: Cache>(ttl: Duration) -> Result<Duration, CacheError> {
-    if ttl.as_millis() == 0 {
+    if ttl.as_millis() == 0 || ttl > MAX_TTL {
+        // Both bounds in one unit, so either mistake shows what is allowed.
         return Err(CacheError::validation(
             C::NAMESPACE,
-            format!("a TTL must be at least 1 ms, got {ttl:?}"),
-        ));
-    }
-    if ttl > MAX_TTL {
-        return Err(CacheError::validation(
-            C::NAMESPACE,
-            format!("a TTL must be at most {MAX_TTL:?}, got {ttl:?}"),
+            format!(
+                "a TTL must be from 1 ms to {} ms, got {ttl:?}",
+                MAX_TTL.as_millis()
+            ),
         ));
     }
     // Redis expiries have millisecond precision; drop the rest rather than round up.

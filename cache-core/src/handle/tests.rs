@@ -155,14 +155,17 @@ async fn set_with_ttl_uses_millisecond_precision() {
 }
 
 #[tokio::test]
-async fn set_with_ttl_rejects_ttls_under_a_millisecond() {
+async fn set_with_ttl_rejects_ttls_outside_the_range_and_names_it() {
     let core = memory().await;
     let cache = core.cache::<Sessions>("test");
-    for ttl in [Duration::ZERO, Duration::from_micros(999)] {
-        let err = cache
-            .set_with_ttl(&"t".to_owned(), &1, ttl)
-            .await
-            .unwrap_err();
+    let key = "t".to_owned();
+    for ttl in [
+        Duration::ZERO,
+        Duration::from_micros(999),
+        MAX_TTL + Duration::from_millis(1),
+        Duration::MAX,
+    ] {
+        let err = cache.set_with_ttl(&key, &1, ttl).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -173,9 +176,15 @@ async fn set_with_ttl_rejects_ttls_under_a_millisecond() {
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("at least 1 ms"), "{err}");
+        let range = "from 1 ms to 4611686018427387903 ms";
+        let given = format!("got {ttl:?}");
+        let text = err.to_string();
+        assert!(text.contains(range) && text.contains(&given), "{text}");
     }
     assert_eq!(with_store(&core, |m| m.len()), 0);
+    for ttl in [Duration::from_millis(1), MAX_TTL] {
+        assert!(cache.set_with_ttl(&key, &1, ttl).await.unwrap(), "{ttl:?}");
+    }
 }
 
 #[tokio::test]
