@@ -14,17 +14,18 @@ pub const MAX_BATCH: usize = 100;
 
 /// A cache declaration: namespace, TTL, key and value types, codec.
 ///
-/// Implemented by `#[derive(Cache)]`; a hand-written implementation is possible but must
-/// uphold the same rules (a valid namespace, a TTL of at least one second, a fingerprint
-/// that changes whenever the encoded shape of `Value` does). A declaration by itself does
-/// nothing: register it in `cache_registry!` to get a handle.
+/// Implemented by `#[derive(Cache)]` only, which checks the declaration (a valid
+/// namespace, a TTL of at least one second, consistent options) and computes what must
+/// stay in step with the value type (its fingerprint); the trait is sealed so a
+/// hand-written impl cannot skip those checks. A declaration by itself does nothing:
+/// register it in `cache_registry!` to get a handle.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a cache declaration",
     label = "not a cache",
     note = "derive it: `#[derive(Cache)] #[cache(namespace = \"...\", key = K, value = V)] struct {Self};`",
     note = "if `{Self}` is a value type with `#[derive(Cache)]` on it, register the generated `{Self}Cache` instead"
 )]
-pub trait Cache: 'static {
+pub trait Cache: crate::__private::Declared + 'static {
     /// The key type; its text forms the Redis key `"{namespace}:{key}"`.
     type Key: CacheKey + Eq + Hash + Clone + Send + Sync + 'static;
     /// The value type.

@@ -49,6 +49,16 @@ pub mod __private {
     pub use crate::codec;
     pub use crate::{Cache, CacheInfo, TypedCache};
 
+    /// Implemented by `#[derive(Cache)]` beside [`Cache`], and only there: a
+    /// declaration's settings (its fingerprint, its first level, what its loads need)
+    /// are computed and checked by the derive, so `Cache` is not for hand-written impls.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` implements `Cache` by hand; caches are declared with `#[derive(Cache)]`",
+        label = "not declared with `#[derive(Cache)]`",
+        note = "remove the `impl Cache` and derive it: `#[derive(Cache)] #[cache(namespace = \"...\", key = K, value = V)] struct {Self};`"
+    )]
+    pub trait Declared {}
+
     /// Stands in for the key, value or codec of a declaration that failed to compile, so
     /// one mistake gives one error rather than a cascade.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

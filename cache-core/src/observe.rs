@@ -23,7 +23,7 @@ pub(crate) enum Op {
     Mget,
     Mset,
     Invalidate,
-    InvalidateMany,
+    Minvalidate,
     Clear,
 }
 
@@ -35,7 +35,7 @@ impl Op {
             Op::Mget => "mget",
             Op::Mset => "mset",
             Op::Invalidate => "invalidate",
-            Op::InvalidateMany => "invalidate_many",
+            Op::Minvalidate => "minvalidate",
             Op::Clear => "clear",
         }
     }

@@ -109,6 +109,9 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
         #marker
 
         #[automatically_derived]
+        impl #private::Declared for #cache {}
+
+        #[automatically_derived]
         impl #private::Cache for #cache {
             type Key = #key;
             type Value = #value;

@@ -35,6 +35,9 @@ pub(crate) fn expand(input: &Input<'_>, errors: syn::Error) -> TokenStream {
         #marker
 
         #[automatically_derived]
+        impl #private::Declared for #cache {}
+
+        #[automatically_derived]
         impl #private::Cache for #cache {
             type Key = #key;
             type Value = #value;

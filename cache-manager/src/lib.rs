@@ -53,7 +53,7 @@
 //!
 //! `get_or_load` reads a key and, on a miss, runs the loader once for all concurrent
 //! callers of that key in the process (single flight), caching what it found.
-//! `get_many_or_load` does the same for many keys with one loader call for all misses.
+//! `mget_or_load` does the same for many keys with one loader call for all misses.
 //!
 //! ```
 //! # use cache_manager::{cache_registry, Cache};

@@ -200,7 +200,7 @@ async fn every_call_keeps_its_contract_on_a_cluster() {
 
     // Multi-key invalidation across slots and masters.
     let ids: Vec<i64> = (0..20).collect();
-    assert_eq!(visits.invalidate_many(&ids).await.unwrap(), 19);
+    assert_eq!(visits.minvalidate(&ids).await.unwrap(), 19);
     for (index, _) in cluster.nodes().iter().enumerate() {
         assert_eq!(wire::dbsize(&cluster.raw(index).await).await, 0);
     }
@@ -208,7 +208,7 @@ async fn every_call_keeps_its_contract_on_a_cluster() {
     // The batch limit applies to the whole call, before anything is sent.
     let too_many: Vec<i64> = (0..101).collect();
     assert!(visits.mget(&too_many).await.is_err());
-    assert!(visits.invalidate_many(&too_many).await.is_err());
+    assert!(visits.minvalidate(&too_many).await.is_err());
     let entries: HashMap<i64, i64> = too_many.iter().map(|&id| (id, id)).collect();
     assert!(visits.mset(&entries).await.is_err());
     for (index, _) in cluster.nodes().iter().enumerate() {
@@ -425,7 +425,7 @@ async fn hash_tagged_cache_keeps_every_key_on_one_slot() {
     // One slot: the whole `mget` is a single `MGET` on a single master.
     let calls = wire::command_calls(&cluster.raw(owner).await).await;
     assert_eq!(calls.get("mget"), Some(&1), "{calls:?}");
-    assert_eq!(members.invalidate_many(&ids).await.unwrap(), 100);
+    assert_eq!(members.minvalidate(&ids).await.unwrap(), 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,7 +486,7 @@ async fn an_unreachable_cluster_is_not_a_connect_error_and_every_call_degrades()
             .unwrap()
     );
     assert_eq!(
-        quick("invalidate_many", manager.profiles().invalidate_many(&[1]))
+        quick("minvalidate", manager.profiles().minvalidate(&[1]))
             .await
             .unwrap(),
         0
@@ -623,11 +623,8 @@ async fn local_levels_stay_coherent_across_instances_on_a_cluster() {
         fresh == ids.len()
     })
     .await;
-    assert_eq!(
-        a.names().invalidate_many(&ids).await.unwrap(),
-        ids.len() as u64
-    );
-    eventually("invalidate_many to reach b", || async {
+    assert_eq!(a.names().minvalidate(&ids).await.unwrap(), ids.len() as u64);
+    eventually("minvalidate to reach b", || async {
         for id in &ids {
             if b.names().get(id).await.is_some() {
                 return false;

@@ -53,6 +53,7 @@ mod tests {
     use crate::manager::ManagerCore;
 
     enum Profiles {}
+    impl crate::__private::Declared for Profiles {}
     impl Cache for Profiles {
         type Key = i64;
         type Value = String;
@@ -65,6 +66,7 @@ mod tests {
     }
 
     enum OldProfiles {}
+    impl crate::__private::Declared for OldProfiles {}
     impl Cache for OldProfiles {
         type Key = i64;
         type Value = String;

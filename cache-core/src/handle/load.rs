@@ -46,7 +46,7 @@ impl<C: Cache> TypedCache<C> {
     /// [`MAX_BATCH`] entries. The map holds the keys that were found, in the cache or by
     /// the loader. A loader error is returned and nothing it produced is cached. There
     /// is no single flight across batch calls.
-    pub async fn get_many_or_load<F, Fut, E>(
+    pub async fn mget_or_load<F, Fut, E>(
         &self,
         keys: &[C::Key],
         load: F,
@@ -96,6 +96,23 @@ impl<C: Cache> TypedCache<C> {
         Ok(found)
     }
 
+    /// The former name of [`mget_or_load`](Self::mget_or_load).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `mget_or_load`, like `mget` and `mset`"
+    )]
+    pub async fn get_many_or_load<F, Fut, E>(
+        &self,
+        keys: &[C::Key],
+        load: F,
+    ) -> Result<HashMap<C::Key, C::Value>, E>
+    where
+        F: FnOnce(Vec<C::Key>) -> Fut,
+        Fut: Future<Output = Result<HashMap<C::Key, C::Value>, E>>,
+    {
+        self.mget_or_load(keys, load).await
+    }
+
     async fn store_loaded(&self, key: &C::Key, value: &C::Value) {
         if let Err(error) = self.set(key, value).await {
             tracing::error!(
@@ -120,6 +137,7 @@ mod tests {
     use crate::manager::ManagerCore;
 
     enum Names {}
+    impl crate::__private::Declared for Names {}
     impl Cache for Names {
         type Key = u32;
         type Value = String;
@@ -336,7 +354,7 @@ mod tests {
         let keys: Vec<u32> = (0..250).chain(0..10).collect(); // duplicates on purpose
         let calls = AtomicUsize::new(0);
         let got = cache
-            .get_many_or_load(&keys, |missing| {
+            .mget_or_load(&keys, |missing| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 assert_eq!(missing.len(), 200, "each missing key once");
                 assert!(missing.iter().all(|k| *k >= 50));
@@ -365,7 +383,7 @@ mod tests {
         let core = memory().await;
         let cache = core.cache::<Names>("names");
         let got = cache
-            .get_many_or_load(&[1, 2], |_| async {
+            .mget_or_load(&[1, 2], |_| async {
                 Err::<HashMap<u32, String>, _>("boom")
             })
             .await;

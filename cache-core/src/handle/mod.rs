@@ -398,17 +398,26 @@ impl<C: Cache> TypedCache<C> {
     /// is sent. Keys that could not be deleted because the backend is unavailable (on a
     /// cluster, those of an unreachable master) are not counted; the call is counted as
     /// degraded and logged by the backend.
-    pub async fn invalidate_many(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
+    pub async fn minvalidate(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
         observed(
             C::NAMESPACE,
-            Op::InvalidateMany,
-            self.invalidate_many_unobserved(keys),
+            Op::Minvalidate,
+            self.minvalidate_unobserved(keys),
         )
         .await
     }
 
-    async fn invalidate_many_unobserved(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
-        let distinct = distinct_within_limit::<C>(keys, "invalidate_many")?;
+    /// The former name of [`minvalidate`](Self::minvalidate).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `minvalidate`, like `mget` and `mset`"
+    )]
+    pub async fn invalidate_many(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
+        self.minvalidate(keys).await
+    }
+
+    async fn minvalidate_unobserved(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
+        let distinct = distinct_within_limit::<C>(keys, "minvalidate")?;
         if distinct.is_empty() {
             return Ok(0);
         }

@@ -18,6 +18,7 @@ struct Profile {
 }
 
 enum Profiles {}
+impl crate::__private::Declared for Profiles {}
 impl Cache for Profiles {
     type Key = i64;
     type Value = Profile;
@@ -31,6 +32,7 @@ impl Cache for Profiles {
 
 /// The same namespace and type as `Profiles`, declared with another version.
 enum ProfilesV2 {}
+impl crate::__private::Declared for ProfilesV2 {}
 impl Cache for ProfilesV2 {
     type Key = i64;
     type Value = Profile;
@@ -43,6 +45,7 @@ impl Cache for ProfilesV2 {
 }
 
 enum Sessions {}
+impl crate::__private::Declared for Sessions {}
 impl Cache for Sessions {
     type Key = String;
     type Value = i64;
@@ -56,6 +59,7 @@ impl Cache for Sessions {
 
 /// A value serde_json cannot encode: map keys must be strings.
 enum Unencodable {}
+impl crate::__private::Declared for Unencodable {}
 impl Cache for Unencodable {
     type Key = i64;
     type Value = HashMap<Vec<u8>, i64>;
@@ -385,6 +389,7 @@ async fn redis_keys_are_namespace_colon_key() {
 
 /// `Profiles` with `hash_tag = true`.
 enum TaggedProfiles {}
+impl crate::__private::Declared for TaggedProfiles {}
 impl Cache for TaggedProfiles {
     type Key = i64;
     type Value = Profile;
@@ -417,22 +422,22 @@ async fn hash_tagged_keys_put_the_namespace_in_braces() {
 }
 
 #[tokio::test]
-async fn invalidate_many_counts_removed_entries_and_limits_batches() {
+async fn minvalidate_counts_removed_entries_and_limits_batches() {
     let core = memory().await;
     let cache = core.cache::<Profiles>("test");
     cache
         .mset(&HashMap::from([(1, ada()), (2, ada()), (3, ada())]))
         .await
         .unwrap();
-    assert_eq!(cache.invalidate_many(&[1, 2, 2, 9]).await.unwrap(), 2);
+    assert_eq!(cache.minvalidate(&[1, 2, 2, 9]).await.unwrap(), 2);
     assert_eq!(
         cache.mget(&[1, 2, 3]).await.unwrap(),
         HashMap::from([(1, None), (2, None), (3, Some(ada()))])
     );
-    assert_eq!(cache.invalidate_many(&[]).await.unwrap(), 0);
+    assert_eq!(cache.minvalidate(&[]).await.unwrap(), 0);
     let too_many: Vec<i64> = (0..=MAX_BATCH as i64).collect();
     assert!(matches!(
-        cache.invalidate_many(&too_many).await,
+        cache.minvalidate(&too_many).await,
         Err(CacheError::Validation { .. })
     ));
     assert_eq!(
@@ -442,12 +447,13 @@ async fn invalidate_many_counts_removed_entries_and_limits_batches() {
     );
 
     core.disconnect().await;
-    assert_eq!(cache.invalidate_many(&[3]).await.unwrap(), 0);
+    assert_eq!(cache.minvalidate(&[3]).await.unwrap(), 0);
     assert_eq!(cache.stats().degraded, 1);
 }
 
 /// `Profiles` with a first level.
 enum LocalProfiles {}
+impl crate::__private::Declared for LocalProfiles {}
 impl Cache for LocalProfiles {
     type Key = i64;
     type Value = Profile;
@@ -512,7 +518,7 @@ async fn every_call_that_completes_at_once_yields_to_the_runtime() {
     other_task_runs_during("mget of first-level hits", || local.mget(&[1])).await;
     other_task_runs_during("empty mset", || cache.mset(&nothing)).await;
     other_task_runs_during("invalidate", || cache.invalidate(&2)).await;
-    other_task_runs_during("empty invalidate_many", || cache.invalidate_many(&[])).await;
+    other_task_runs_during("empty minvalidate", || cache.minvalidate(&[])).await;
     other_task_runs_during("clear", || cache.clear()).await;
     other_task_runs_during("health", || core.health()).await;
     other_task_runs_during("get_or_load hit", || {
@@ -523,8 +529,8 @@ async fn every_call_that_completes_at_once_yields_to_the_runtime() {
         cache.get_or_load(&3, || async { Ok::<_, ()>(None) })
     })
     .await;
-    other_task_runs_during("get_many_or_load hit", || {
-        cache.get_many_or_load(&[1], |_| async { Ok::<_, ()>(HashMap::new()) })
+    other_task_runs_during("mget_or_load hit", || {
+        cache.mget_or_load(&[1], |_| async { Ok::<_, ()>(HashMap::new()) })
     })
     .await;
 

@@ -405,7 +405,7 @@ impl AppState {
         let ids = self
             .caches
             .uuid_to_id()
-            .get_many_or_load(uuids, |missing| async move {
+            .mget_or_load(uuids, |missing| async move {
                 let users = self.db.by_uuids(missing).await?;
                 self.remember_many(&users).await;
                 Ok::<_, DbError>(users.iter().map(|u| (u.uuid, u.id)).collect())
@@ -415,7 +415,7 @@ impl AppState {
         let by_id = self
             .caches
             .users()
-            .get_many_or_load(&wanted, |missing| async move {
+            .mget_or_load(&wanted, |missing| async move {
                 let users = self.db.by_ids(missing).await?;
                 Ok::<_, DbError>(users.into_iter().map(|u| (u.id, u)).collect())
             })
