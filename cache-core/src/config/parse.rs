@@ -1,4 +1,6 @@
-//! Parsing of `connect` URLs into backend settings, and their redacted display.
+//! `connect` URLs: `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://` and
+//! `memory://`, with their query options, parsed into what a backend starts from.
+//! Errors name the faulty part and never echo the password.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -6,6 +8,9 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::CacheConfig;
+use super::secret::{Secret, redact, scrub, shown};
+use super::tls::{open_client, trusted_ca};
 use crate::error::CacheError;
 
 /// What a URL asks to connect to.
@@ -27,218 +32,11 @@ pub(crate) struct RedisSettings {
     pub config: CacheConfig,
 }
 
-/// How a manager talks to Redis: deadlines, the circuit breaker, reconnection backoff.
-///
-/// Pass it to `connect_with`; `connect` uses the defaults. Options in the URL's query
-/// string (`?response_timeout_ms=100`) override what the config says.
-///
-/// | setting | default | URL option | why |
-/// | --- | --- | --- | --- |
-/// | response timeout | 250 ms | `response_timeout_ms` | the deadline of every call, sending included; a cache answer slower than the database is worth nothing |
-/// | connect timeout | 1 s | `connect_timeout_ms` | bounds each (re)connection attempt and its `PING` probe, so a black-holed host cannot stall recovery |
-/// | failure threshold | 3 | `failure_threshold` | timeouts in a row that open the breaker; one slow reply is noise, three is a hung server |
-/// | backoff | 50 ms to 5 s | `backoff_min_ms`, `backoff_max_ms` | reconnect quickly after a blip, without hammering a server that is down |
-/// | summary interval | 30 s | `summary_interval_ms` | how often a still-down backend logs how many calls degraded |
-/// | coalescing | on | `coalesce` (`true`/`false`) | under load, concurrent gets share `MGET`s; off for a multi-thread runtime squeezed onto one CPU, where the hand-offs cost more than they save |
-/// | TLS trust | the system's roots | `ca_file` | a PEM file of the CA(s) that signed the servers' certificates, for `rediss://` to a private CA; it replaces the system's roots |
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CacheConfig {
-    /// Deadline of every cache call, including sending it and waiting for the reply.
-    pub response_timeout: Duration,
-    /// Deadline of each connection attempt, handshake and probe included.
-    pub connect_timeout: Duration,
-    /// Consecutive timeouts after which the breaker opens and the connection is rebuilt.
-    pub failure_threshold: u32,
-    /// First wait between reconnection attempts; doubled after each failure.
-    pub backoff_min: Duration,
-    /// Longest wait between reconnection attempts.
-    pub backoff_max: Duration,
-    /// Interval of the summary logged while the backend stays down.
-    pub summary_interval: Duration,
-    /// Whether concurrent gets are coalesced into `MGET`s under load.
-    pub coalesce: bool,
-    /// PEM file of the certificate authorities a `rediss://` server's certificate must
-    /// chain to; `None` trusts the system's roots.
-    pub tls_ca_file: Option<PathBuf>,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            response_timeout: Duration::from_millis(250),
-            connect_timeout: Duration::from_secs(1),
-            failure_threshold: 3,
-            backoff_min: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(5),
-            summary_interval: Duration::from_secs(30),
-            coalesce: true,
-            tls_ca_file: None,
-        }
-    }
-}
-
-impl CacheConfig {
-    /// The defaults (see the table above).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets the deadline of every cache call.
-    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    /// Sets the deadline of each connection attempt.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets how many timeouts in a row open the breaker.
-    pub fn with_failure_threshold(mut self, failures: u32) -> Self {
-        self.failure_threshold = failures;
-        self
-    }
-
-    /// Sets the first and the longest wait between reconnection attempts.
-    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = min;
-        self.backoff_max = max;
-        self
-    }
-
-    /// Turns the coalescing of concurrent gets into `MGET`s on or off.
-    pub fn with_coalescing(mut self, coalesce: bool) -> Self {
-        self.coalesce = coalesce;
-        self
-    }
-
-    /// Sets how often a still-down backend logs a summary.
-    pub fn with_summary_interval(mut self, interval: Duration) -> Self {
-        self.summary_interval = interval;
-        self
-    }
-
-    /// Trusts the CA certificate(s) in the PEM file at `path` for `rediss://` connections,
-    /// instead of the system's roots: for servers with certificates of a private CA.
-    pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.tls_ca_file = Some(path.into());
-        self
-    }
-
-    /// Checks the settings make sense together.
-    pub(crate) fn validate(&self) -> Result<(), CacheError> {
-        let positive = [
-            (
-                "response timeout (`response_timeout_ms`)",
-                self.response_timeout,
-            ),
-            (
-                "connect timeout (`connect_timeout_ms`)",
-                self.connect_timeout,
-            ),
-            ("minimum backoff (`backoff_min_ms`)", self.backoff_min),
-            (
-                "summary interval (`summary_interval_ms`)",
-                self.summary_interval,
-            ),
-        ];
-        for (name, value) in positive {
-            if value.is_zero() {
-                return Err(CacheError::config(format!("the {name} must be above 0")));
-            }
-        }
-        if self.failure_threshold == 0 {
-            return Err(CacheError::config(
-                "the failure threshold (`failure_threshold`) must be at least 1",
-            ));
-        }
-        // Bounded so deadlines and backoff arithmetic can never overflow an `Instant`.
-        let bounded = [
-            (
-                "response timeout (`response_timeout_ms`)",
-                self.response_timeout,
-            ),
-            (
-                "connect timeout (`connect_timeout_ms`)",
-                self.connect_timeout,
-            ),
-            ("minimum backoff (`backoff_min_ms`)", self.backoff_min),
-            ("maximum backoff (`backoff_max_ms`)", self.backoff_max),
-            (
-                "summary interval (`summary_interval_ms`)",
-                self.summary_interval,
-            ),
-        ];
-        for (name, value) in bounded {
-            if value > MAX_SETTING {
-                return Err(CacheError::config(format!(
-                    "the {name} must be at most one hour, not {value:?}"
-                )));
-            }
-        }
-        if self.backoff_max < self.backoff_min {
-            return Err(CacheError::config(format!(
-                "the maximum backoff ({:?}) is below the minimum ({:?})",
-                self.backoff_max, self.backoff_min
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// A password; `Debug` never shows it.
-#[derive(Clone)]
-pub(crate) struct Secret {
-    /// As sent to the server (percent-decoded).
-    decoded: String,
-    /// As written in the URL.
-    raw: String,
-}
-
-impl Secret {
-    /// The password as a URL holds it.
-    fn from_url(raw: &str) -> Self {
-        Secret {
-            decoded: percent_decode(raw),
-            raw: raw.to_owned(),
-        }
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl Secret {
-    /// Replaces every occurrence of the secret in `text`.
-    pub fn scrub(&self, text: String) -> String {
-        let mut text = text;
-        for form in [&self.decoded, &self.raw] {
-            if !form.is_empty() && text.contains(form.as_str()) {
-                text = text.replace(form.as_str(), "***");
-            }
-        }
-        text
-    }
-}
-
-/// The longest any timeout, backoff or interval may be.
-const MAX_SETTING: Duration = Duration::from_secs(3600);
-
 /// The longest `connect` URL accepted, in bytes. A cluster URL naming hundreds of seed
 /// nodes, or a percent-encoded `ca_file` path as long as Linux allows (4096 bytes), fits;
 /// anything longer is a mistake (a file or a token pasted into `REDIS_URL`), is refused
 /// before it is parsed, and is never echoed.
 const MAX_URL_LEN: usize = 16 * 1024;
-
-/// The most characters of a part of the URL an error message shows: enough to recognise
-/// it (a usual `ca_file` path fits), short enough that a huge input cannot flood a log.
-const MAX_SHOWN: usize = 64;
 
 const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `coalesce`, `ca_file`";
 
@@ -423,21 +221,6 @@ fn misplaced_at(kind: &str) -> String {
     )
 }
 
-/// A part of the URL as an error message shows it: cut to [`MAX_SHOWN`] characters and
-/// with control characters escaped (percent-decoded options may hold any). Never for a
-/// part that may hold the password: a cut password would escape the scrubbing.
-fn shown(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(MAX_SHOWN)
-        .flat_map(char::escape_debug)
-        .collect();
-    if text.chars().nth(MAX_SHOWN).is_some() {
-        out.push('…');
-    }
-    out
-}
-
 /// `redis[s]+cluster://[user][:password@]host:port,host:port[/0][?options]`.
 fn parse_cluster(
     scheme: &str,
@@ -606,93 +389,6 @@ fn apply_options(
         }
     }
     Ok(())
-}
-
-/// The PEM of the CA(s) `rediss://` connections trust instead of the system's roots.
-fn trusted_ca(tls: bool, config: &CacheConfig) -> Result<Option<Vec<u8>>, CacheError> {
-    if tls {
-        ensure_crypto_provider();
-    }
-    let Some(path) = &config.tls_ca_file else {
-        return Ok(None);
-    };
-    if !tls {
-        return Err(CacheError::config(format!(
-            "a CA file (`ca_file`, {}) applies to TLS only; use a `rediss://` or `rediss+cluster://` URL",
-            shown(&path.to_string_lossy())
-        )));
-    }
-    let pem = std::fs::read(path).map_err(|e| {
-        CacheError::config(format!(
-            "the CA file (`ca_file`) {} cannot be read: {e}",
-            shown(&path.to_string_lossy())
-        ))
-    })?;
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let certificates = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            CacheError::config(format!(
-                "the CA file (`ca_file`) {} is not valid PEM: {e}",
-                shown(&path.to_string_lossy())
-            ))
-        })?;
-    if certificates.is_empty() {
-        return Err(CacheError::config(format!(
-            "the CA file (`ca_file`) {} holds no PEM certificate",
-            shown(&path.to_string_lossy())
-        )));
-    }
-    Ok(Some(pem))
-}
-
-/// rustls needs a process-wide crypto provider and panics on first use when none is
-/// installed and it cannot pick one. Installs ring's unless the application installed
-/// one first, which then stays in charge.
-fn ensure_crypto_provider() {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
-/// A redis-rs client for `url`, trusting `ca` for TLS when given.
-fn open_client(url: &Url, ca: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
-    match ca {
-        None => redis::Client::open(url.as_str()),
-        Some(ca) => redis::Client::build_with_tls(
-            url.as_str(),
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.to_vec()),
-            },
-        ),
-    }
-}
-
-fn scrub(secret: &Option<Secret>, text: String) -> String {
-    match secret {
-        Some(secret) => secret.scrub(text),
-        None => text,
-    }
-}
-
-/// The URL with any password replaced by `***`.
-pub(crate) fn redact(url: &Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        // Cannot fail: a URL with a password has a host.
-        let _ = shown.set_password(Some("***"));
-    }
-    shown.to_string()
-}
-
-fn percent_decode(s: &str) -> String {
-    // Plain percent-decoding, as redis-rs does: `+` stays `+` (form decoding would make it
-    // a space, and the password sent would escape the scrubbing).
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]
@@ -984,13 +680,5 @@ mod tests {
                 "{url}: {msg}"
             );
         }
-    }
-
-    #[test]
-    fn scrub_hides_the_password() {
-        let s = Secret::from_url("p%40ss+1");
-        assert_eq!(s.scrub("auth p@ss+1 failed".into()), "auth *** failed");
-        assert_eq!(s.scrub("url :p%40ss+1@h".into()), "url :***@h");
-        assert_eq!(percent_decode("p%40ss+1"), "p@ss+1");
     }
 }

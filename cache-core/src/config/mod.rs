@@ -1,0 +1,179 @@
+//! How a manager connects: its settings ([`CacheConfig`]), the parsing of `connect` URLs
+//! ([`parse`]), passwords kept out of every message ([`secret`]) and TLS trust ([`tls`]).
+
+mod parse;
+mod secret;
+mod tls;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::CacheError;
+
+pub(crate) use parse::{ClusterSettings, NodeAddr, NodeTemplate, RedisSettings, Target, parse};
+pub(crate) use secret::Secret;
+
+/// How a manager talks to Redis: deadlines, the circuit breaker, reconnection backoff.
+///
+/// Pass it to `connect_with`; `connect` uses the defaults. Options in the URL's query
+/// string (`?response_timeout_ms=100`) override what the config says.
+///
+/// | setting | default | URL option | why |
+/// | --- | --- | --- | --- |
+/// | response timeout | 250 ms | `response_timeout_ms` | the deadline of every call, sending included; a cache answer slower than the database is worth nothing |
+/// | connect timeout | 1 s | `connect_timeout_ms` | bounds each (re)connection attempt and its `PING` probe, so a black-holed host cannot stall recovery |
+/// | failure threshold | 3 | `failure_threshold` | timeouts in a row that open the breaker; one slow reply is noise, three is a hung server |
+/// | backoff | 50 ms to 5 s | `backoff_min_ms`, `backoff_max_ms` | reconnect quickly after a blip, without hammering a server that is down |
+/// | summary interval | 30 s | `summary_interval_ms` | how often a still-down backend logs how many calls degraded |
+/// | coalescing | on | `coalesce` (`true`/`false`) | under load, concurrent gets share `MGET`s; off for a multi-thread runtime squeezed onto one CPU, where the hand-offs cost more than they save |
+/// | TLS trust | the system's roots | `ca_file` | a PEM file of the CA(s) that signed the servers' certificates, for `rediss://` to a private CA; it replaces the system's roots |
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// Deadline of every cache call, including sending it and waiting for the reply.
+    pub response_timeout: Duration,
+    /// Deadline of each connection attempt, handshake and probe included.
+    pub connect_timeout: Duration,
+    /// Consecutive timeouts after which the breaker opens and the connection is rebuilt.
+    pub failure_threshold: u32,
+    /// First wait between reconnection attempts; doubled after each failure.
+    pub backoff_min: Duration,
+    /// Longest wait between reconnection attempts.
+    pub backoff_max: Duration,
+    /// Interval of the summary logged while the backend stays down.
+    pub summary_interval: Duration,
+    /// Whether concurrent gets are coalesced into `MGET`s under load.
+    pub coalesce: bool,
+    /// PEM file of the certificate authorities a `rediss://` server's certificate must
+    /// chain to; `None` trusts the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            response_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            summary_interval: Duration::from_secs(30),
+            coalesce: true,
+            tls_ca_file: None,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The defaults (see the table above).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the deadline of every cache call.
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Sets the deadline of each connection attempt.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets how many timeouts in a row open the breaker.
+    pub fn with_failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures;
+        self
+    }
+
+    /// Sets the first and the longest wait between reconnection attempts.
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max;
+        self
+    }
+
+    /// Turns the coalescing of concurrent gets into `MGET`s on or off.
+    pub fn with_coalescing(mut self, coalesce: bool) -> Self {
+        self.coalesce = coalesce;
+        self
+    }
+
+    /// Sets how often a still-down backend logs a summary.
+    pub fn with_summary_interval(mut self, interval: Duration) -> Self {
+        self.summary_interval = interval;
+        self
+    }
+
+    /// Trusts the CA certificate(s) in the PEM file at `path` for `rediss://` connections,
+    /// instead of the system's roots: for servers with certificates of a private CA.
+    pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// Checks the settings make sense together.
+    pub(crate) fn validate(&self) -> Result<(), CacheError> {
+        let positive = [
+            (
+                "response timeout (`response_timeout_ms`)",
+                self.response_timeout,
+            ),
+            (
+                "connect timeout (`connect_timeout_ms`)",
+                self.connect_timeout,
+            ),
+            ("minimum backoff (`backoff_min_ms`)", self.backoff_min),
+            (
+                "summary interval (`summary_interval_ms`)",
+                self.summary_interval,
+            ),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(CacheError::config(format!("the {name} must be above 0")));
+            }
+        }
+        if self.failure_threshold == 0 {
+            return Err(CacheError::config(
+                "the failure threshold (`failure_threshold`) must be at least 1",
+            ));
+        }
+        // Bounded so deadlines and backoff arithmetic can never overflow an `Instant`.
+        let bounded = [
+            (
+                "response timeout (`response_timeout_ms`)",
+                self.response_timeout,
+            ),
+            (
+                "connect timeout (`connect_timeout_ms`)",
+                self.connect_timeout,
+            ),
+            ("minimum backoff (`backoff_min_ms`)", self.backoff_min),
+            ("maximum backoff (`backoff_max_ms`)", self.backoff_max),
+            (
+                "summary interval (`summary_interval_ms`)",
+                self.summary_interval,
+            ),
+        ];
+        for (name, value) in bounded {
+            if value > MAX_SETTING {
+                return Err(CacheError::config(format!(
+                    "the {name} must be at most one hour, not {value:?}"
+                )));
+            }
+        }
+        if self.backoff_max < self.backoff_min {
+            return Err(CacheError::config(format!(
+                "the maximum backoff ({:?}) is below the minimum ({:?})",
+                self.backoff_max, self.backoff_min
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The longest any timeout, backoff or interval may be.
+const MAX_SETTING: Duration = Duration::from_secs(3600);
