@@ -11,6 +11,9 @@
 //! or waits past its timeout.
 #![deny(missing_docs)]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod backend;
 mod cache;
 pub mod codec;
@@ -28,6 +31,8 @@ mod shared;
 mod stats;
 
 pub use cache::{Cache, CacheInfo, MAX_BATCH};
+/// The namespace grammar and the layout of Redis keys, shared with the derive.
+pub use cache_keyspace as keyspace;
 pub use codec::Codec;
 pub use config::CacheConfig;
 pub use error::{CacheError, CodecError};

@@ -133,6 +133,25 @@ pub fn scan_pattern(namespace: &str, hash_tag: bool) -> String {
     pattern
 }
 
+/// The namespace a Redis key belongs to, as far as the key alone tells.
+///
+/// Exact for a hash-tagged key: `{user:profile}:42` is `user:profile`. For an untagged
+/// key the layout does not mark where the namespace ends, so this is the text before
+/// the key's last `:`: `user:profile:42` is `user:profile`, but a key whose own text
+/// holds a `:` reads one segment deeper (`user:profile:a:b` as `user:profile:a`). `None`
+/// for a key without a `:`, which no cache writes.
+pub fn namespace_of(redis_key: &str) -> Option<&str> {
+    if let Some((namespace, rest)) = redis_key
+        .strip_prefix('{')
+        .and_then(|tagged| tagged.split_once('}'))
+        && rest.starts_with(':')
+        && check_namespace(namespace).is_ok()
+    {
+        return Some(namespace);
+    }
+    redis_key.rsplit_once(':').map(|(namespace, _)| namespace)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +196,16 @@ mod tests {
         );
         let message = check_namespace("a*b").unwrap_err().to_string();
         assert!(message.contains("only ASCII letters"), "{message}");
+    }
+
+    #[test]
+    fn a_key_names_its_namespace_exactly_when_tagged() {
+        assert_eq!(namespace_of("{user:profile}:42"), Some("user:profile"));
+        assert_eq!(namespace_of("{user:profile}:a:b"), Some("user:profile"));
+        assert_eq!(namespace_of("user:profile:42"), Some("user:profile"));
+        assert_eq!(namespace_of("user:profile:a:b"), Some("user:profile:a"));
+        assert_eq!(namespace_of("{not a tag}:1"), Some("{not a tag}"));
+        assert_eq!(namespace_of("plain"), None);
     }
 
     #[test]

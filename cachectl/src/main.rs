@@ -14,14 +14,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use cache_core::admin::{SCAN_COUNT, Server, Servers};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-/// Keys `SCAN` visits per call: large enough to be quick, small enough that one reply or
-/// one `UNLINK` never holds the server for long.
-const SCAN_COUNT: usize = 1000;
-/// How long connecting may take before the server counts as unreachable.
+/// How long connecting may take before a server counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long any one command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,112 +85,58 @@ impl Failure {
     }
 }
 
-/// The target server: a client, the URL as printed, and the secret to scrub.
+/// The servers behind the URL.
 struct Target {
-    client: redis::Client,
-    shown: String,
-    /// The password, decoded and as written in the URL: scrubbed from every message.
-    secrets: Vec<String>,
+    servers: Servers,
 }
 
 impl Target {
     fn parse(raw: &str) -> Result<Self, Failure> {
-        let mut url = url::Url::parse(raw)
-            .map_err(|e| Failure::usage(format!("the URL does not parse: {e}")))?;
-        if url.scheme() != "redis" && url.scheme() != "rediss" {
-            return Err(Failure::usage(format!(
-                "unsupported URL scheme {:?}: expected redis:// or rediss://",
-                url.scheme()
-            )));
-        }
-        if url.password().is_none() {
-            let from_env = ["CACHECTL_PASSWORD", "REDISCLI_AUTH"]
-                .iter()
-                .find_map(|var| std::env::var(var).ok().filter(|p| !p.is_empty()));
-            if let Some(password) = from_env {
-                url.set_password(Some(&password))
-                    .map_err(|()| Failure::usage("this URL cannot carry a password"))?;
-            }
-        }
-        // The URL holds the password percent-encoded; scrub both forms.
-        let secrets: Vec<String> = url
-            .password()
-            .map(|p| vec![percent_decode(p), p.to_owned()])
-            .unwrap_or_default();
-        let mut shown = url.clone();
-        if shown.password().is_some() {
-            let _ = shown.set_password(Some("***"));
-        }
-        let client = redis::Client::open(url.as_str()).map_err(|e| {
-            Failure::usage(format!(
-                "the URL is not usable: {}",
-                scrub(&e.to_string(), &secrets)
-            ))
-        })?;
-        Ok(Target {
-            client,
-            shown: shown.to_string(),
-            secrets,
-        })
+        let password = ["CACHECTL_PASSWORD", "REDISCLI_AUTH"]
+            .iter()
+            .find_map(|var| std::env::var(var).ok().filter(|p| !p.is_empty()));
+        let servers =
+            Servers::parse(raw, password.as_deref()).map_err(|e| Failure::usage(e.to_string()))?;
+        Ok(Target { servers })
     }
 
-    fn scrub(&self, text: &str) -> String {
-        scrub(text, &self.secrets)
+    /// The URL as printed: password shown as `***`.
+    fn shown(&self) -> &str {
+        self.servers.url()
     }
 
-    fn connect(&self) -> Result<redis::Connection, Failure> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .map_err(|e| self.failed(&e))?;
-        conn.set_read_timeout(Some(COMMAND_TIMEOUT))
-            .map_err(|e| self.failed(&e))?;
-        conn.set_write_timeout(Some(COMMAND_TIMEOUT))
-            .map_err(|e| self.failed(&e))?;
-        Ok(conn)
-    }
-
-    fn failed(&self, error: &redis::RedisError) -> Failure {
-        Failure {
-            code: 1,
-            message: format!("{}: {}", self.shown, self.scrub(&error.to_string())),
-        }
+    /// Every server holding keys: the one server, or each master of a cluster.
+    async fn connect(&self) -> Result<Vec<Server>, Failure> {
+        self.servers
+            .connect(CONNECT_TIMEOUT, COMMAND_TIMEOUT)
+            .await
+            .map_err(|message| Failure { code: 1, message })
     }
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
+/// A command of `server` that failed, password scrubbed.
+fn failed(server: &Server, error: &redis::RedisError) -> Failure {
+    Failure {
+        code: 1,
+        message: format!("{}: {}", server.address, server.scrub(&error.to_string())),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
-fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut text = text.to_owned();
-    for s in secrets {
-        if !s.is_empty() {
-            text = text.replace(s, "***");
-        }
+/// Runs `cmd` on `server`.
+async fn query<T: redis::FromRedisValue>(
+    server: &mut Server,
+    cmd: &redis::Cmd,
+) -> Result<T, Failure> {
+    match cmd.query_async(&mut server.connection).await {
+        Ok(value) => Ok(value),
+        Err(e) => Err(failed(server, &e)),
     }
-    text
 }
 
-/// The namespace of a key: everything before its last `:` (keys are
-/// `"{namespace}:{key}"`; a key whose own text holds a `:` is counted one level deeper).
+/// The namespace of a key, as the key layout tells it: exact for hash-tagged keys,
+/// the text before the last `:` otherwise (see `cache_core::keyspace::namespace_of`).
 fn namespace_of(key: &str) -> &str {
-    key.rsplit_once(':').map_or("(none)", |(ns, _)| ns)
+    cache_core::keyspace::namespace_of(key).unwrap_or("(none)")
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.
@@ -259,59 +203,66 @@ struct NamespaceStats {
 #[derive(Debug, Serialize)]
 struct StatsReport {
     url: String,
+    /// The servers scanned: the one server, or every master of a cluster.
+    servers: Vec<String>,
     keys_scanned: u64,
     namespaces: Vec<NamespaceStats>,
 }
 
-fn stats(target: &Target, sample: usize, json: bool) -> Result<(), Failure> {
-    let mut conn = target.connect()?;
-    let total: u64 = redis::cmd("DBSIZE")
-        .query(&mut conn)
-        .map_err(|e| target.failed(&e))?;
+async fn stats(target: &Target, sample: usize, json: bool) -> Result<(), Failure> {
+    let mut servers = target.connect().await?;
+    let mut total = 0;
+    for server in &mut servers {
+        total += query::<u64>(server, &redis::cmd("DBSIZE")).await?;
+    }
     let bar = progress(Some(total), "scanning");
     let mut by_ns: BTreeMap<String, NamespaceStats> = BTreeMap::new();
-    let mut cursor: u64 = 0;
     let mut scanned = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query(&mut conn)
-            .map_err(|e| target.failed(&e))?;
-        // One round trip per page: the PTTL of every key, MEMORY USAGE of the sample.
-        let mut pipe = redis::pipe();
-        let mut sampled = Vec::with_capacity(keys.len());
-        for key in &keys {
-            pipe.cmd("PTTL").arg(key);
-            let entry = by_ns.entry(namespace_of(key).to_owned()).or_default();
-            let take = (entry.sampled as usize) < sample;
-            if take {
-                entry.sampled += 1;
-                pipe.cmd("MEMORY").arg("USAGE").arg(key);
+    for server in &mut servers {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = query(
+                server,
+                redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(SCAN_COUNT),
+            )
+            .await?;
+            // One round trip per page: the PTTL of every key, MEMORY USAGE of the sample.
+            let mut pipe = redis::pipe();
+            let mut sampled = Vec::with_capacity(keys.len());
+            for key in &keys {
+                pipe.cmd("PTTL").arg(key);
+                let entry = by_ns.entry(namespace_of(key).to_owned()).or_default();
+                let take = (entry.sampled as usize) < sample;
+                if take {
+                    entry.sampled += 1;
+                    pipe.cmd("MEMORY").arg("USAGE").arg(key);
+                }
+                sampled.push(take);
             }
-            sampled.push(take);
-        }
-        let replies: Vec<Option<i64>> = if keys.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query(&mut conn).map_err(|e| target.failed(&e))?
-        };
-        let mut replies = replies.into_iter();
-        for (key, take) in keys.iter().zip(sampled) {
-            let entry = by_ns.get_mut(namespace_of(key)).expect("entry made above");
-            entry.keys += 1;
-            entry.ttl.add(replies.next().flatten().unwrap_or(-2));
-            if take {
-                entry.sampled_bytes += replies.next().flatten().unwrap_or(0).max(0) as u64;
+            let replies: Vec<Option<i64>> = if keys.is_empty() {
+                Vec::new()
+            } else {
+                match pipe.query_async(&mut server.connection).await {
+                    Ok(replies) => replies,
+                    Err(e) => return Err(failed(server, &e)),
+                }
+            };
+            let mut replies = replies.into_iter();
+            for (key, take) in keys.iter().zip(sampled) {
+                let entry = by_ns.get_mut(namespace_of(key)).expect("entry made above");
+                entry.keys += 1;
+                entry.ttl.add(replies.next().flatten().unwrap_or(-2));
+                if take {
+                    entry.sampled_bytes += replies.next().flatten().unwrap_or(0).max(0) as u64;
+                }
             }
+            scanned += keys.len() as u64;
+            bar.inc(keys.len() as u64);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        scanned += keys.len() as u64;
-        bar.inc(keys.len() as u64);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     bar.finish_and_clear();
     let namespaces: Vec<NamespaceStats> = by_ns
@@ -326,7 +277,8 @@ fn stats(target: &Target, sample: usize, json: bool) -> Result<(), Failure> {
         .filter(|s| s.keys > 0)
         .collect();
     let report = StatsReport {
-        url: target.shown.clone(),
+        url: target.shown().to_owned(),
+        servers: servers.iter().map(|s| s.address.clone()).collect(),
         keys_scanned: scanned,
         namespaces,
     };
@@ -337,7 +289,12 @@ fn stats(target: &Target, sample: usize, json: bool) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    println!("{} ({} keys scanned)", report.url, report.keys_scanned);
+    println!(
+        "{} ({} keys scanned on {} server(s))",
+        report.url,
+        report.keys_scanned,
+        report.servers.len()
+    );
     println!(
         "{:<32} {:>9} {:>12} {:>10} {:>10} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6}",
         "namespace",
@@ -388,26 +345,14 @@ fn human_ms(ms: i64) -> String {
     }
 }
 
-/// Rejects what would make `{namespace}:*` match more than one namespace.
-fn check_namespace(namespace: &str) -> Result<(), Failure> {
-    let bad = namespace.is_empty()
-        || namespace.starts_with(':')
-        || namespace.ends_with(':')
-        || namespace.contains("::")
-        || !namespace
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.'));
-    if bad {
-        return Err(Failure::usage(format!(
-            "{namespace:?} is not a namespace: use ASCII letters, digits and `: _ - .`, no glob characters, no empty `:` segment"
-        )));
-    }
-    Ok(())
-}
-
-fn clear(target: &Target, namespace: &str, yes: bool) -> Result<(), Failure> {
-    check_namespace(namespace)?;
-    let pattern = format!("{namespace}:*");
+async fn clear(target: &Target, namespace: &str, yes: bool) -> Result<(), Failure> {
+    // The library's grammar: no glob characters, so the patterns match this namespace only.
+    cache_core::keyspace::check_namespace(namespace).map_err(|e| Failure::usage(e.to_string()))?;
+    let patterns = format!(
+        "'{}' and '{}'",
+        cache_core::keyspace::scan_pattern(namespace, false),
+        cache_core::keyspace::scan_pattern(namespace, true)
+    );
     if !yes {
         let stdin = std::io::stdin();
         if !stdin.is_terminal() {
@@ -416,8 +361,8 @@ fn clear(target: &Target, namespace: &str, yes: bool) -> Result<(), Failure> {
             ));
         }
         eprint!(
-            "Remove every key matching '{pattern}' from {}? [y/N] ",
-            target.shown
+            "Remove every key matching {patterns} from {}? [y/N] ",
+            target.shown()
         );
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
@@ -432,47 +377,60 @@ fn clear(target: &Target, namespace: &str, yes: bool) -> Result<(), Failure> {
             });
         }
     }
-    let mut conn = target.connect()?;
-    let bar = progress(None, &format!("clearing {pattern}"));
-    let mut cursor: u64 = 0;
-    let mut removed: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query(&mut conn)
-            .map_err(|e| target.failed(&e))?;
-        if !keys.is_empty() {
-            let n: u64 = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query(&mut conn)
-                .map_err(|e| target.failed(&e))?;
-            removed += n;
-            bar.set_message(format!("clearing {pattern}: {removed} removed"));
-            bar.tick();
+    let mut servers = target.connect().await?;
+    let bar = progress(None, &format!("clearing {namespace}"));
+    let mut removed = 0;
+    for server in &mut servers {
+        let before = removed;
+        let cleared = server
+            .clear(namespace, &mut |n| {
+                bar.set_message(format!("clearing {namespace}: {} removed", before + n));
+                bar.tick();
+            })
+            .await;
+        match cleared {
+            Ok(n) => removed += n,
+            Err((n, reason)) => {
+                bar.finish_and_clear();
+                return Err(Failure {
+                    code: 1,
+                    message: format!(
+                        "{}: {reason} (removed {} keys before it failed)",
+                        server.address,
+                        removed + n
+                    ),
+                });
+            }
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     bar.finish_and_clear();
-    println!("removed {removed} keys matching '{pattern}'");
+    println!("removed {removed} keys matching {patterns}");
     Ok(())
+}
+
+#[derive(Serialize)]
+struct NodeReport {
+    address: String,
+    ping_ms: f64,
+    version: String,
+    role: String,
+    used_memory: String,
+    keys: u64,
 }
 
 #[derive(Serialize)]
 struct HealthReport {
     url: String,
     healthy: bool,
+    /// The slowest server's round trip.
     ping_ms: f64,
     version: String,
     role: String,
     used_memory: String,
+    /// Keys on every server together.
     keys: u64,
+    /// Each server: the one server, or every master of a cluster.
+    nodes: Vec<NodeReport>,
 }
 
 fn info_field(info: &str, field: &str) -> String {
@@ -483,27 +441,46 @@ fn info_field(info: &str, field: &str) -> String {
         .to_owned()
 }
 
-fn health(target: &Target, json: bool) -> Result<(), Failure> {
-    let mut conn = target.connect()?;
+async fn node_health(server: &mut Server) -> Result<NodeReport, Failure> {
     let started = Instant::now();
-    let pong: String = redis::cmd("PING")
-        .query(&mut conn)
-        .map_err(|e| target.failed(&e))?;
+    let pong: String = query(server, &redis::cmd("PING")).await?;
     let ping = started.elapsed();
-    let info: String = redis::cmd("INFO")
-        .query(&mut conn)
-        .map_err(|e| target.failed(&e))?;
-    let keys: u64 = redis::cmd("DBSIZE")
-        .query(&mut conn)
-        .map_err(|e| target.failed(&e))?;
-    let report = HealthReport {
-        url: target.shown.clone(),
-        healthy: pong == "PONG",
+    if pong != "PONG" {
+        return Err(Failure {
+            code: 1,
+            message: format!("{}: answered PING with {pong:?}", server.address),
+        });
+    }
+    let info: String = query(server, &redis::cmd("INFO")).await?;
+    let keys: u64 = query(server, &redis::cmd("DBSIZE")).await?;
+    Ok(NodeReport {
+        address: server.address.clone(),
         ping_ms: ping.as_secs_f64() * 1000.0,
         version: info_field(&info, "redis_version"),
         role: info_field(&info, "role"),
         used_memory: info_field(&info, "used_memory_human"),
         keys,
+    })
+}
+
+async fn health(target: &Target, json: bool) -> Result<(), Failure> {
+    let mut nodes = Vec::new();
+    for server in &mut target.connect().await? {
+        nodes.push(node_health(server).await?);
+    }
+    let slowest = nodes
+        .iter()
+        .max_by(|a, b| a.ping_ms.total_cmp(&b.ping_ms))
+        .expect("connect returns at least one server");
+    let report = HealthReport {
+        url: target.shown().to_owned(),
+        healthy: true,
+        ping_ms: slowest.ping_ms,
+        version: slowest.version.clone(),
+        role: slowest.role.clone(),
+        used_memory: slowest.used_memory.clone(),
+        keys: nodes.iter().map(|n| n.keys).sum(),
+        nodes,
     };
     if json {
         println!(
@@ -511,28 +488,39 @@ fn health(target: &Target, json: bool) -> Result<(), Failure> {
             serde_json::to_string_pretty(&report).expect("plain data")
         );
     } else {
-        println!(
-            "healthy: {} answered PING in {:.2} ms; redis {} ({}), {} keys, {} used",
-            report.url,
-            report.ping_ms,
-            report.version,
-            report.role,
-            report.keys,
-            report.used_memory
-        );
+        for node in &report.nodes {
+            println!(
+                "healthy: {} answered PING in {:.2} ms; redis {} ({}), {} keys, {} used",
+                node.address, node.ping_ms, node.version, node.role, node.keys, node.used_memory
+            );
+        }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = Target::parse(&cli.url).and_then(|target| match &cli.command {
-        Command::Stats { sample, json } => stats(&target, *sample, *json),
-        Command::Clear { namespace, yes } => clear(&target, namespace, *yes),
-        Command::Health { json } => health(&target, *json).map_err(|f| Failure {
-            message: format!("unhealthy: {}", f.message),
-            ..f
-        }),
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cachectl: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = Target::parse(&cli.url).and_then(|target| {
+        runtime.block_on(async {
+            match &cli.command {
+                Command::Stats { sample, json } => stats(&target, *sample, *json).await,
+                Command::Clear { namespace, yes } => clear(&target, namespace, *yes).await,
+                Command::Health { json } => health(&target, *json).await.map_err(|f| Failure {
+                    message: format!("unhealthy: {}", f.message),
+                    ..f
+                }),
+            }
+        })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
 //! `cachectl` run as a process against a real `redis-server`: health, stats, clear with
 //! and without confirmation, and passwords taken from the URL or the environment and
-//! never printed.
+//! never printed; then the URLs the caches use besides `redis://`: a three-master
+//! cluster (every master reported, scanned and cleared), TLS with a private CA, and a
+//! hash-tagged cache's `{namespace}:*` keys.
 
 use std::process::{Command, Output, Stdio};
 
@@ -192,4 +194,150 @@ fn clear_removes_one_namespace_only_after_confirmation() {
     assert_eq!(count(&mut c, "user:profile:*"), 0);
     assert_eq!(count(&mut c, "user:profile_old:*"), 10);
     assert_eq!(count(&mut c, "session:token:*"), 10);
+}
+
+#[test]
+fn clear_removes_a_hash_tagged_cache_and_leaves_its_neighbours() {
+    let server = RedisServer::new();
+    let mut c = conn(&server.url());
+    fill(&mut c, "{team:member}", 300, Some(600));
+    fill(&mut c, "team:member", 5, Some(600));
+    fill(&mut c, "{team:member_old}", 7, Some(600));
+
+    let out = cachectl(&server.url(), &["clear", "team:member", "--yes"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("removed 305 keys"), "{}", text(&out));
+    assert_eq!(count(&mut c, "{team:member}:*"), 0);
+    assert_eq!(count(&mut c, "team:member:*"), 0);
+    assert_eq!(count(&mut c, "{team:member_old}:*"), 7);
+
+    // Braces are not part of a namespace: they would make a tag end early.
+    let out = cachectl(&server.url(), &["clear", "{team:member_old}", "--yes"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(count(&mut c, "{team:member_old}:*"), 7);
+
+    // Stats name a tagged cache by its namespace.
+    let out = cachectl(&server.url(), &["stats", "--json"], &[]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["namespaces"][0]["namespace"], "team:member_old");
+    assert_eq!(report["namespaces"][0]["keys"], 7);
+}
+
+#[test]
+fn every_master_of_a_cluster_is_reported_scanned_and_cleared() {
+    use cache_tests::cluster::RedisCluster;
+
+    let cluster = RedisCluster::builder().password("Clu5ter-pw").start();
+    let url = cluster.url();
+    assert!(url.starts_with("redis+cluster://"), "{url}");
+    // 2000 keys, each written on the master that serves its slot.
+    let mut masters: Vec<redis::Connection> =
+        cluster.nodes().iter().map(|n| conn(&n.url())).collect();
+    let ranges: Vec<(i64, i64, u16)> = slot_ranges(&mut masters[0]);
+    let mut per_master = vec![0; masters.len()];
+    for k in 0..2000 {
+        let key = format!("user:profile:{k}");
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query(&mut masters[0])
+            .unwrap();
+        let port = ranges
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))
+            .unwrap()
+            .2;
+        let index = cluster
+            .nodes()
+            .iter()
+            .position(|n| n.port() == port)
+            .unwrap();
+        redis::cmd("SET")
+            .arg(&key)
+            .arg("v")
+            .arg("EX")
+            .arg(600)
+            .query::<()>(&mut masters[index])
+            .unwrap();
+        per_master[index] += 1;
+    }
+    assert!(
+        per_master.iter().all(|&n| n > 0),
+        "keys on every master: {per_master:?}"
+    );
+
+    let out = cachectl(&url, &["health", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("Clu5ter-pw"), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 3, "{report}");
+    assert_eq!(report["keys"], 2000);
+    assert_eq!(
+        report["url"].as_str().unwrap(),
+        url.replace("Clu5ter-pw", "***")
+    );
+
+    let out = cachectl(&url, &["stats", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["servers"].as_array().unwrap().len(), 3);
+    assert_eq!(report["keys_scanned"], 2000);
+
+    let out = cachectl(&url, &["clear", "user:profile", "--yes"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("removed 2000 keys"), "{}", text(&out));
+    for node in cluster.nodes() {
+        assert_eq!(count(&mut conn(&node.url()), "*"), 0);
+    }
+}
+
+/// `CLUSTER SLOTS` as `(first slot, last slot, master port)`.
+fn slot_ranges(c: &mut redis::Connection) -> Vec<(i64, i64, u16)> {
+    let int = |v: &redis::Value| match v {
+        redis::Value::Int(n) => *n,
+        other => panic!("CLUSTER SLOTS: {other:?}"),
+    };
+    let reply: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(c).unwrap();
+    reply
+        .iter()
+        .map(|range| match range {
+            redis::Value::Array(items) => match &items[2] {
+                redis::Value::Array(master) => {
+                    (int(&items[0]), int(&items[1]), int(&master[1]) as u16)
+                }
+                other => panic!("CLUSTER SLOTS: {other:?}"),
+            },
+            other => panic!("CLUSTER SLOTS: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_tls_server_is_reached_through_rediss_with_its_ca() {
+    use cache_tests::tls::TlsRedisServer;
+
+    let tls = TlsRedisServer::start();
+    let mut c = conn(&tls.server.url());
+    fill(&mut c, "user:profile", 12, Some(600));
+    let ca = tls.pki().ca_file();
+    let url = format!("{}?ca_file={}", tls.url(), ca.display());
+
+    let out = cachectl(&url, &["health", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["keys"], 12);
+
+    let out = cachectl(&url, &["clear", "user:profile", "--yes"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count(&mut c, "user:profile:*"), 0);
+
+    // A CA that did not sign the server's certificate: refused, with the reason.
+    let other = format!(
+        "{}?ca_file={}",
+        tls.url(),
+        tls.pki().unrelated_ca_file().display()
+    );
+    let out = cachectl(&other, &["health"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("unhealthy"), "{}", text(&out));
 }

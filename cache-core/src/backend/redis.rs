@@ -319,8 +319,14 @@ impl RedisBackend {
             Err(why) => return (0, Some(why)),
         };
         let cluster_node = self.inner.topology_changed.is_some();
-        let (removed, result) =
-            scan_unlink(&mut (*conn).clone(), pattern, CLEAR_BATCH, cluster_node).await;
+        let (removed, result) = scan_unlink(
+            &mut (*conn).clone(),
+            pattern,
+            CLEAR_BATCH,
+            cluster_node,
+            &mut |_| {},
+        )
+        .await;
         if let Err(why) = self.inner.settle(&conn, result) {
             return (removed, Some(why));
         }
@@ -374,7 +380,8 @@ const CLEAR_BATCH: usize = 500;
 
 /// Removes every key matching `pattern` from the server behind `conn`: `SCAN MATCH
 /// pattern COUNT count` and one `UNLINK` per batch found, until the cursor comes back to 0.
-/// Returns the keys removed, also when it stopped on an error.
+/// Returns the keys removed, also when it stopped on an error; `removed` hears the
+/// running total after each batch (an operator tool's progress bar).
 ///
 /// It works on one connection to one server, so a cluster backend runs it once per
 /// primary node. `SCAN` guarantees the loop ends: a full iteration returns cursor 0.
@@ -387,6 +394,7 @@ pub(crate) async fn scan_unlink<C: redis::aio::ConnectionLike + Send>(
     pattern: &str,
     count: usize,
     per_key: bool,
+    removed_so_far: &mut (dyn FnMut(u64) + Send),
 ) -> (u64, Result<(), RedisError>) {
     let mut cursor: u64 = 0;
     let mut removed = 0;
@@ -419,7 +427,10 @@ pub(crate) async fn scan_unlink<C: redis::aio::ConnectionLike + Send>(
                     .await
             };
             match unlinked {
-                Ok(n) => removed += n,
+                Ok(n) => {
+                    removed += n;
+                    removed_so_far(removed);
+                }
                 Err(error) => return (removed, Err(error)),
             }
         }

@@ -87,6 +87,11 @@ pub(crate) struct NodeTemplate {
 }
 
 impl NodeTemplate {
+    /// The password every node connection carries, if any.
+    pub fn secret(&self) -> Option<&Secret> {
+        self.secret.as_ref()
+    }
+
     /// The settings of a connection to the node at `addr`.
     pub fn settings(&self, addr: &NodeAddr, config: &CacheConfig) -> Result<RedisSettings, String> {
         let mut url = self.url.clone();

@@ -226,6 +226,39 @@ mod tests {
         }
     }
 
+    /// Once a leader loads `key`, starts a follower whose own loader would give `value`;
+    /// the follower's task, and how many times its loader ran.
+    async fn follow_a_leader<E: Send + 'static>(
+        cache: &Arc<TypedCache<Names>>,
+        key: u32,
+        value: &'static str,
+    ) -> (
+        tokio::task::JoinHandle<Result<Option<String>, E>>,
+        Arc<AtomicUsize>,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while cache.flights.in_progress() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the leader never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        let loads = Arc::new(AtomicUsize::new(0));
+        let follower = {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&key, || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, E>(Some(value.to_owned()))
+                    })
+                    .await
+            })
+        };
+        (follower, loads)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiters_on_a_failed_load_run_their_own() {
         let core = memory().await;
@@ -242,26 +275,7 @@ mod tests {
                     .await
             })
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while cache.flights.in_progress() == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the leader never started"
-            );
-            tokio::task::yield_now().await;
-        }
-        let follower_loads = Arc::new(AtomicUsize::new(0));
-        let follower = {
-            let (cache, loads) = (cache.clone(), follower_loads.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(&3, || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, &str>(Some("three".to_owned()))
-                    })
-                    .await
-            })
-        };
+        let (follower, follower_loads) = follow_a_leader::<&str>(&cache, 3, "three").await;
         // The follower waits on the leader's load rather than running its own...
         until_waiting(&cache, 3, 1).await;
         assert_eq!(follower_loads.load(Ordering::SeqCst), 0);
@@ -285,26 +299,7 @@ mod tests {
                     .await
             })
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while cache.flights.in_progress() == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the leader never started"
-            );
-            tokio::task::yield_now().await;
-        }
-        let follower_loads = Arc::new(AtomicUsize::new(0));
-        let follower = {
-            let (cache, loads) = (cache.clone(), follower_loads.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(&4, || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, ()>(Some("four".to_owned()))
-                    })
-                    .await
-            })
-        };
+        let (follower, follower_loads) = follow_a_leader::<()>(&cache, 4, "four").await;
         until_waiting(&cache, 4, 1).await;
         assert_eq!(
             follower_loads.load(Ordering::SeqCst),

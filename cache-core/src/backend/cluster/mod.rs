@@ -22,7 +22,7 @@
 
 mod route;
 mod slot;
-mod topology;
+pub(crate) mod topology;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

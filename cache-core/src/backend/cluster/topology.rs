@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::slot::{SLOTS, slot};
 use super::{Cluster, RedisBackend};
 use crate::backend::redis::jittered;
-use crate::config::NodeAddr;
+use crate::config::{NodeAddr, RedisSettings};
 
 /// Marks a slot no master serves.
 pub(super) const UNASSIGNED: u16 = u16::MAX;
@@ -59,15 +59,9 @@ impl Cluster {
         let mut addrs: Vec<NodeAddr> = Vec::new();
         let mut slots = vec![UNASSIGNED; SLOTS].into_boxed_slice();
         for (start, end, host, port) in ranges {
-            let addr = match host.as_str() {
-                // An empty host is the node that was asked.
-                "" => NodeAddr {
-                    host: asked.host.clone(),
-                    port,
-                },
-                // An unknown endpoint: these slots stay unassigned.
-                "?" => continue,
-                host => NodeAddr::new(host, port),
+            // An unknown endpoint: these slots stay unassigned.
+            let Some(addr) = master_addr(&host, port, &asked) else {
+                continue;
             };
             let index = match addrs.iter().position(|a| *a == addr) {
                 Some(i) => i,
@@ -140,7 +134,7 @@ impl Cluster {
 
     /// `CLUSTER SLOTS` as `(first slot, last slot, master host, master port)`, and the
     /// node that answered.
-    async fn fetch_slots(&self) -> Result<(Vec<(u16, u16, String, u16)>, NodeAddr), String> {
+    async fn fetch_slots(&self) -> Result<(Vec<SlotRange>, NodeAddr), String> {
         let mut errors = Vec::new();
         let current = self.topology.load_full();
         for node in current.nodes.iter().filter(|n| n.link.is_up()) {
@@ -169,34 +163,9 @@ impl Cluster {
     }
 
     /// `CLUSTER SLOTS` on a connection of its own to `seed`, within the connect timeout.
-    async fn ask_seed(&self, seed: &NodeAddr) -> Result<Vec<(u16, u16, String, u16)>, String> {
+    async fn ask_seed(&self, seed: &NodeAddr) -> Result<Vec<SlotRange>, String> {
         let settings = self.template.settings(seed, &self.config)?;
-        let secret = settings.secret;
-        let scrub = |text: String| match &secret {
-            Some(s) => s.scrub(text),
-            None => text,
-        };
-        let redis_config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.config.connect_timeout))
-            .set_response_timeout(Some(self.config.connect_timeout));
-        let attempt = async {
-            let mut conn = settings
-                .client
-                .get_multiplexed_async_connection_with_config(&redis_config)
-                .await?;
-            redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query_async::<Value>(&mut conn)
-                .await
-        };
-        match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok(reply)) => parse_slots(reply),
-            Ok(Err(e)) => Err(scrub(e.to_string())),
-            Err(_) => Err(format!(
-                "no answer within the connect timeout ({:?})",
-                self.config.connect_timeout
-            )),
-        }
+        ask_slots(&settings, self.config.connect_timeout).await
     }
 
     fn all_up(&self) -> bool {
@@ -236,8 +205,57 @@ pub(super) async fn supervise(inner: Arc<Cluster>) {
     }
 }
 
+/// A range of slots and its master as `CLUSTER SLOTS` names it: `(first slot, last
+/// slot, host, port)`.
+pub(crate) type SlotRange = (u16, u16, String, u16);
+
+/// Asks the node of `settings` for `CLUSTER SLOTS` on a connection of its own, within
+/// `timeout`; errors have the password scrubbed.
+pub(crate) async fn ask_slots(
+    settings: &RedisSettings,
+    timeout: Duration,
+) -> Result<Vec<SlotRange>, String> {
+    let scrub = |text: String| match &settings.secret {
+        Some(s) => s.scrub(text),
+        None => text,
+    };
+    let redis_config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let attempt = async {
+        let mut conn = settings
+            .client
+            .get_multiplexed_async_connection_with_config(&redis_config)
+            .await?;
+        redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Value>(&mut conn)
+            .await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(reply)) => parse_slots(reply),
+        Ok(Err(e)) => Err(scrub(e.to_string())),
+        Err(_) => Err(format!(
+            "no answer within the connect timeout ({timeout:?})"
+        )),
+    }
+}
+
+/// The master of a slot range: an empty host is the node that was `asked`; `?` is an
+/// endpoint the cluster does not know (`None`).
+pub(crate) fn master_addr(host: &str, port: u16, asked: &NodeAddr) -> Option<NodeAddr> {
+    match host {
+        "" => Some(NodeAddr {
+            host: asked.host.clone(),
+            port,
+        }),
+        "?" => None,
+        host => Some(NodeAddr::new(host, port)),
+    }
+}
+
 /// Parses a `CLUSTER SLOTS` reply: `[[first, last, [host, port, id, ...], replicas...], ...]`.
-fn parse_slots(reply: Value) -> Result<Vec<(u16, u16, String, u16)>, String> {
+fn parse_slots(reply: Value) -> Result<Vec<SlotRange>, String> {
     let malformed = || "malformed CLUSTER SLOTS reply".to_owned();
     let Value::Array(ranges) = reply else {
         return Err(malformed());
