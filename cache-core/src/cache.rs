@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::codec::Codec;
 use crate::key::CacheKey;
 use crate::local::LocalLevel;
+use crate::loads::LoadMode;
 
 /// The most keys a single `mget`, or entries a single `mset`, may carry.
 pub const MAX_BATCH: usize = 100;
@@ -35,6 +36,11 @@ pub trait Cache: crate::__private::Declared + 'static {
     /// The in-process first level: `NoLocal`, or `Moka` with `#[cache(local = N)]`.
     #[doc(hidden)]
     type Local: LocalLevel<Self::Value>;
+    /// How `get_or_load` runs loads: `Inline` in the caller (loaders may borrow), or
+    /// `Background` when a load may outlive its caller (`load_timeout_ms`,
+    /// `refresh_ahead`), which needs loaders that are `Send + 'static`.
+    #[doc(hidden)]
+    type Loads: LoadMode;
 
     /// The namespace, the prefix of every Redis key of this cache.
     const NAMESPACE: &'static str;
@@ -54,6 +60,43 @@ pub trait Cache: crate::__private::Declared + 'static {
     /// slot (one node, one command per batch). Off by default: keys spread over the
     /// cluster.
     const HASH_TAG: bool = false;
+
+    /// `fail_safe = S`: how long an entry is kept past its TTL as a fallback for a
+    /// failing loader; zero when fail-safe is off. Past its TTL an entry is stale: reads
+    /// miss, `get_or_load` returns it only when the loader fails (or, with
+    /// [`LOAD_TIMEOUT`](Self::LOAD_TIMEOUT), is slow).
+    const FAIL_SAFE: Duration = Duration::ZERO;
+    /// `load_timeout_ms = N`: how long `get_or_load` waits for a loader while a stale
+    /// entry exists before answering with it; the load goes on in the background.
+    const LOAD_TIMEOUT: Option<Duration> = None;
+    /// `refresh_ahead = P`: the percent of the TTL after which a `get_or_load` hit also
+    /// refreshes the entry in the background; zero when off.
+    const REFRESH_AHEAD: u8 = 0;
+    /// `negative_ttl = S`: how long `get_or_load` remembers a loader's `Ok(None)`; zero
+    /// when it remembers nothing.
+    const NEGATIVE_TTL: Duration = Duration::ZERO;
+    /// `ttl_jitter = S`: the most time added at random to the expiry of every write made
+    /// with the cache's TTL, so entries written together do not expire together.
+    const TTL_JITTER: Duration = Duration::ZERO;
+    /// `single_flight = "global"`: whether `get_or_load` runs a key's loader once across
+    /// every instance sharing the Redis, not only within this process.
+    const SINGLE_FLIGHT: SingleFlight = SingleFlight::Local;
+    /// `compress = true`: whether values above a threshold are stored compressed.
+    const COMPRESS: bool = false;
+    /// `max_bytes = N`: the largest encoded value written; larger ones are refused.
+    const MAX_BYTES: Option<usize> = None;
+}
+
+/// How far `get_or_load`'s single flight reaches: `single_flight = "local" | "global"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SingleFlight {
+    /// Concurrent loads of a key in this process run once (the default).
+    Local,
+    /// Concurrent loads of a key run once across every instance sharing the Redis: one
+    /// takes a short lease, the others wait for its value.
+    Global,
 }
 
 /// One registered cache, as an operator sees it: field, namespace, TTL, codec.

@@ -23,6 +23,7 @@ mod flight;
 mod handle;
 mod health;
 mod key;
+mod loads;
 mod local;
 mod manager;
 mod observe;
@@ -30,7 +31,7 @@ mod registry;
 mod shared;
 mod stats;
 
-pub use cache::{Cache, CacheInfo, MAX_BATCH};
+pub use cache::{Cache, CacheInfo, MAX_BATCH, SingleFlight};
 /// The namespace grammar and the layout of Redis keys, shared with the derive.
 pub use cache_keyspace as keyspace;
 pub use codec::Codec;
@@ -44,6 +45,7 @@ pub use stats::CacheStats;
 /// Items the macros expand to. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::loads::{Background, Inline, LoadMode, Runs, Started};
     pub use crate::local::{Invalidate, LocalLevel, Moka, NoLocal};
     pub use crate::manager::ManagerCore;
     pub use crate::registry::{Message, namespace_collision};

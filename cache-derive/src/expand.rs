@@ -116,6 +116,7 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
             type Key = #key;
             type Value = #value;
             type Codec = #codec;
+            type Loads = #private::Inline;
             #local
             const NAMESPACE: &'static str = #namespace;
             const TTL: #private::Duration = #private::Duration::from_secs(#ttl);

@@ -43,6 +43,7 @@ pub(crate) fn expand(input: &Input<'_>, errors: syn::Error) -> TokenStream {
             type Value = #value;
             type Codec = #unconfigured;
             type Local = #private::NoLocal;
+            type Loads = #private::Inline;
             const NAMESPACE: &'static str = "";
             const TTL: #private::Duration = #private::Duration::from_secs(600);
             const VERSION: u32 = 0;

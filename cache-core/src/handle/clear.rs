@@ -59,6 +59,7 @@ mod tests {
         type Value = String;
         type Codec = codec::Text;
         type Local = crate::local::NoLocal;
+        type Loads = crate::loads::Inline;
         const NAMESPACE: &'static str = "user:profile";
         const TTL: Duration = Duration::from_secs(600);
         const VERSION: u32 = 0;
@@ -72,6 +73,7 @@ mod tests {
         type Value = String;
         type Codec = codec::Text;
         type Local = crate::local::NoLocal;
+        type Loads = crate::loads::Inline;
         const NAMESPACE: &'static str = "user:profile_old";
         const TTL: Duration = Duration::from_secs(600);
         const VERSION: u32 = 0;

@@ -143,6 +143,7 @@ mod tests {
         type Value = String;
         type Codec = codec::Bincode;
         type Local = crate::local::NoLocal;
+        type Loads = crate::loads::Inline;
         const NAMESPACE: &'static str = "names";
         const TTL: Duration = Duration::from_secs(60);
         const VERSION: u32 = 0;

@@ -24,6 +24,7 @@ impl Cache for Profiles {
     type Value = Profile;
     type Codec = codec::Bincode;
     type Local = crate::local::NoLocal;
+    type Loads = crate::loads::Inline;
     const NAMESPACE: &'static str = "user:profile";
     const TTL: Duration = Duration::from_secs(600);
     const VERSION: u32 = 0;
@@ -38,6 +39,7 @@ impl Cache for ProfilesV2 {
     type Value = Profile;
     type Codec = codec::Bincode;
     type Local = crate::local::NoLocal;
+    type Loads = crate::loads::Inline;
     const NAMESPACE: &'static str = "user:profile";
     const TTL: Duration = Duration::from_secs(600);
     const VERSION: u32 = 2;
@@ -51,6 +53,7 @@ impl Cache for Sessions {
     type Value = i64;
     type Codec = codec::Text;
     type Local = crate::local::NoLocal;
+    type Loads = crate::loads::Inline;
     const NAMESPACE: &'static str = "session:token";
     const TTL: Duration = Duration::from_secs(300);
     const VERSION: u32 = 0;
@@ -65,6 +68,7 @@ impl Cache for Unencodable {
     type Value = HashMap<Vec<u8>, i64>;
     type Codec = codec::Json;
     type Local = crate::local::NoLocal;
+    type Loads = crate::loads::Inline;
     const NAMESPACE: &'static str = "bad";
     const TTL: Duration = Duration::from_secs(60);
     const VERSION: u32 = 0;
@@ -395,6 +399,7 @@ impl Cache for TaggedProfiles {
     type Value = Profile;
     type Codec = codec::Bincode;
     type Local = crate::local::NoLocal;
+    type Loads = crate::loads::Inline;
     const NAMESPACE: &'static str = "user:profile";
     const TTL: Duration = Duration::from_secs(600);
     const VERSION: u32 = 0;
@@ -459,6 +464,7 @@ impl Cache for LocalProfiles {
     type Value = Profile;
     type Codec = codec::Bincode;
     type Local = crate::local::Moka<Profile>;
+    type Loads = crate::loads::Inline;
     const NAMESPACE: &'static str = "user:local";
     const TTL: Duration = Duration::from_secs(600);
     const VERSION: u32 = 0;
