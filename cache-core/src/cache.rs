@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::codec::Codec;
 use crate::key::CacheKey;
-use crate::local::LocalLevel;
 use crate::loads::LoadMode;
+use crate::local::LocalLevel;
 
 /// The most keys a single `mget`, or entries a single `mset`, may carry.
 pub const MAX_BATCH: usize = 100;

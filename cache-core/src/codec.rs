@@ -41,6 +41,18 @@ pub const FRAME_TAG: u8 = 0xCB;
 /// Length of the header of a framed entry: the tag and a 4-byte fingerprint.
 pub const FRAME_LEN: usize = 5;
 
+/// The first byte of a remembered absence (`negative_ttl`): a framed entry with no
+/// value. Only framed codecs can hold one; the derive refuses `negative_ttl` on others,
+/// whose bytes other services read as values.
+pub const ABSENT_TAG: u8 = 0xCA;
+
+/// What a stored entry holds: a value, or the remembered absence of one.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Stored<V> {
+    Value(V),
+    Absent,
+}
+
 /// Turns values of type `V` into bytes and back.
 ///
 /// Implement it for a marker type of your own and name it in
@@ -153,6 +165,29 @@ pub(crate) fn encode_entry<V, C: Codec<V>>(
     Ok(out)
 }
 
+/// The entry remembering that a key has no value: the absence tag and the fingerprint,
+/// so another layout of the cache does not take it for its own.
+pub(crate) fn encode_absent(fingerprint: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_LEN);
+    out.push(ABSENT_TAG);
+    out.extend_from_slice(&fingerprint.to_le_bytes());
+    out
+}
+
+/// Decodes a stored entry that may be a remembered absence (framed codecs only).
+pub(crate) fn decode_stored<V, C: Codec<V>>(
+    bytes: &[u8],
+    fingerprint: u32,
+) -> Result<Stored<V>, CodecError> {
+    if C::FRAMED && bytes.len() == FRAME_LEN && bytes[0] == ABSENT_TAG {
+        let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        if stored == fingerprint {
+            return Ok(Stored::Absent);
+        }
+    }
+    decode_entry::<V, C>(bytes, fingerprint).map(Stored::Value)
+}
+
 /// Decodes a stored entry, checking the header of framed codecs.
 pub(crate) fn decode_entry<V, C: Codec<V>>(
     bytes: &[u8],
@@ -245,6 +280,35 @@ mod tests {
         assert_eq!(decode_entry::<uuid::Uuid, Text>(&bytes, 0).unwrap(), id);
         assert!(decode_entry::<i64, Text>(b"12x", 0).is_err());
         assert!(decode_entry::<String, Text>(b"\xff", 0).is_err());
+    }
+
+    #[test]
+    fn a_remembered_absence_is_neither_a_value_nor_corrupt() {
+        let absent = encode_absent(7);
+        assert_eq!(absent, [ABSENT_TAG, 7, 0, 0, 0]);
+        assert_eq!(
+            decode_stored::<Profile, Bincode>(&absent, 7).unwrap(),
+            Stored::Absent
+        );
+        assert!(
+            decode_stored::<Profile, Bincode>(&absent, 8).is_err(),
+            "another layout's absence is not this one's"
+        );
+        let p = Profile {
+            name: "ada".into(),
+            age: 36,
+        };
+        let bytes = encode_entry::<_, Bincode>(&p, 7).unwrap();
+        assert_eq!(
+            decode_stored::<Profile, Bincode>(&bytes, 7).unwrap(),
+            Stored::Value(p)
+        );
+        // An unframed codec has no absence: those bytes are an ordinary string.
+        assert_eq!(
+            decode_stored::<String, Text>(b"\xca\x07\0\0\0", 7).ok(),
+            None,
+            "not UTF-8, so not a string either"
+        );
     }
 
     #[test]

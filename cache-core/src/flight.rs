@@ -6,7 +6,7 @@
 //! dropped), drops its sender; its followers then try again, one of them leading. So an
 //! error need not be `Clone`, and a cancelled caller never strands the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +27,59 @@ impl<V> Clone for Flight<V> {
             done: self.done.clone(),
             waiters: Arc::clone(&self.waiters),
         }
+    }
+}
+
+/// The loads in progress of one cache: those callers wait for, and those running in
+/// the background (after a soft timeout, or a refresh ahead), at most one per key.
+pub(crate) struct Flights<K, V> {
+    pub(crate) single: SingleFlight<K, V>,
+    background: Mutex<HashSet<K>>,
+}
+
+impl<K, V> Default for Flights<K, V> {
+    fn default() -> Self {
+        Flights {
+            single: SingleFlight::default(),
+            background: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Flights<K, V> {
+    /// Claims `key` for a load in the background; `None` while one already runs, so a
+    /// key never has two.
+    pub(crate) fn claim_background(self: &Arc<Self>, key: &K) -> Option<BackgroundClaim<K, V>> {
+        let mut running = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        running.insert(key.clone()).then(|| BackgroundClaim {
+            flights: Arc::clone(self),
+            key: key.clone(),
+        })
+    }
+
+    /// Whether a load of `key` runs in the background.
+    pub(crate) fn in_background(&self, key: &K) -> bool {
+        self.background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+}
+
+/// A key's background load; the key is free again when it is dropped, whichever way
+/// the load ended.
+pub(crate) struct BackgroundClaim<K: Hash + Eq, V> {
+    flights: Arc<Flights<K, V>>,
+    key: K,
+}
+
+impl<K: Hash + Eq, V> Drop for BackgroundClaim<K, V> {
+    fn drop(&mut self) {
+        self.flights
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }
 

@@ -45,7 +45,7 @@ pub use stats::CacheStats;
 /// Items the macros expand to. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::loads::{Background, Inline, LoadMode, Runs, Started};
+    pub use crate::loads::{Background, Carried, Inline, LoadMode, Runs, Started};
     pub use crate::local::{Invalidate, LocalLevel, Moka, NoLocal};
     pub use crate::manager::ManagerCore;
     pub use crate::registry::{Message, namespace_collision};

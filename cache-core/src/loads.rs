@@ -7,6 +7,7 @@
 //! loaders that borrow (`|| db.profile(id)` with `db: &Db`). The derive picks the mode,
 //! and [`Runs`] is the bound `get_or_load` puts on the loader's future through it.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -37,9 +38,13 @@ impl LoadMode for Background {
 pub enum Started<Fut: Future> {
     /// Runs in the caller's future.
     Here(Fut),
-    /// May be spawned: `Send + 'static`.
-    Movable(Pin<Box<dyn Future<Output = Fut::Output> + Send + 'static>>),
+    /// May be spawned: `Send + 'static`, its output [`Carried`].
+    Movable(Pin<Box<dyn Future<Output = Carried> + Send + 'static>>),
 }
+
+/// The output of a load that may cross tasks, boxed: code generic over any loader
+/// cannot prove its error is `Send`, but the [`Background`] mode that packed it did.
+pub struct Carried(Box<dyn Any + Send>);
 
 /// What a cache's load mode asks of a loader's future `Fut`.
 #[diagnostic::on_unimplemented(
@@ -51,11 +56,23 @@ pub enum Started<Fut: Future> {
 pub trait Runs<Fut: Future> {
     /// Keeps the load in the caller, or makes it movable to a task of its own.
     fn start(load: Fut) -> Started<Fut>;
+    /// Boxes a load's output to carry it across tasks (movable loads only).
+    fn pack(output: Fut::Output) -> Carried;
+    /// Takes back what [`pack`](Self::pack) boxed (movable loads only).
+    fn unpack(carried: Carried) -> Fut::Output;
 }
 
 impl<Fut: Future> Runs<Fut> for Inline {
     fn start(load: Fut) -> Started<Fut> {
         Started::Here(load)
+    }
+
+    fn pack(_: Fut::Output) -> Carried {
+        unreachable!("an inline load never leaves its caller")
+    }
+
+    fn unpack(_: Carried) -> Fut::Output {
+        unreachable!("an inline load never leaves its caller")
     }
 }
 
@@ -66,6 +83,19 @@ where
     Fut::Output: Send + 'static,
 {
     fn start(load: Fut) -> Started<Fut> {
-        Started::Movable(Box::pin(load))
+        Started::Movable(Box::pin(
+            async move { <Self as Runs<Fut>>::pack(load.await) },
+        ))
+    }
+
+    fn pack(output: Fut::Output) -> Carried {
+        Carried(Box::new(output))
+    }
+
+    fn unpack(carried: Carried) -> Fut::Output {
+        match carried.0.downcast::<Fut::Output>() {
+            Ok(output) => *output,
+            Err(_) => unreachable!("a load's output is unpacked as the type it was packed as"),
+        }
     }
 }

@@ -7,13 +7,18 @@
 //! knows it hears those messages (subscribed, or the in-process `memory://` backend);
 //! when that is lost it is emptied, since invalidations may have been missed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// The channel invalidations travel on.
 pub(crate) const CHANNEL: &str = "cache-manager:invalidate";
+/// The channel the ends of global single-flight loads travel on.
+pub(crate) const LOADS: &str = "cache-manager:loads";
 
 /// What the manager can do to a cache's level without knowing its value type.
 #[doc(hidden)]
@@ -121,6 +126,75 @@ impl<V: Clone + Send + Sync + 'static> Invalidate for Moka<V> {
     }
 }
 
+/// Callers waiting for another instance's load of a key (global single flight), woken
+/// by the messages the listener hears on [`LOADS`].
+#[derive(Default)]
+pub(crate) struct LoadWaiters {
+    waiting: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl LoadWaiters {
+    /// Starts waiting for the end of `redis_key`'s load. Register before asking for the
+    /// lease, so an end announced in between is not missed.
+    pub(crate) fn watch(self: &Arc<Self>, redis_key: &str) -> LoadWatch {
+        let notify = Arc::clone(
+            self.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(redis_key.to_owned())
+                .or_default(),
+        );
+        let notified = Box::pin(notify.clone().notified_owned());
+        LoadWatch {
+            waiters: Arc::clone(self),
+            key: redis_key.to_owned(),
+            notify,
+            notified,
+        }
+    }
+
+    /// A load of `redis_key` ended (stored, or given up): wakes its waiters.
+    pub(crate) fn ended(&self, redis_key: &str) {
+        if let Some(notify) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(redis_key)
+        {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// One caller's wait for the end of a key's load; it stops counting when dropped.
+pub(crate) struct LoadWatch {
+    waiters: Arc<LoadWaiters>,
+    key: String,
+    notify: Arc<Notify>,
+    notified: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+}
+
+impl LoadWatch {
+    /// Waits until the load's end is announced.
+    pub(crate) async fn ended(&mut self) {
+        self.notified.as_mut().await;
+    }
+}
+
+impl Drop for LoadWatch {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .waiters
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // The map's copy and this one: nobody else waits for the key.
+        if Arc::strong_count(&self.notify) <= 2 {
+            waiting.remove(&self.key);
+        }
+    }
+}
+
 /// Every local level of one manager, and whether they may be read.
 #[derive(Default)]
 pub(crate) struct LocalLevels {
@@ -132,6 +206,11 @@ pub(crate) struct LocalLevels {
     next_listener: AtomicU64,
     /// Identifies this manager's own messages, which it ignores.
     pub(crate) instance: String,
+    /// Callers waiting for another instance's load: the listener wakes them too.
+    pub(crate) loads: Arc<LoadWaiters>,
+    /// Whether a cache of the manager runs global single flights, which need the
+    /// listener even without a first level.
+    global_flights: AtomicBool,
 }
 
 impl LocalLevels {
@@ -159,6 +238,17 @@ impl LocalLevels {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
+    }
+
+    /// Records that a cache runs global single flights.
+    pub(crate) fn register_global_flights(&self) {
+        self.global_flights.store(true, Ordering::Release);
+    }
+
+    /// Whether a backend must listen for messages: invalidations for first levels, or
+    /// the ends of other instances' loads.
+    pub(crate) fn listen_needed(&self) -> bool {
+        self.any() || self.global_flights.load(Ordering::Acquire)
     }
 
     /// Whether levels may be read and filled.

@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::backend::cluster::ClusterBackend;
 use crate::backend::memory::MemoryStore;
 use crate::backend::redis::RedisBackend;
-use crate::cache::{Cache, CacheInfo};
+use crate::cache::{Cache, CacheInfo, SingleFlight};
 use crate::config::{self, CacheConfig, Target};
 use crate::error::CacheError;
 use crate::handle::TypedCache;
@@ -59,6 +59,9 @@ impl ManagerCore {
             self.shared.locals.register(C::NAMESPACE, level.clone());
             level
         });
+        if C::SINGLE_FLIGHT == SingleFlight::Global {
+            self.shared.locals.register_global_flights();
+        }
         let counters = Arc::new(Counters::new(C::NAMESPACE));
         self.counters
             .lock()
@@ -94,13 +97,17 @@ impl ManagerCore {
                     caches = self.caches.len(),
                     "cache connected"
                 );
+                self.shared.set_config(config.clone());
                 Backend::Memory(MemoryStore::default())
             }
             Target::Redis(settings) => {
+                // The URL's options are part of the settings in force.
+                self.shared.set_config(settings.config.clone());
                 // Readable again once the new connection hears invalidations.
                 Backend::Redis(RedisBackend::start(*settings, Arc::clone(locals)).await)
             }
             Target::Cluster(settings) => {
+                self.shared.set_config(settings.config.clone());
                 Backend::Cluster(ClusterBackend::start(*settings, Arc::clone(locals)).await)
             }
         };

@@ -5,12 +5,16 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::backend::Backend;
+use crate::config::CacheConfig;
 use crate::local::LocalLevels;
 
 /// What the caches of one manager share.
 pub(crate) struct Shared {
     backend: ArcSwap<Backend>,
     pub(crate) locals: Arc<LocalLevels>,
+    /// The settings of the last `connect`: read-through takes its throttle, waits and
+    /// background timeout from here.
+    config: ArcSwap<CacheConfig>,
 }
 
 impl Shared {
@@ -19,7 +23,17 @@ impl Shared {
         Shared {
             backend: ArcSwap::from_pointee(Backend::Disconnected),
             locals: Arc::new(LocalLevels::new()),
+            config: ArcSwap::from_pointee(CacheConfig::default()),
         }
+    }
+
+    /// The settings of the last `connect` (the defaults before one).
+    pub(crate) fn config(&self) -> Arc<CacheConfig> {
+        self.config.load_full()
+    }
+
+    pub(crate) fn set_config(&self, config: CacheConfig) {
+        self.config.store(Arc::new(config));
     }
 
     /// The backend for one call. Holding the `Arc` keeps a backend that `connect`

@@ -133,6 +133,23 @@ pub fn scan_pattern(namespace: &str, hash_tag: bool) -> String {
     pattern
 }
 
+/// The key of an entry that serves a cache's key without being its value: a global
+/// single flight's lease (`kind = "lease"`). Written `!{kind}!{redis_key}`.
+///
+/// Never equal to a value's Redis key, nor to another kind's: a value's key starts with
+/// a namespace or `{`, never with `!`, and a kind holds no `!`, so the text up to the
+/// second `!` names the kind and the rest the value's key. A hash-tagged value key keeps
+/// its tag, so on a Redis Cluster the entry lives in the value's slot.
+pub fn aux_key(kind: &str, redis_key: &str) -> String {
+    debug_assert!(!kind.contains('!'), "a kind ends at the next `!`");
+    let mut out = String::with_capacity(kind.len() + redis_key.len() + 2);
+    out.push('!');
+    out.push_str(kind);
+    out.push('!');
+    out.push_str(redis_key);
+    out
+}
+
 /// The namespace a Redis key belongs to, as far as the key alone tells.
 ///
 /// Exact for a hash-tagged key: `{user:profile}:42` is `user:profile`. For an untagged
@@ -206,6 +223,24 @@ mod tests {
         assert_eq!(namespace_of("user:profile:a:b"), Some("user:profile:a"));
         assert_eq!(namespace_of("{not a tag}:1"), Some("{not a tag}"));
         assert_eq!(namespace_of("plain"), None);
+    }
+
+    #[test]
+    fn aux_keys_name_their_kind_and_value_key_and_are_never_value_keys() {
+        assert_eq!(
+            aux_key("lease", "user:profile:42"),
+            "!lease!user:profile:42"
+        );
+        assert_eq!(
+            aux_key("lease", "{user:profile}:42"),
+            "!lease!{user:profile}:42"
+        );
+        for value_key in ["user:profile:42", "{user:profile}:!x", "a:!lease!b"] {
+            let aux = aux_key("lease", value_key);
+            assert!(aux.starts_with('!') && !value_key.starts_with('!'));
+            let (kind, rest) = aux[1..].split_once('!').unwrap();
+            assert_eq!((kind, rest), ("lease", value_key));
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::{Timed, Write};
+
 /// Entries are purged of expired ones once per this many writes, so a store that is only
 /// written to does not grow without bound.
 const PURGE_EVERY: u32 = 1024;
@@ -76,11 +78,41 @@ impl MemoryStore {
         self.lock().insert(key, value, expires_at);
     }
 
-    pub(crate) fn mset(&self, entries: &[(String, Vec<u8>)], ttl: Duration) {
-        let expires_at = Instant::now() + ttl;
+    pub(crate) fn mset(&self, entries: &[Write]) {
+        let now = Instant::now();
         let mut state = self.lock();
-        for (key, value) in entries {
-            state.insert(key, value, expires_at);
+        for entry in entries {
+            state.insert(&entry.key, &entry.bytes, now + entry.ttl);
+        }
+    }
+
+    pub(crate) fn get_timed(&self, key: &str) -> Option<Timed> {
+        let now = Instant::now();
+        self.lock().live(key, now).map(|e| Timed {
+            bytes: e.bytes.clone(),
+            remaining: Some(e.expires_at - now),
+        })
+    }
+
+    pub(crate) fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if state.live(key, now).is_some() {
+            return false;
+        }
+        state.insert(key, value, now + ttl);
+        true
+    }
+
+    pub(crate) fn expire_if_eq(&self, key: &str, expected: &[u8], ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match state.entries.get_mut(key) {
+            Some(entry) if entry.expires_at > now && entry.bytes == expected => {
+                entry.expires_at = now + ttl;
+                true
+            }
+            _ => false,
         }
     }
 

@@ -40,6 +40,34 @@ pub(crate) enum Backend {
 /// One key of an `mget`: its value, or why it could not be read.
 pub(crate) type Fetched = Result<Option<Vec<u8>>, Unavailable>;
 
+/// A stored value with the time it has left in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Timed {
+    pub bytes: Vec<u8>,
+    /// `None` for a key without an expiry (written by another client).
+    pub remaining: Option<Duration>,
+}
+
+/// One key of an `mget_timed`: its value and remaining time, or why it could not be read.
+pub(crate) type FetchedTimed = Result<Option<Timed>, Unavailable>;
+
+/// One entry of an `mset`: each carries its own expiry (jitter, fail-safe).
+#[derive(Debug, Clone)]
+pub(crate) struct Write {
+    pub key: String,
+    pub bytes: Vec<u8>,
+    pub ttl: Duration,
+}
+
+/// `PTTL`'s reply as a remaining time: `-1` (no expiry) is `None`; `-2` (the key went
+/// away since it was read) is zero.
+pub(crate) fn remaining_from_pttl(pttl: i64) -> Option<Duration> {
+    match pttl {
+        -1 => None,
+        n => Some(Duration::from_millis(n.max(0) as u64)),
+    }
+}
+
 impl Backend {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
         match self {
@@ -62,6 +90,77 @@ impl Backend {
         }
     }
 
+    /// [`get`](Self::get) with the time the value has left in the store, read in the
+    /// same round trip.
+    pub(crate) async fn get_timed(&self, key: &str) -> Result<Option<Timed>, Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable::Down),
+            Backend::Memory(m) => Ok(m.get_timed(key)),
+            Backend::Redis(r) => r.get_timed(key).await,
+            Backend::Cluster(c) => c.get_timed(key).await,
+        }
+    }
+
+    /// [`mget`](Self::mget) with the time each value has left, in the same round trip.
+    pub(crate) async fn mget_timed(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<FetchedTimed>, Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable::Down),
+            Backend::Memory(m) => Ok(keys.iter().map(|k| Ok(m.get_timed(k))).collect()),
+            Backend::Redis(r) => r
+                .mget_timed(keys)
+                .await
+                .map(|v| v.into_iter().map(Ok).collect()),
+            Backend::Cluster(c) => Ok(c.mget_timed(keys).await),
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl` unless the key exists: `true` when stored.
+    /// Takes the lease of a global single flight.
+    pub(crate) async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable::Down),
+            Backend::Memory(m) => Ok(m.set_nx(key, value, ttl)),
+            Backend::Redis(r) => r.set_nx(key, value, ttl).await,
+            Backend::Cluster(c) => c.set_nx(key, value, ttl).await,
+        }
+    }
+
+    /// Sets the expiry of `key` to `ttl` only while it still holds `expected`, so a
+    /// value another writer stored meanwhile keeps its own.
+    pub(crate) async fn expire_if_eq(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable::Down),
+            Backend::Memory(m) => Ok(m.expire_if_eq(key, expected, ttl)),
+            Backend::Redis(r) => r.expire_if_eq(key, expected, ttl).await,
+            Backend::Cluster(c) => c.expire_if_eq(key, expected, ttl).await,
+        }
+    }
+
+    /// Tells every instance sharing the store that the load of `key` ended: `loaded`
+    /// (its value is stored) or released (its leader gave up). Within one process
+    /// (`memory://`) the waiters are woken directly by the caller.
+    pub(crate) async fn announce_load(&self, message: &str) -> Result<(), Unavailable> {
+        match self {
+            Backend::Disconnected => Err(Unavailable::Down),
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(r) => r.publish_load(message).await,
+            Backend::Cluster(c) => c.publish_load(message).await,
+        }
+    }
+
     /// `announce`: also tell other instances to drop the key from their first level.
     pub(crate) async fn set(
         &self,
@@ -81,20 +180,15 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn mset(
-        &self,
-        entries: &[(String, Vec<u8>)],
-        ttl: Duration,
-        announce: bool,
-    ) -> Result<(), Unavailable> {
+    pub(crate) async fn mset(&self, entries: &[Write], announce: bool) -> Result<(), Unavailable> {
         match self {
             Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => {
-                m.mset(entries, ttl);
+                m.mset(entries);
                 Ok(())
             }
-            Backend::Redis(r) => r.mset(entries, ttl, announce).await,
-            Backend::Cluster(c) => c.mset(entries, ttl, announce).await,
+            Backend::Redis(r) => r.mset(entries, announce).await,
+            Backend::Cluster(c) => c.mset(entries, announce).await,
         }
     }
 

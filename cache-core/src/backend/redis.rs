@@ -26,9 +26,9 @@ use tokio::time::Instant;
 
 use futures_util::StreamExt;
 
-use super::Unavailable;
 use super::coalesce::{self, Coalescer};
 use super::outage::{ConnectFailure, Outage};
+use super::{Timed, Unavailable, Write, remaining_from_pttl};
 use crate::config::{CacheConfig, RedisSettings, Secret};
 use crate::health::{Breaker, Health};
 use crate::local::{self, LocalLevels};
@@ -141,7 +141,7 @@ impl RedisBackend {
                 coalesce::dispatch(&inner.coalescer, mget).await;
             }
         });
-        let listener = (listen && inner.locals.any()).then(|| {
+        let listener = (listen && inner.locals.listen_needed()).then(|| {
             let id = inner.locals.claim();
             (
                 tokio::spawn(listen_for_invalidations(Arc::clone(&inner), id)),
@@ -227,22 +227,108 @@ impl RedisBackend {
         self.pipeline(&pipe).await
     }
 
-    pub(crate) async fn mset(
-        &self,
-        entries: &[(String, Vec<u8>)],
-        ttl: Duration,
-        announce: bool,
-    ) -> Result<(), Unavailable> {
+    pub(crate) async fn mset(&self, entries: &[Write], announce: bool) -> Result<(), Unavailable> {
         let mut pipe = redis::pipe();
-        for (key, value) in entries {
-            pipe.add_command(set_command(key, value, ttl)).ignore();
+        for entry in entries {
+            pipe.add_command(set_command(&entry.key, &entry.bytes, entry.ttl))
+                .ignore();
         }
         if announce {
-            for (key, _) in entries {
-                self.inner.announce(&mut pipe, key);
+            for entry in entries {
+                self.inner.announce(&mut pipe, &entry.key);
             }
         }
         self.pipeline(&pipe).await
+    }
+
+    /// `GET` and `PTTL` of `key` in one round trip.
+    pub(crate) async fn get_timed(&self, key: &str) -> Result<Option<Timed>, Unavailable> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let (bytes, pttl): (Option<Vec<u8>>, i64) = self.pipeline(&pipe).await?;
+        Ok(bytes.map(|bytes| Timed {
+            bytes,
+            remaining: remaining_from_pttl(pttl),
+        }))
+    }
+
+    /// One `MGET` and a `PTTL` per key, in one round trip.
+    pub(crate) async fn mget_timed(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<Timed>>, Unavailable> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(keys);
+        for key in keys {
+            pipe.cmd("PTTL").arg(key);
+        }
+        let mut replies: Vec<redis::Value> = self.pipeline(&pipe).await?;
+        if replies.len() != keys.len() + 1 {
+            return Err(Unavailable::Failed);
+        }
+        let pttls = replies.split_off(1);
+        let values: Vec<Option<Vec<u8>>> =
+            redis::from_redis_value(replies.remove(0)).map_err(|_| Unavailable::Failed)?;
+        if values.len() != keys.len() {
+            return Err(Unavailable::Failed);
+        }
+        values
+            .into_iter()
+            .zip(pttls)
+            .map(|(bytes, pttl)| {
+                let pttl: i64 = redis::from_redis_value(pttl).map_err(|_| Unavailable::Failed)?;
+                Ok(bytes.map(|bytes| Timed {
+                    bytes,
+                    remaining: remaining_from_pttl(pttl),
+                }))
+            })
+            .collect()
+    }
+
+    /// `SET key value NX PX ttl`: `true` when stored.
+    pub(crate) async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Unavailable> {
+        let reply: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    /// `PEXPIRE key ttl` while `key` still holds `expected`, in one script.
+    pub(crate) async fn expire_if_eq(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Unavailable> {
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+        self.query::<u64>(
+            redis::cmd("EVAL")
+                .arg(SCRIPT)
+                .arg(1)
+                .arg(key)
+                .arg(expected)
+                .arg(ttl.as_millis().max(1) as u64),
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    /// Publishes the end of a load to every instance (global single flight).
+    pub(crate) async fn publish_load(&self, message: &str) -> Result<(), Unavailable> {
+        self.query::<()>(redis::cmd("PUBLISH").arg(local::LOADS).arg(message))
+            .await
     }
 
     pub(crate) async fn del(&self, key: &str, announce: bool) -> Result<bool, Unavailable> {
@@ -593,16 +679,16 @@ pub(super) fn jittered(wait: Duration) -> Duration {
     half + Duration::from_nanos(random % (half.as_nanos() as u64).max(1))
 }
 
-/// Hears invalidations for the first levels on a pub/sub connection of its own. The
-/// levels are readable only while it is subscribed; it empties them whenever that ends,
-/// since messages may have been missed.
+/// Hears invalidations for the first levels, and the ends of other instances' loads, on
+/// a pub/sub connection of its own. The levels are readable only while it is subscribed;
+/// it empties them whenever that ends, since messages may have been missed.
 async fn listen_for_invalidations(inner: Arc<Inner>, id: u64) {
     let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
     let mut backoff = first;
     loop {
         let subscribe = async {
             let mut pubsub = inner.client.get_async_pubsub().await?;
-            pubsub.subscribe(local::CHANNEL).await?;
+            pubsub.subscribe(&[local::CHANNEL, local::LOADS]).await?;
             Ok::<_, RedisError>(pubsub)
         };
         match tokio::time::timeout(inner.config.connect_timeout, subscribe).await {
@@ -611,7 +697,12 @@ async fn listen_for_invalidations(inner: Arc<Inner>, id: u64) {
                 backoff = first;
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
-                    if let Ok(text) = message.get_payload::<String>() {
+                    let Ok(text) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    if message.get_channel_name() == local::LOADS {
+                        inner.locals.loads.ended(&text);
+                    } else {
                         inner.locals.apply(&text);
                     }
                 }

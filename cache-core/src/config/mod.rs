@@ -25,6 +25,9 @@ pub(crate) use secret::Secret;
 /// | failure threshold | 3 | `failure_threshold` | timeouts in a row that open the breaker; one slow reply is noise, three is a hung server |
 /// | backoff | 50 ms to 5 s | `backoff_min_ms`, `backoff_max_ms` | reconnect quickly after a blip, without hammering a server that is down |
 /// | summary interval | 30 s | `summary_interval_ms` | how often a still-down backend logs how many calls degraded |
+/// | fail-safe throttle | 30 s | `fail_safe_throttle_ms` | after a loader failed, how long `get_or_load` serves the stale fallback (`fail_safe`) as if fresh, so a failing database is not asked again on every call |
+/// | single-flight wait | 3 s | `single_flight_wait_ms` | with `single_flight = "global"`: how long an instance waits for another's load (and how long that load's lease lasts) before it loads itself |
+/// | background timeout | 30 s | `background_timeout_ms` | the longest a load that outlived its caller (after a soft timeout, a refresh ahead) may run; at most one per key |
 /// | coalescing | on | `coalesce` (`true`/`false`) | under load, concurrent gets share `MGET`s; off for a multi-thread runtime squeezed onto one CPU, where the hand-offs cost more than they save |
 /// | TLS trust | the system's roots | `ca_file` | a PEM file of the CA(s) that signed the servers' certificates, for `rediss://` to a private CA; it replaces the system's roots |
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +47,13 @@ pub struct CacheConfig {
     pub summary_interval: Duration,
     /// Whether concurrent gets are coalesced into `MGET`s under load.
     pub coalesce: bool,
+    /// After a loader failed, how long the stale fallback is served as if fresh.
+    pub fail_safe_throttle: Duration,
+    /// How long an instance waits for another's load of a key (`single_flight =
+    /// "global"`), which is also how long that load's lease lasts.
+    pub single_flight_wait: Duration,
+    /// The longest a load that outlived its caller may run.
+    pub background_timeout: Duration,
     /// PEM file of the certificate authorities a `rediss://` server's certificate must
     /// chain to; `None` trusts the system's roots.
     pub tls_ca_file: Option<PathBuf>,
@@ -59,6 +69,9 @@ impl Default for CacheConfig {
             backoff_max: Duration::from_secs(5),
             summary_interval: Duration::from_secs(30),
             coalesce: true,
+            fail_safe_throttle: Duration::from_secs(30),
+            single_flight_wait: Duration::from_secs(3),
+            background_timeout: Duration::from_secs(30),
             tls_ca_file: None,
         }
     }
@@ -101,6 +114,26 @@ impl CacheConfig {
         self
     }
 
+    /// Sets how long, after a loader failed, `get_or_load` serves the stale fallback as
+    /// if fresh (`fail_safe`).
+    pub fn with_fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.fail_safe_throttle = throttle;
+        self
+    }
+
+    /// Sets how long an instance waits for another's load of a key with
+    /// `single_flight = "global"`, and how long that load's lease lasts.
+    pub fn with_single_flight_wait(mut self, wait: Duration) -> Self {
+        self.single_flight_wait = wait;
+        self
+    }
+
+    /// Sets the longest a load that outlived its caller may run.
+    pub fn with_background_timeout(mut self, timeout: Duration) -> Self {
+        self.background_timeout = timeout;
+        self
+    }
+
     /// Sets how often a still-down backend logs a summary.
     pub fn with_summary_interval(mut self, interval: Duration) -> Self {
         self.summary_interval = interval;
@@ -130,6 +163,18 @@ impl CacheConfig {
                 "summary interval (`summary_interval_ms`)",
                 self.summary_interval,
             ),
+            (
+                "fail-safe throttle (`fail_safe_throttle_ms`)",
+                self.fail_safe_throttle,
+            ),
+            (
+                "single-flight wait (`single_flight_wait_ms`)",
+                self.single_flight_wait,
+            ),
+            (
+                "background timeout (`background_timeout_ms`)",
+                self.background_timeout,
+            ),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -156,6 +201,18 @@ impl CacheConfig {
             (
                 "summary interval (`summary_interval_ms`)",
                 self.summary_interval,
+            ),
+            (
+                "fail-safe throttle (`fail_safe_throttle_ms`)",
+                self.fail_safe_throttle,
+            ),
+            (
+                "single-flight wait (`single_flight_wait_ms`)",
+                self.single_flight_wait,
+            ),
+            (
+                "background timeout (`background_timeout_ms`)",
+                self.background_timeout,
             ),
         ];
         for (name, value) in bounded {

@@ -38,7 +38,7 @@ pub(crate) struct RedisSettings {
 /// before it is parsed, and is never echoed.
 const MAX_URL_LEN: usize = 16 * 1024;
 
-const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `coalesce`, `ca_file`";
+const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `fail_safe_throttle_ms`, `single_flight_wait_ms`, `background_timeout_ms`, `coalesce`, `ca_file`";
 
 /// Settings of a Redis Cluster: where to learn its slot map, and how to reach any node.
 pub(crate) struct ClusterSettings {
@@ -88,6 +88,7 @@ pub(crate) struct NodeTemplate {
 
 impl NodeTemplate {
     /// The password every node connection carries, if any.
+    #[cfg(feature = "admin")]
     pub fn secret(&self) -> Option<&Secret> {
         self.secret.as_ref()
     }
@@ -358,6 +359,9 @@ fn apply_options(
             "backoff_min_ms" => config.backoff_min = Duration::from_millis(number()?),
             "backoff_max_ms" => config.backoff_max = Duration::from_millis(number()?),
             "summary_interval_ms" => config.summary_interval = Duration::from_millis(number()?),
+            "fail_safe_throttle_ms" => config.fail_safe_throttle = Duration::from_millis(number()?),
+            "single_flight_wait_ms" => config.single_flight_wait = Duration::from_millis(number()?),
+            "background_timeout_ms" => config.background_timeout = Duration::from_millis(number()?),
             "coalesce" => {
                 config.coalesce = match &*value {
                     "true" => true,

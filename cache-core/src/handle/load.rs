@@ -1,10 +1,118 @@
-//! Read-through: `get_or_load` with per-key single flight, and its batch form.
+//! Read-through: `get_or_load` and its batch form `mget_or_load`, with what keeps an
+//! application up when its database fails, each declared on the cache:
+//!
+//! - single flight: concurrent loads of a key run once in the process, or with
+//!   `single_flight = "global"` once across every instance sharing the Redis (a lease
+//!   in Redis, the others woken by a message when the value is stored);
+//! - `fail_safe`: an entry past its TTL is kept as a fallback, returned when the loader
+//!   fails (and then served as fresh for the fail-safe throttle, so a failing database
+//!   is not asked on every call);
+//! - `load_timeout_ms`: with a fallback at hand, a slow loader is not waited for; it
+//!   goes on in the background and stores its result when it lands;
+//! - `refresh_ahead`: a hit on an entry near the end of its TTL answers at once and
+//!   reloads it in the background;
+//! - `negative_ttl`: a loader's `Ok(None)` is remembered, so it is not asked again.
+//!
+//! A load that outlives its caller runs on a task of its own, at most one per key, and
+//! for at most the background timeout, so an outage never piles up tasks.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::TypedCache;
-use crate::cache::{Cache, MAX_BATCH};
+use tokio::time::Instant;
+
+use super::{Lookup, TypedCache};
+use crate::backend::Write;
+use crate::cache::{Cache, MAX_BATCH, SingleFlight};
+use crate::codec::{Codec, encode_absent};
+use crate::loads::{Runs, Started};
+use crate::observe::{Op, observed};
+use crate::shared::Shared;
+
+/// A stale entry kept as a fallback: its value, and the bytes stored, to extend its life
+/// only if no other writer replaced it.
+struct Fallback<V> {
+    value: V,
+    bytes: Vec<u8>,
+}
+
+/// What storing a load's outcome takes.
+enum Plan {
+    /// Store the value's bytes with the cache's TTL.
+    Store(Vec<u8>),
+    /// Remember the absence for `negative_ttl`.
+    Absent,
+    /// Delete the stale fallback: the loader says the key no longer exists.
+    DropStale,
+    /// Extend the stale fallback (these bytes) by the fail-safe throttle.
+    Throttle(Vec<u8>),
+    /// Store nothing.
+    Nothing,
+}
+
+/// The lease of a global single flight: while held, other instances wait for this one's
+/// load. Released (deleted, and its end announced) when the load is settled; if its
+/// holder is cancelled first, released from a task of its own, so the waiters retry at
+/// once rather than at the end of their wait.
+struct Lease {
+    shared: Arc<Shared>,
+    key: String,
+    redis_key: String,
+    token: Vec<u8>,
+    released: bool,
+}
+
+impl Lease {
+    async fn release(mut self) {
+        self.released = true;
+        release_lease(&self.shared, &self.key, &self.redis_key, &self.token).await;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (shared, key, redis_key, token) = (
+                Arc::clone(&self.shared),
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.redis_key),
+                std::mem::take(&mut self.token),
+            );
+            runtime.spawn(async move { release_lease(&shared, &key, &redis_key, &token).await });
+        }
+    }
+}
+
+/// Deletes the lease if it is still this holder's, and announces that the load of
+/// `redis_key` ended, to other instances and to this one's own waiters.
+async fn release_lease(shared: &Shared, lease_key: &str, redis_key: &str, token: &[u8]) {
+    let backend = shared.backend();
+    let _ = backend.del_if_eq(lease_key, token).await;
+    let _ = backend.announce_load(redis_key).await;
+    shared.locals.loads.ended(redis_key);
+}
+
+/// What asking for the lease of a global single flight came to.
+enum Leased<V> {
+    /// This instance holds it: it loads.
+    Ours(Lease),
+    /// Another instance loaded: its answer, read from the cache.
+    Theirs(Option<V>),
+    /// Nobody answered within the wait (or the lease could not be asked for): load
+    /// without a lease.
+    Nobody,
+}
+
+/// How often a caller waiting for another instance's load looks at the cache, in case
+/// the message announcing the load's end was lost (e.g. while the listener reconnected).
+fn recheck_every(wait: Duration) -> Duration {
+    (wait / 8).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
 
 impl<C: Cache> TypedCache<C> {
     /// Reads `key`, or loads it on a miss and caches what the loader found.
@@ -24,19 +132,326 @@ impl<C: Cache> TypedCache<C> {
         C::Value: Clone,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<C::Value>, E>>,
+        C::Loads: Runs<Fut>,
     {
-        if let Some(value) = self.get(key).await {
-            return Ok(Some(value));
-        }
-        self.flights
-            .run(key, || async {
-                let loaded = load().await?;
-                if let Some(value) = &loaded {
-                    self.store_loaded(key, value).await;
+        match observed(C::NAMESPACE, Op::Get, self.lookup(key)).await {
+            Lookup::Fresh { value, fresh_for } => {
+                if Self::wants_refresh(fresh_for) {
+                    self.refresh_in_background(key, load);
                 }
-                Ok(loaded)
-            })
-            .await
+                Ok(Some(value))
+            }
+            Lookup::Absent => Ok(None),
+            Lookup::Stale { value, bytes } => {
+                let fallback = Fallback { value, bytes };
+                // A load of this key goes on in the background after a soft timeout:
+                // answer from the fallback rather than start another.
+                if C::LOAD_TIMEOUT.is_some() && self.flights.in_background(key) {
+                    return Ok(Some(fallback.value));
+                }
+                self.flights
+                    .single
+                    .run(key, || self.lead(key, load, Some(fallback)))
+                    .await
+            }
+            Lookup::Miss | Lookup::Down => {
+                self.flights
+                    .single
+                    .run(key, || self.lead(key, load, None))
+                    .await
+            }
+        }
+    }
+
+    /// Whether a fresh entry with `fresh_for` left is old enough to refresh ahead.
+    fn wants_refresh(fresh_for: Option<Duration>) -> bool {
+        let percent = u128::from(C::REFRESH_AHEAD);
+        percent > 0
+            && fresh_for
+                .is_some_and(|left| left.as_millis() * 100 < C::TTL.as_millis() * (100 - percent))
+    }
+
+    /// The load of one key by the caller that leads its single flight: with a global
+    /// single flight, only once it holds the lease (or nobody answered in time).
+    async fn lead<F, Fut, E>(
+        &self,
+        key: &C::Key,
+        load: F,
+        fallback: Option<Fallback<C::Value>>,
+    ) -> Result<Option<C::Value>, E>
+    where
+        C::Value: Clone,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<C::Value>, E>>,
+        C::Loads: Runs<Fut>,
+    {
+        let redis_key = self.redis_key(key);
+        let lease = if C::SINGLE_FLIGHT == SingleFlight::Global {
+            match self.take_lease(key, &redis_key, fallback.as_ref()).await {
+                Leased::Ours(lease) => Some(lease),
+                Leased::Theirs(answer) => return Ok(answer),
+                Leased::Nobody => None,
+            }
+        } else {
+            None
+        };
+        let config = self.shared.config();
+        let soft_timeout = C::LOAD_TIMEOUT.filter(|_| fallback.is_some());
+        match (C::Loads::start(load()), soft_timeout, fallback) {
+            (Started::Movable(loading), Some(soft_timeout), Some(fallback)) => {
+                let Some(claim) = self.flights.claim_background(key) else {
+                    return Ok(Some(fallback.value));
+                };
+                let Fallback {
+                    value: stale,
+                    bytes,
+                } = fallback;
+                let cache = self.share();
+                let mut task = tokio::spawn(async move {
+                    let _claim = claim;
+                    let limit = config.background_timeout;
+                    let Ok(carried) = tokio::time::timeout(limit, loading).await else {
+                        cache.background_timed_out(&redis_key, limit);
+                        return None;
+                    };
+                    // The loader's error may not be `Send`: it stays inside this block,
+                    // packed again before the next await.
+                    let (plan, answer) = {
+                        let loaded = C::Loads::unpack(carried);
+                        let plan = cache.plan(&redis_key, &loaded, Some(&bytes));
+                        (plan, C::Loads::pack(loaded))
+                    };
+                    cache.apply(&redis_key, plan, lease).await;
+                    Some(answer)
+                });
+                match tokio::time::timeout(soft_timeout, &mut task).await {
+                    Ok(Ok(Some(carried))) => match C::Loads::unpack(carried) {
+                        Err(_) => Ok(Some(stale)),
+                        answer => answer,
+                    },
+                    Ok(Ok(None)) => Ok(Some(stale)),
+                    Ok(Err(failed)) => std::panic::resume_unwind(failed.into_panic()),
+                    // The soft timeout: answer from the fallback; the load goes on.
+                    Err(_) => Ok(Some(stale)),
+                }
+            }
+            (Started::Movable(loading), _, fallback) => {
+                let loaded = C::Loads::unpack(loading.await);
+                self.settle(&redis_key, loaded, fallback, lease).await
+            }
+            (Started::Here(loading), _, fallback) => {
+                let loaded = loading.await;
+                self.settle(&redis_key, loaded, fallback, lease).await
+            }
+        }
+    }
+
+    /// Stores what a load of one key came to, releases its lease, and says what the
+    /// caller gets: the value; a remembered or plain absence; the loader's error, or
+    /// the fallback in its place (then extended by the fail-safe throttle).
+    async fn settle<E>(
+        &self,
+        redis_key: &str,
+        loaded: Result<Option<C::Value>, E>,
+        fallback: Option<Fallback<C::Value>>,
+        lease: Option<Lease>,
+    ) -> Result<Option<C::Value>, E> {
+        let plan = self.plan(redis_key, &loaded, fallback.as_ref().map(|f| &f.bytes[..]));
+        self.apply(redis_key, plan, lease).await;
+        match (loaded, fallback) {
+            (Err(_), Some(fallback)) => Ok(Some(fallback.value)),
+            (loaded, _) => loaded,
+        }
+    }
+
+    /// What storing a load's outcome takes, decided (and the value encoded) before any
+    /// await, so a load on a task of its own carries no loader error across one.
+    fn plan<E>(
+        &self,
+        redis_key: &str,
+        loaded: &Result<Option<C::Value>, E>,
+        stale: Option<&[u8]>,
+    ) -> Plan {
+        match loaded {
+            Ok(Some(value)) => self.plan_value(redis_key, value),
+            Ok(None) if Self::REMEMBERS_ABSENCE => Plan::Absent,
+            Ok(None) if stale.is_some() => Plan::DropStale,
+            Ok(None) => Plan::Nothing,
+            Err(_) => match stale {
+                Some(stale) => Plan::Throttle(stale.to_vec()),
+                None => Plan::Nothing,
+            },
+        }
+    }
+
+    /// Storing a loaded value: its bytes, or nothing (logged) when it does not encode.
+    fn plan_value(&self, redis_key: &str, value: &C::Value) -> Plan {
+        match self.encode(value) {
+            Ok(bytes) => Plan::Store(bytes),
+            Err(error) => {
+                tracing::error!(
+                    namespace = C::NAMESPACE,
+                    key = redis_key,
+                    error = %error,
+                    "a loaded value could not be cached; it is returned uncached"
+                );
+                Plan::Nothing
+            }
+        }
+    }
+
+    /// Carries out a [`Plan`] for `redis_key`, then releases the load's lease.
+    async fn apply(&self, redis_key: &str, plan: Plan, lease: Option<Lease>) {
+        match plan {
+            Plan::Store(bytes) => {
+                observed(
+                    C::NAMESPACE,
+                    Op::Set,
+                    self.store(redis_key, &bytes, Self::expiry(C::TTL, true)),
+                )
+                .await;
+            }
+            Plan::Absent => {
+                let marker = encode_absent(C::FINGERPRINT);
+                self.store(redis_key, &marker, C::NEGATIVE_TTL).await;
+            }
+            Plan::DropStale => {
+                let backend = self.shared.backend();
+                let _ = self
+                    .forgetting([redis_key], backend.del(redis_key, self.announce()))
+                    .await;
+            }
+            Plan::Throttle(stale) => self.throttle(redis_key, &stale).await,
+            Plan::Nothing => {}
+        }
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+    }
+
+    /// Whether a loader's `Ok(None)` is remembered: `negative_ttl`, on a framed codec
+    /// (the derive allows nothing else).
+    const REMEMBERS_ABSENCE: bool =
+        !C::NEGATIVE_TTL.is_zero() && <C::Codec as Codec<C::Value>>::FRAMED;
+
+    /// The loader failed and the fallback answers: it reads as fresh for the fail-safe
+    /// throttle, so the failing database is not asked again on every call; unless
+    /// another writer replaced it meanwhile.
+    async fn throttle(&self, redis_key: &str, stale: &[u8]) {
+        let throttle = self.shared.config().fail_safe_throttle;
+        let backend = self.shared.backend();
+        let extended = backend
+            .expire_if_eq(redis_key, stale, C::FAIL_SAFE + throttle)
+            .await;
+        tracing::warn!(
+            namespace = C::NAMESPACE,
+            key = redis_key,
+            throttle_ms = throttle.as_millis() as u64,
+            extended = extended.unwrap_or(false),
+            "the loader failed; answering with the stale entry (fail_safe)"
+        );
+    }
+
+    fn background_timed_out(&self, redis_key: &str, limit: Duration) {
+        tracing::warn!(
+            namespace = C::NAMESPACE,
+            key = redis_key,
+            limit_ms = limit.as_millis() as u64,
+            "a background load took longer than the background timeout and was dropped"
+        );
+    }
+
+    /// Reloads a fresh entry near the end of its TTL on a task of its own, unless a load
+    /// of the key already runs there.
+    fn refresh_in_background<F, Fut, E>(&self, key: &C::Key, load: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<C::Value>, E>>,
+        C::Loads: Runs<Fut>,
+    {
+        let Some(claim) = self.flights.claim_background(key) else {
+            return;
+        };
+        // Only a cache declared with `refresh_ahead` gets here, and its loads are movable.
+        let Started::Movable(loading) = C::Loads::start(load()) else {
+            return;
+        };
+        let cache = self.share();
+        let redis_key = self.redis_key(key);
+        let limit = self.shared.config().background_timeout;
+        tokio::spawn(async move {
+            let _claim = claim;
+            let Ok(carried) = tokio::time::timeout(limit, loading).await else {
+                cache.background_timed_out(&redis_key, limit);
+                return;
+            };
+            let plan = {
+                let loaded = C::Loads::unpack(carried);
+                if loaded.is_err() {
+                    tracing::debug!(
+                        namespace = C::NAMESPACE,
+                        key = redis_key,
+                        "a refresh ahead failed; the entry stays until its TTL"
+                    );
+                }
+                cache.plan(&redis_key, &loaded, None)
+            };
+            cache.apply(&redis_key, plan, None).await;
+        });
+    }
+
+    /// Asks for the lease of `redis_key`'s load. When another instance holds it, waits
+    /// (woken by the message announcing the load's end, looking at the cache now and
+    /// then in case that message was lost) for its value, at most the single-flight
+    /// wait, and with a fallback and a soft timeout at most that.
+    async fn take_lease(
+        &self,
+        key: &C::Key,
+        redis_key: &str,
+        fallback: Option<&Fallback<C::Value>>,
+    ) -> Leased<C::Value>
+    where
+        C::Value: Clone,
+    {
+        let wait = self.shared.config().single_flight_wait;
+        let started = Instant::now();
+        let give_up = started + wait;
+        let answer_by = fallback.and(C::LOAD_TIMEOUT).map(|t| started + t);
+        let lease_key = cache_keyspace::aux_key("lease", redis_key);
+        let token = format!("{:016x}", fastrand::u64(..)).into_bytes();
+        loop {
+            let mut watch = self.shared.locals.loads.watch(redis_key);
+            let backend = self.shared.backend();
+            match backend.set_nx(&lease_key, &token, wait).await {
+                Ok(true) => {
+                    return Leased::Ours(Lease {
+                        shared: Arc::clone(&self.shared),
+                        key: lease_key,
+                        redis_key: redis_key.to_owned(),
+                        token,
+                        released: false,
+                    });
+                }
+                Ok(false) => {}
+                Err(_) => return Leased::Nobody,
+            }
+            let until = answer_by.map_or(give_up, |by| by.min(give_up));
+            let next_look = (Instant::now() + recheck_every(wait)).min(until);
+            let _ = tokio::time::timeout_at(next_look, watch.ended()).await;
+            match self.lookup(key).await {
+                Lookup::Fresh { value, .. } => return Leased::Theirs(Some(value)),
+                Lookup::Absent => return Leased::Theirs(None),
+                _ if Instant::now() < until => {}
+                _ => {
+                    return match (fallback, answer_by) {
+                        (Some(fallback), Some(by)) if Instant::now() >= by => {
+                            Leased::Theirs(Some(fallback.value.clone()))
+                        }
+                        _ => Leased::Nobody,
+                    };
+                }
+            }
+        }
     }
 
     /// Reads many keys, loading every miss with one call to `load`.
@@ -54,46 +469,278 @@ impl<C: Cache> TypedCache<C> {
     where
         F: FnOnce(Vec<C::Key>) -> Fut,
         Fut: Future<Output = Result<HashMap<C::Key, C::Value>, E>>,
+        C::Loads: Runs<Fut>,
     {
         let mut found = HashMap::with_capacity(keys.len());
         let mut missing = Vec::new();
+        let mut refresh = Vec::new();
+        let mut stale_values: HashMap<C::Key, C::Value> = HashMap::new();
+        let mut stale_bytes: HashMap<C::Key, Vec<u8>> = HashMap::new();
         let mut seen = HashSet::new();
         for chunk in keys.chunks(MAX_BATCH) {
-            // A chunk is within the batch limit, so mget cannot reject it; were it to,
-            // its keys would simply be loaded.
-            let values = match self.mget(chunk).await {
-                Ok(values) => values,
-                Err(_) => chunk.iter().map(|k| (k.clone(), None)).collect(),
-            };
-            for (key, value) in values {
-                match value {
-                    Some(value) => {
-                        found.insert(key, value);
-                    }
-                    None => {
-                        if seen.insert(key.clone()) {
-                            missing.push(key);
+            let distinct: Vec<&C::Key> = chunk.iter().filter(|k| seen.insert(*k)).collect();
+            if distinct.is_empty() {
+                continue;
+            }
+            let lookups = observed(C::NAMESPACE, Op::Mget, self.lookup_many(&distinct)).await;
+            for (key, lookup) in distinct.into_iter().zip(lookups) {
+                match lookup {
+                    Lookup::Fresh { value, fresh_for } => {
+                        if Self::wants_refresh(fresh_for) {
+                            refresh.push(key.clone());
                         }
+                        found.insert(key.clone(), value);
                     }
+                    Lookup::Absent => {}
+                    Lookup::Stale { value, bytes } => {
+                        stale_values.insert(key.clone(), value);
+                        stale_bytes.insert(key.clone(), bytes);
+                        missing.push(key.clone());
+                    }
+                    Lookup::Miss | Lookup::Down => missing.push(key.clone()),
                 }
             }
         }
-        if missing.is_empty() {
+        let mut leases = Vec::new();
+        if C::SINGLE_FLIGHT == SingleFlight::Global && !missing.is_empty() {
+            let answered;
+            (missing, leases, answered) = self.take_leases(missing).await;
+            for key in answered.keys() {
+                stale_values.remove(key);
+                stale_bytes.remove(key);
+            }
+            found.extend(answered);
+        }
+        // Refreshes already run in the background for some keys: not twice.
+        refresh.retain(|k| !self.flights.in_background(k));
+        if missing.is_empty() && refresh.is_empty() {
             return Ok(found);
         }
-        let loaded = load(missing).await?;
-        let entries: Vec<(&C::Key, &C::Value)> = loaded.iter().collect();
-        for chunk in entries.chunks(MAX_BATCH) {
-            if let Err(error) = self.mset(chunk.iter().copied()).await {
-                tracing::error!(
-                    namespace = C::NAMESPACE,
-                    error = %error,
-                    "loaded values could not be cached; they are returned uncached"
-                );
+        // A refresh ahead rides along with the misses: one loader call.
+        let wanted: Vec<C::Key> = missing.iter().chain(&refresh).cloned().collect();
+        let fallback_for_all = missing.iter().all(|k| stale_values.contains_key(k));
+        let config = self.shared.config();
+        match C::Loads::start(load(wanted.clone())) {
+            Started::Movable(loading)
+                if missing.is_empty() || (C::LOAD_TIMEOUT.is_some() && fallback_for_all) =>
+            {
+                // A load that may outlive this call: refreshes only, or misses that all
+                // have a fallback to answer with after the soft timeout.
+                let claims: Vec<_> = wanted
+                    .iter()
+                    .filter_map(|k| self.flights.claim_background(k))
+                    .collect();
+                let cache = self.share();
+                let limit = config.background_timeout;
+                let mut task = tokio::spawn(async move {
+                    let _claims = claims;
+                    let Ok(carried) = tokio::time::timeout(limit, loading).await else {
+                        cache.background_timed_out("(a batch load)", limit);
+                        return None;
+                    };
+                    let (plan, answer) = {
+                        let loaded = C::Loads::unpack(carried);
+                        let plan = cache.plan_many(&wanted, &loaded, &stale_bytes);
+                        (plan, C::Loads::pack(loaded))
+                    };
+                    cache.apply_many(plan, leases).await;
+                    Some(answer)
+                });
+                if missing.is_empty() {
+                    return Ok(found);
+                }
+                let soft_timeout = C::LOAD_TIMEOUT.unwrap_or(limit);
+                match tokio::time::timeout(soft_timeout, &mut task).await {
+                    Ok(Ok(Some(carried))) => {
+                        if let Ok(loaded) = C::Loads::unpack(carried) {
+                            found.extend(loaded);
+                            return Ok(found);
+                        }
+                    }
+                    Ok(Err(failed)) => std::panic::resume_unwind(failed.into_panic()),
+                    // The soft timeout, or a load that timed out: the fallbacks answer.
+                    Ok(Ok(None)) | Err(_) => {}
+                }
+                found.extend(stale_values);
+                Ok(found)
+            }
+            Started::Movable(loading) => {
+                let loaded = C::Loads::unpack(loading.await);
+                let plan = self.plan_many(&wanted, &loaded, &stale_bytes);
+                self.apply_many(plan, leases).await;
+                self.answer_many(found, loaded, &missing, stale_values)
+            }
+            Started::Here(loading) => {
+                let loaded = loading.await;
+                let plan = self.plan_many(&wanted, &loaded, &stale_bytes);
+                self.apply_many(plan, leases).await;
+                self.answer_many(found, loaded, &missing, stale_values)
             }
         }
-        found.extend(loaded);
+    }
+
+    /// The answer of a batch load: what was found and what the loader returned; or,
+    /// when it failed, the fallbacks if every miss has one, else its error.
+    fn answer_many<E>(
+        &self,
+        mut found: HashMap<C::Key, C::Value>,
+        loaded: Result<HashMap<C::Key, C::Value>, E>,
+        missing: &[C::Key],
+        stale_values: HashMap<C::Key, C::Value>,
+    ) -> Result<HashMap<C::Key, C::Value>, E> {
+        match loaded {
+            Ok(loaded) => found.extend(loaded),
+            Err(error) => {
+                if !missing.iter().all(|k| stale_values.contains_key(k)) {
+                    return Err(error);
+                }
+                found.extend(stale_values);
+            }
+        }
         Ok(found)
+    }
+
+    /// What storing a batch load's outcome takes (values encoded now, before any await):
+    /// what it found; for the keys it was asked for and did not return, remembered
+    /// absences (`negative_ttl`) or dropped fallbacks; when it failed, the fallbacks
+    /// extended by the fail-safe throttle.
+    fn plan_many<E>(
+        &self,
+        wanted: &[C::Key],
+        loaded: &Result<HashMap<C::Key, C::Value>, E>,
+        stale: &HashMap<C::Key, Vec<u8>>,
+    ) -> Vec<(String, Plan)> {
+        match loaded {
+            Ok(loaded) => {
+                let mut plans: Vec<(String, Plan)> = loaded
+                    .iter()
+                    .map(|(key, value)| {
+                        let redis_key = self.redis_key(key);
+                        let plan = self.plan_value(&redis_key, value);
+                        (redis_key, plan)
+                    })
+                    .collect();
+                for key in wanted.iter().filter(|k| !loaded.contains_key(k)) {
+                    let redis_key = self.redis_key(key);
+                    let plan = self.plan(
+                        &redis_key,
+                        &Ok::<Option<C::Value>, ()>(None),
+                        stale.get(key).map(Vec::as_slice),
+                    );
+                    plans.push((redis_key, plan));
+                }
+                plans
+            }
+            Err(_) => stale
+                .iter()
+                .map(|(key, bytes)| (self.redis_key(key), Plan::Throttle(bytes.clone())))
+                .collect(),
+        }
+    }
+
+    /// Carries out the plans of a batch load, in few round trips: values and remembered
+    /// absences in `mset`s of at most [`MAX_BATCH`] entries, dropped fallbacks in one
+    /// delete, throttled fallbacks concurrently; then releases the loads' leases.
+    async fn apply_many(&self, plans: Vec<(String, Plan)>, leases: Vec<Lease>) {
+        let mut writes = Vec::new();
+        let mut dropped = Vec::new();
+        let mut throttled = Vec::new();
+        for (redis_key, plan) in plans {
+            match plan {
+                Plan::Store(bytes) => writes.push(Write {
+                    key: redis_key,
+                    bytes,
+                    ttl: Self::expiry(C::TTL, true),
+                }),
+                Plan::Absent => writes.push(Write {
+                    key: redis_key,
+                    bytes: encode_absent(C::FINGERPRINT),
+                    ttl: C::NEGATIVE_TTL,
+                }),
+                Plan::DropStale => dropped.push(redis_key),
+                Plan::Throttle(bytes) => throttled.push((redis_key, bytes)),
+                Plan::Nothing => {}
+            }
+        }
+        for chunk in writes.chunks(MAX_BATCH) {
+            observed(C::NAMESPACE, Op::Mset, self.store_many(chunk)).await;
+        }
+        if !dropped.is_empty() {
+            let backend = self.shared.backend();
+            let _ = self
+                .forgetting(
+                    dropped.iter().map(String::as_str),
+                    backend.del_many(&dropped, self.announce()),
+                )
+                .await;
+        }
+        futures_util::future::join_all(
+            throttled
+                .iter()
+                .map(|(redis_key, bytes)| self.throttle(redis_key, bytes)),
+        )
+        .await;
+        futures_util::future::join_all(leases.into_iter().map(Lease::release)).await;
+    }
+
+    /// Leases for the loads of many keys: the keys this instance loads, with their
+    /// leases, and what other instances loaded meanwhile (read once their loads ended,
+    /// within the single-flight wait; keys they did not answer are loaded here).
+    async fn take_leases(
+        &self,
+        keys: Vec<C::Key>,
+    ) -> (Vec<C::Key>, Vec<Lease>, HashMap<C::Key, C::Value>) {
+        let wait = self.shared.config().single_flight_wait;
+        let give_up = Instant::now() + wait;
+        let backend = self.shared.backend();
+        let token = format!("{:016x}", fastrand::u64(..)).into_bytes();
+        let mut ours = Vec::new();
+        let mut leases = Vec::new();
+        let mut theirs = Vec::new();
+        for key in keys {
+            let redis_key = self.redis_key(&key);
+            let lease_key = cache_keyspace::aux_key("lease", &redis_key);
+            let watch = self.shared.locals.loads.watch(&redis_key);
+            match backend.set_nx(&lease_key, &token, wait).await {
+                Ok(false) => theirs.push((key, watch)),
+                taken => {
+                    if taken.is_ok() {
+                        leases.push(Lease {
+                            shared: Arc::clone(&self.shared),
+                            key: lease_key,
+                            redis_key,
+                            token: token.clone(),
+                            released: false,
+                        });
+                    }
+                    ours.push(key);
+                }
+            }
+        }
+        let mut answered = HashMap::new();
+        while !theirs.is_empty() {
+            let next_look = (Instant::now() + recheck_every(wait)).min(give_up);
+            if let Some((_, watch)) = theirs.first_mut() {
+                let _ = tokio::time::timeout_at(next_look, watch.ended()).await;
+            }
+            let pending: Vec<&C::Key> = theirs.iter().map(|(k, _)| k).collect();
+            let lookups = self.lookup_many(&pending).await;
+            let mut still = Vec::new();
+            for ((key, watch), lookup) in theirs.into_iter().zip(lookups) {
+                match lookup {
+                    Lookup::Fresh { value, .. } => {
+                        answered.insert(key, value);
+                    }
+                    Lookup::Absent => {}
+                    _ => still.push((key, watch)),
+                }
+            }
+            theirs = still;
+            if Instant::now() >= give_up {
+                ours.extend(theirs.drain(..).map(|(key, _)| key));
+            }
+        }
+        (ours, leases, answered)
     }
 
     /// The former name of [`mget_or_load`](Self::mget_or_load).
@@ -109,18 +756,9 @@ impl<C: Cache> TypedCache<C> {
     where
         F: FnOnce(Vec<C::Key>) -> Fut,
         Fut: Future<Output = Result<HashMap<C::Key, C::Value>, E>>,
+        C::Loads: Runs<Fut>,
     {
         self.mget_or_load(keys, load).await
-    }
-
-    async fn store_loaded(&self, key: &C::Key, value: &C::Value) {
-        if let Err(error) = self.set(key, value).await {
-            tracing::error!(
-                namespace = C::NAMESPACE,
-                error = %error,
-                "a loaded value could not be cached; it is returned uncached"
-            );
-        }
     }
 }
 
@@ -192,7 +830,11 @@ mod tests {
             Some("seven".to_owned()),
             "the loaded value is cached"
         );
-        assert_eq!(cache.flights.in_progress(), 0, "the flight was not removed");
+        assert_eq!(
+            cache.flights.single.in_progress(),
+            0,
+            "the flight was not removed"
+        );
     }
 
     #[tokio::test]
@@ -217,11 +859,11 @@ mod tests {
     /// flight is observable, so a test knows the follower joined before the leader ends.
     async fn until_waiting(cache: &TypedCache<Names>, key: u32, n: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while cache.flights.waiters(&key) != n {
+        while cache.flights.single.waiters(&key) != n {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{n} callers never joined the load of {key} (waiting: {})",
-                cache.flights.waiters(&key)
+                cache.flights.single.waiters(&key)
             );
             tokio::task::yield_now().await;
         }
@@ -238,7 +880,7 @@ mod tests {
         Arc<AtomicUsize>,
     ) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while cache.flights.in_progress() == 0 {
+        while cache.flights.single.in_progress() == 0 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the leader never started"
@@ -317,7 +959,7 @@ mod tests {
             1,
             "the follower took over"
         );
-        assert_eq!(cache.flights.in_progress(), 0);
+        assert_eq!(cache.flights.single.in_progress(), 0);
     }
 
     #[tokio::test]

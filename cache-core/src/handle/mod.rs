@@ -16,11 +16,11 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{Backend, Unavailable};
+use crate::backend::{Backend, Timed, Unavailable, Write};
 use crate::cache::{Cache, MAX_BATCH};
-use crate::codec::{decode_entry, encode_entry};
+use crate::codec::{Stored, decode_stored, encode_entry};
 use crate::error::{CacheError, CodecError};
-use crate::flight::SingleFlight;
+use crate::flight::Flights;
 use crate::key;
 use crate::local::{Invalidate as _, LocalLevel as _};
 use crate::observe::{Op, observed};
@@ -39,9 +39,37 @@ pub struct TypedCache<C: Cache> {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     field: &'static str,
-    flights: SingleFlight<C::Key, C::Value>,
+    flights: Arc<Flights<C::Key, C::Value>>,
     local: Option<Arc<C::Local>>,
     _cache: PhantomData<fn() -> C>,
+}
+
+/// What a read found, as read-through needs to know it.
+pub(crate) enum Lookup<V> {
+    /// A value within its TTL; `fresh_for` is how long it stays so, when known.
+    Fresh {
+        value: V,
+        fresh_for: Option<Duration>,
+    },
+    /// A value past its TTL but within `fail_safe`: a miss, except as a fallback for a
+    /// failing loader. `bytes` are what is stored, to extend it only if unchanged.
+    Stale { value: V, bytes: Vec<u8> },
+    /// The remembered absence of a value (`negative_ttl`).
+    Absent,
+    /// Nothing stored, or a corrupt entry (now deleted).
+    Miss,
+    /// The backend could not be asked.
+    Down,
+}
+
+impl<V> Lookup<V> {
+    /// The value a plain read returns: only a fresh one.
+    fn fresh(self) -> Option<V> {
+        match self {
+            Lookup::Fresh { value, .. } => Some(value),
+            _ => None,
+        }
+    }
 }
 
 impl<C: Cache> fmt::Debug for TypedCache<C> {
@@ -64,11 +92,27 @@ impl<C: Cache> TypedCache<C> {
             shared,
             counters,
             field,
-            flights: SingleFlight::default(),
+            flights: Arc::default(),
             local,
             _cache: PhantomData,
         }
     }
+
+    /// Another handle on the same cache, for a load that outlives its caller.
+    fn share(&self) -> Self {
+        TypedCache {
+            shared: Arc::clone(&self.shared),
+            counters: Arc::clone(&self.counters),
+            field: self.field,
+            flights: Arc::clone(&self.flights),
+            local: self.local.clone(),
+            _cache: PhantomData,
+        }
+    }
+
+    /// Whether reads need each entry's remaining time: fail-safe tells stale from fresh
+    /// by it, refresh ahead how old an entry is. Other caches read plain `GET`s.
+    const TIMED: bool = !C::FAIL_SAFE.is_zero() || C::REFRESH_AHEAD > 0;
 
     /// The first level, when this cache has one and it may be read now.
     fn local(&self) -> Option<&C::Local> {
@@ -113,38 +157,84 @@ impl<C: Cache> TypedCache<C> {
     }
 
     async fn get_unobserved(&self, key: &C::Key) -> Option<C::Value> {
+        self.lookup(key).await.fresh()
+    }
+
+    /// Reads `key` and says what it found; counts it as a plain read would.
+    pub(crate) async fn lookup(&self, key: &C::Key) -> Lookup<C::Value> {
         let redis_key = self.redis_key(key);
         let local = self.local();
         if let Some(value) = local.and_then(|l| l.get(&redis_key)) {
             self.counters.hits(1);
-            return Some(value);
+            return Lookup::Fresh {
+                value,
+                fresh_for: None,
+            };
         }
         let generation = local.map(|l| l.generation());
         let backend = self.shared.backend();
-        let bytes = match backend.get(&redis_key).await {
-            Ok(Some(bytes)) => bytes,
+        let fetched = if Self::TIMED {
+            backend.get_timed(&redis_key).await
+        } else {
+            let plain = backend.get(&redis_key).await;
+            plain.map(|bytes| {
+                bytes.map(|bytes| Timed {
+                    bytes,
+                    remaining: None,
+                })
+            })
+        };
+        let found = match fetched {
+            Ok(Some(found)) => found,
             Ok(None) => {
                 self.counters.misses(1);
-                return None;
+                return Lookup::Miss;
             }
             Err(why) => {
                 self.counters.degraded(why);
-                return None;
+                return Lookup::Down;
             }
         };
-        match decode_entry::<C::Value, C::Codec>(&bytes, C::FINGERPRINT) {
-            Ok(value) => {
-                self.counters.hits(1);
-                if let (Some(local), Some(generation)) = (local, generation) {
-                    local.insert_if_current(redis_key, &value, generation);
-                }
-                Some(value)
-            }
-            Err(error) => {
+        match self.classify(found, &redis_key, generation) {
+            Ok(lookup) => lookup,
+            Err((bytes, error)) => {
                 self.evict_corrupt(&backend, &redis_key, &bytes, &error)
                     .await;
-                None
+                Lookup::Miss
             }
+        }
+    }
+
+    /// Decodes what a read found and counts it: a fresh value (also kept in the first
+    /// level, unless an invalidation came since `generation`), a stale one, a remembered
+    /// absence, or corrupt bytes, returned for eviction.
+    fn classify(
+        &self,
+        found: Timed,
+        redis_key: &str,
+        generation: Option<u64>,
+    ) -> Result<Lookup<C::Value>, (Vec<u8>, CodecError)> {
+        match decode_stored::<C::Value, C::Codec>(&found.bytes, C::FINGERPRINT) {
+            Ok(Stored::Absent) => {
+                self.counters.misses(1);
+                Ok(Lookup::Absent)
+            }
+            Ok(Stored::Value(value)) => {
+                let fresh_for = found.remaining.map(|r| r.saturating_sub(C::FAIL_SAFE));
+                if !C::FAIL_SAFE.is_zero() && fresh_for.is_some_and(|f| f.is_zero()) {
+                    self.counters.misses(1);
+                    return Ok(Lookup::Stale {
+                        value,
+                        bytes: found.bytes,
+                    });
+                }
+                self.counters.hits(1);
+                if let (Some(local), Some(generation)) = (self.local(), generation) {
+                    local.insert_if_current(redis_key.to_owned(), &value, generation);
+                }
+                Ok(Lookup::Fresh { value, fresh_for })
+            }
+            Err(error) => Err((found.bytes, error)),
         }
     }
 
@@ -154,7 +244,12 @@ impl<C: Cache> TypedCache<C> {
     /// `Err(CacheError::Serialization)` when the value cannot be encoded; nothing is
     /// written then.
     pub async fn set(&self, key: &C::Key, value: &C::Value) -> Result<bool, CacheError> {
-        observed(C::NAMESPACE, Op::Set, self.write(key, value, C::TTL)).await
+        observed(
+            C::NAMESPACE,
+            Op::Set,
+            self.write(key, value, Self::expiry(C::TTL, true)),
+        )
+        .await
     }
 
     /// Stores `value` under `key` with its own TTL, at millisecond precision.
@@ -170,7 +265,7 @@ impl<C: Cache> TypedCache<C> {
     ) -> Result<bool, CacheError> {
         observed(C::NAMESPACE, Op::Set, async {
             let ttl = per_call_ttl::<C>(ttl)?;
-            self.write(key, value, ttl).await
+            self.write(key, value, Self::expiry(ttl, false)).await
         })
         .await
     }
@@ -182,15 +277,32 @@ impl<C: Cache> TypedCache<C> {
         ttl: Duration,
     ) -> Result<bool, CacheError> {
         let bytes = self.encode(value)?;
-        let redis_key = self.redis_key(key);
+        Ok(self.store(&self.redis_key(key), &bytes, ttl).await)
+    }
+
+    /// Writes encoded bytes (a value or a remembered absence) with their expiry: `true`
+    /// when stored.
+    async fn store(&self, redis_key: &str, bytes: &[u8], expiry: Duration) -> bool {
         let backend = self.shared.backend();
         let stored = self
             .forgetting(
-                [redis_key.as_str()],
-                backend.set(&redis_key, &bytes, ttl, self.announce()),
+                [redis_key],
+                backend.set(redis_key, bytes, expiry, self.announce()),
             )
             .await;
-        Ok(self.written(stored))
+        self.written(stored)
+    }
+
+    /// The expiry of a write with `ttl`: plus a random jitter of up to `ttl_jitter` for
+    /// writes with the cache's own TTL, plus the `fail_safe` window, during which the
+    /// entry is stale and kept only as a fallback.
+    fn expiry(ttl: Duration, jitter: bool) -> Duration {
+        let jitter = if jitter && !C::TTL_JITTER.is_zero() {
+            Duration::from_millis(fastrand::u64(0..=C::TTL_JITTER.as_millis() as u64))
+        } else {
+            Duration::ZERO
+        };
+        ttl + jitter + C::FAIL_SAFE
     }
 
     /// Reads many keys in one round trip (on a Redis Cluster, one per master, concurrently).
@@ -210,82 +322,101 @@ impl<C: Cache> TypedCache<C> {
         &self,
         keys: &[C::Key],
     ) -> Result<HashMap<C::Key, Option<C::Value>>, CacheError> {
-        let mut distinct = distinct_within_limit::<C>(keys, "mget")?;
-        let mut out = HashMap::with_capacity(distinct.len());
-        if distinct.is_empty() {
-            return Ok(out);
-        }
-        let mut redis_keys = self.redis_keys(&distinct);
+        let distinct = distinct_within_limit::<C>(keys, "mget")?;
+        let found = self.lookup_many(&distinct).await;
+        Ok(distinct
+            .into_iter()
+            .zip(found)
+            .map(|(key, lookup)| (key.clone(), lookup.fresh()))
+            .collect())
+    }
+
+    /// Reads distinct `keys` (at most [`MAX_BATCH`]) in one round trip, the first level
+    /// first, and says what each holds, in order; counts them as plain reads would.
+    /// Corrupt entries are evicted, concurrently: one more round trip, not one per key.
+    pub(crate) async fn lookup_many(&self, keys: &[&C::Key]) -> Vec<Lookup<C::Value>> {
+        let mut out: Vec<Lookup<C::Value>> = keys.iter().map(|_| Lookup::Miss).collect();
+        let mut wanted: Vec<usize> = Vec::with_capacity(keys.len());
+        let mut redis_keys: Vec<String> = Vec::with_capacity(keys.len());
         let local = self.local();
         let mut hits = 0;
-        if let Some(local) = local {
-            // Serve what the first level holds; fetch the rest.
-            let mut i = 0;
-            while i < distinct.len() {
-                if let Some(value) = local.get(&redis_keys[i]) {
-                    out.insert(distinct.swap_remove(i).clone(), Some(value));
-                    redis_keys.swap_remove(i);
+        for (i, key) in keys.iter().enumerate() {
+            let redis_key = self.redis_key(key);
+            match local.and_then(|l| l.get(&redis_key)) {
+                Some(value) => {
                     hits += 1;
-                } else {
-                    i += 1;
+                    out[i] = Lookup::Fresh {
+                        value,
+                        fresh_for: None,
+                    };
+                }
+                None => {
+                    wanted.push(i);
+                    redis_keys.push(redis_key);
                 }
             }
-            if distinct.is_empty() {
-                self.counters.hits(hits);
-                return Ok(out);
-            }
+        }
+        self.counters.hits(hits);
+        if redis_keys.is_empty() {
+            return out;
         }
         let generation = local.map(|l| l.generation());
         let backend = self.shared.backend();
-        let values = match backend.mget(&redis_keys).await {
-            Ok(values) => values,
+        let fetched = if Self::TIMED {
+            backend.mget_timed(&redis_keys).await
+        } else {
+            backend.mget(&redis_keys).await.map(|values| {
+                values
+                    .into_iter()
+                    .map(|v| {
+                        v.map(|bytes| {
+                            bytes.map(|bytes| Timed {
+                                bytes,
+                                remaining: None,
+                            })
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
             Err(why) => {
                 self.counters.degraded(why);
-                self.counters.hits(hits);
-                out.extend(distinct.into_iter().map(|k| (k.clone(), None)));
-                return Ok(out);
+                wanted.iter().for_each(|&i| out[i] = Lookup::Down);
+                return out;
             }
         };
         let (mut misses, mut degraded) = (0, None);
         let mut corrupt = Vec::new();
-        for ((key, redis_key), fetched) in distinct.into_iter().zip(redis_keys).zip(values) {
-            let value = match fetched {
+        for ((i, redis_key), fetched) in wanted.into_iter().zip(redis_keys).zip(fetched) {
+            out[i] = match fetched {
                 Err(why) => {
                     degraded.get_or_insert(why);
-                    None
+                    Lookup::Down
                 }
                 Ok(None) => {
                     misses += 1;
-                    None
+                    Lookup::Miss
                 }
-                Ok(Some(bytes)) => match decode_entry::<C::Value, C::Codec>(&bytes, C::FINGERPRINT)
-                {
-                    Ok(value) => {
-                        hits += 1;
-                        if let (Some(local), Some(generation)) = (local, generation) {
-                            local.insert_if_current(redis_key, &value, generation);
-                        }
-                        Some(value)
-                    }
-                    Err(error) => {
+                Ok(Some(found)) => match self.classify(found, &redis_key, generation) {
+                    Ok(lookup) => lookup,
+                    Err((bytes, error)) => {
                         corrupt.push((redis_key, bytes, error));
-                        None
+                        Lookup::Miss
                     }
                 },
             };
-            out.insert(key.clone(), value);
         }
-        // Corrupt entries are evicted concurrently: one more round trip, not one per key.
         futures_util::future::join_all(corrupt.iter().map(|(redis_key, bytes, error)| {
             self.evict_corrupt(&backend, redis_key, bytes, error)
         }))
         .await;
-        self.counters.hits(hits);
         self.counters.misses(misses);
         if let Some(why) = degraded {
             self.counters.degraded(why);
         }
-        Ok(out)
+        out
     }
 
     /// Stores many entries, each with the cache's TTL, in one round trip (on a Redis
@@ -308,13 +439,13 @@ impl<C: Cache> TypedCache<C> {
     where
         I: IntoIterator<Item = (&'a C::Key, &'a C::Value)>,
     {
-        let mut encoded: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut encoded: Vec<Write> = Vec::new();
         let mut index: HashMap<&'a C::Key, usize> = HashMap::new();
         for (key, value) in entries {
             let bytes = self.encode(value)?;
             match index.entry(key) {
                 // A later value for the same key wins, as it would with sequential sets.
-                Entry::Occupied(slot) => encoded[*slot.get()].1 = bytes,
+                Entry::Occupied(slot) => encoded[*slot.get()].bytes = bytes,
                 Entry::Vacant(slot) => {
                     if encoded.len() == MAX_BATCH {
                         return Err(CacheError::validation(
@@ -325,21 +456,30 @@ impl<C: Cache> TypedCache<C> {
                         ));
                     }
                     slot.insert(encoded.len());
-                    encoded.push((self.redis_key(key), bytes));
+                    encoded.push(Write {
+                        key: self.redis_key(key),
+                        bytes,
+                        ttl: Self::expiry(C::TTL, true),
+                    });
                 }
             }
         }
         if encoded.is_empty() {
             return Ok(true);
         }
+        Ok(self.store_many(&encoded).await)
+    }
+
+    /// Writes encoded entries, each with its expiry: `true` when all were stored.
+    async fn store_many(&self, entries: &[Write]) -> bool {
         let backend = self.shared.backend();
         let stored = self
             .forgetting(
-                encoded.iter().map(|(k, _)| k.as_str()),
-                backend.mset(&encoded, C::TTL, self.announce()),
+                entries.iter().map(|e| e.key.as_str()),
+                backend.mset(entries, self.announce()),
             )
             .await;
-        Ok(self.written(stored))
+        self.written(stored)
     }
 
     /// Removes the entry of `key`; `true` when there was one.

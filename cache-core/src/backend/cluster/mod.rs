@@ -36,9 +36,9 @@ use tokio::sync::Notify;
 #[cfg(test)]
 pub(crate) use slot::slot;
 
-use super::Unavailable;
 use super::outage::Outage;
 use super::redis::{RedisBackend, set_command};
+use super::{FetchedTimed, Timed, Unavailable, Write, remaining_from_pttl};
 use crate::config::{CacheConfig, ClusterSettings, NodeAddr, NodeTemplate};
 use crate::health::{Health, NodeHealth};
 use crate::local::LocalLevels;
@@ -193,26 +193,114 @@ impl ClusterBackend {
         out
     }
 
+    /// `GET` and `PTTL` of `key` on its master, in one round trip.
+    pub(crate) async fn get_timed(&self, key: &str) -> Result<Option<Timed>, Unavailable> {
+        self.link_for(key)?.get_timed(key).await
+    }
+
+    pub(crate) async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Unavailable> {
+        self.link_for(key)?.set_nx(key, value, ttl).await
+    }
+
+    pub(crate) async fn expire_if_eq(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Unavailable> {
+        self.link_for(key)?.expire_if_eq(key, expected, ttl).await
+    }
+
+    /// Publishes on any master: pub/sub messages reach every node of a cluster.
+    pub(crate) async fn publish_load(&self, message: &str) -> Result<(), Unavailable> {
+        let topology = self.inner.topology.load_full();
+        let Some(node) = topology.nodes.iter().find(|n| n.link.is_up()) else {
+            return Err(Unavailable::Down);
+        };
+        node.link.publish_load(message).await
+    }
+
+    /// [`mget`](Self::mget) with a `PTTL` per key in the same pipelines.
+    pub(crate) async fn mget_timed(&self, keys: &[String]) -> Vec<FetchedTimed> {
+        let topology = self.inner.topology.load_full();
+        let (batches, unrouted) = topology.group(keys.iter().map(String::as_str));
+        let mut out: Vec<FetchedTimed> = vec![Ok(None); keys.len()];
+        if let Some(why) = self.unrouted(&unrouted) {
+            unrouted.iter().for_each(|&i| out[i] = Err(why));
+        }
+        let replies = fan_out(&batches, |batch, pipe| {
+            for (_, indices) in &batch.slots {
+                let cmd = pipe.cmd("MGET");
+                for &i in indices {
+                    cmd.arg(&keys[i]);
+                }
+                for &i in indices {
+                    pipe.cmd("PTTL").arg(&keys[i]);
+                }
+            }
+        })
+        .await;
+        for (batch, replies) in batches.iter().zip(replies) {
+            let expected = batch.slots.iter().map(|(_, i)| 1 + i.len()).sum::<usize>();
+            let replies = match replies {
+                Ok(replies) if replies.len() == expected => replies,
+                failed => {
+                    let why = failed.err().unwrap_or(Unavailable::Failed);
+                    batch.indices().for_each(|i| out[i] = Err(why));
+                    continue;
+                }
+            };
+            let mut replies = replies.into_iter();
+            for (_, indices) in &batch.slots {
+                let values = replies.next().map(|r| batch.check(r));
+                let pttls: Vec<Value> = replies.by_ref().take(indices.len()).collect();
+                let Some(Ok(Value::Array(values))) = values else {
+                    indices
+                        .iter()
+                        .for_each(|&i| out[i] = Err(Unavailable::Failed));
+                    continue;
+                };
+                if values.len() != indices.len() {
+                    indices
+                        .iter()
+                        .for_each(|&i| out[i] = Err(Unavailable::Failed));
+                    continue;
+                }
+                for ((&i, value), pttl) in indices.iter().zip(values).zip(pttls) {
+                    out[i] = match (value, batch.check(pttl)) {
+                        (Value::Nil, _) => Ok(None),
+                        (Value::BulkString(bytes), Ok(Value::Int(pttl))) => Ok(Some(Timed {
+                            bytes,
+                            remaining: remaining_from_pttl(pttl),
+                        })),
+                        _ => Err(Unavailable::Failed),
+                    };
+                }
+            }
+        }
+        out
+    }
+
     /// One pipeline of `SET ... EX` per node, the nodes concurrently. `Ok` only when
     /// every entry was stored.
-    pub(crate) async fn mset(
-        &self,
-        entries: &[(String, Vec<u8>)],
-        ttl: Duration,
-        announce: bool,
-    ) -> Result<(), Unavailable> {
+    pub(crate) async fn mset(&self, entries: &[Write], announce: bool) -> Result<(), Unavailable> {
         let topology = self.inner.topology.load_full();
-        let (batches, unrouted) = topology.group(entries.iter().map(|(k, _)| k.as_str()));
+        let (batches, unrouted) = topology.group(entries.iter().map(|e| e.key.as_str()));
         let mut outcome = self.unrouted(&unrouted).map_or(Ok(()), Err);
         let replies = fan_out(&batches, |batch, pipe| {
             for i in batch.indices() {
-                let (key, value) = &entries[i];
-                pipe.add_command(set_command(key, value, ttl));
+                let entry = &entries[i];
+                pipe.add_command(set_command(&entry.key, &entry.bytes, entry.ttl));
             }
             if announce {
                 // Ignored replies: only the SETs' come back.
                 for i in batch.indices() {
-                    batch.node.link.announce(pipe, &entries[i].0);
+                    batch.node.link.announce(pipe, &entries[i].key);
                 }
             }
         })
