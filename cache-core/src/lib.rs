@@ -9,6 +9,7 @@
 //! The rule everything here follows: the cache is a luxury. When the backend is down,
 //! reads miss and writes return `Ok(false)`; no call returns a connection error, panics
 //! or waits past its timeout.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 #[cfg(feature = "admin")]

@@ -79,19 +79,47 @@
 //! # }
 //! ```
 //!
-//! # `#[cache(...)]`
+//! # Declaring caches
+//!
+//! `#[derive(Cache)]` reads one `#[cache(...)]` attribute, either on a unit struct that
+//! declares a mapping between existing types (form A, with `value = Type`), or on the
+//! value type itself (form B: the derive generates `<Type>Cache`). Its keys:
 //!
 //! | key | meaning |
 //! | --- | --- |
-//! | `namespace = "..."` | required; ASCII letters, digits and `: _ - .`, no empty, leading, trailing or doubled `:` segment. Redis keys are `"{namespace}:{key}"` |
-//! | `ttl = N` | seconds, at least 1; default 600. Every write sets this expiry |
-//! | `key = Type` | required; a [`CacheKey`]: integers, `String`, `Uuid`, or your own |
-//! | `value = Type` | required on a unit struct (form A), forbidden when deriving on the value type (form B) |
-//! | `codec = "bincode" \| "json" \| "string"` | default `"bincode"`; or the path of your own [`Codec`] type. See [`codec`] |
-//! | `version = N` | bump when the value type changes in a way its fingerprint cannot see ([`codec`] says what it sees) |
-//! | `hash_tag = true` | the namespace is written in braces, `{user:profile}:42`: on a Redis Cluster every key of the cache is in one hash slot, so a batch is one command on one node. Default `false`: keys spread over the cluster |
+//! | `namespace = "..."` | required. ASCII letters, digits and `: _ - .`; no empty, leading, trailing or doubled `:`. Redis keys are `"{namespace}:{key}"` |
+//! | `ttl = N` | seconds, from 1 to 4294967295; default 600. Every write sets this expiry |
+//! | `key = Type` | required. A [`CacheKey`]: integers, `String`, `Box<str>`, `Uuid`, `bool`, `char`, or your own type implementing it |
+//! | `value = Type` | required on a unit struct (form A); not allowed on a value type (form B) |
+//! | `codec = ...` | `"bincode"` (default), `"json"`, `"string"`, or the path of your own [`Codec`] type |
+//! | `version = N` | from 0 (the default) to 4294967295. Bump it when the value type changes in a way its [fingerprint] cannot see: bincode entries of another version read as misses (json and string entries carry no fingerprint) |
+//! | `local = N` | keep up to `N` (at least 1) decoded values in process, coherent across instances (see [the first level]); values must be `Clone` |
+//! | `local_ttl = S` | seconds an in-process copy lives, from 1 to the cache's `ttl` (the default); needs `local` |
+//! | `hash_tag = true` | on a Redis Cluster, keep every key of the cache in one hash slot: keys are written `{user:profile}:42` instead of `user:profile:42`, so a batch is one command on one master. Default `false`: keys spread over the masters |
 //!
-//! Anything else is a compile error pointing at the offending tokens.
+//! Anything else is a compile error pointing at the offending tokens. Several mistakes in
+//! one declaration are all reported by one build.
+//!
+//! [fingerprint]: codec#why-bincode-entries-carry-a-header
+//! [the first level]: #the-in-process-first-level
+//!
+//! # The in-process first level
+//!
+//! With `local = N` a cache keeps up to `N` decoded values in process, each for
+//! `local_ttl` seconds from when it was read (default and maximum: the cache's `ttl`), so
+//! a hit costs no round trip. Writes and invalidations on any instance reach every other
+//! instance's level through Redis pub/sub; while that subscription is lost the level is
+//! emptied and bypassed. Expiry does not travel: a copy read just before its Redis entry
+//! expires is served for up to `local_ttl` more.
+//!
+//! ```
+//! # use cache_manager::{cache_registry, Cache};
+//! #[derive(Cache)]
+//! #[cache(namespace = "user:name", ttl = 600, key = i64, value = String, local = 10_000, local_ttl = 60)]
+//! pub struct UserNameCache;
+//! # cache_registry! { struct CacheManager { names: UserNameCache } }
+//! # assert_eq!(CacheManager::new().names().ttl().as_secs(), 600);
+//! ```
 //!
 //! # What calls do when things go wrong
 //!
@@ -105,6 +133,23 @@
 //!
 //! [`cache_registry!`] rejects at compile time two caches with the same namespace, or one
 //! whose namespace is a `:`-prefix of another's (`user` and `user:profile`).
+//!
+//! # Feature flags
+//!
+//! - `metrics` (off by default): every cache reports through the
+//!   [`metrics`](https://docs.rs/metrics) facade, so any exporter works: the counters
+//!   `cache_hits_total`, `cache_misses_total`, `cache_degraded_total`,
+//!   `cache_timeouts_total` and `cache_corrupt_evicted_total`, labelled by `namespace`,
+//!   and the histogram `cache_operation_duration_seconds`, labelled by `namespace` and
+//!   `operation` (`get`, `set`, `mget`, `mset`, `invalidate`, `minvalidate`, `clear`).
+//!   Without it nothing is recorded and no clock is read. The counters of `stats()` and
+//!   the debug-level `tracing` span `cache` around every call are there either way.
+//!
+//! ```toml
+//! [dependencies]
+//! cache-manager = { version = "0.1", features = ["metrics"] }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 pub use cache_core::{
@@ -198,18 +243,37 @@ macro_rules! cache_registry {
                 GLOBAL.get_or_init(Self::new)
             }
 
-            /// Connects every cache to `url`: `redis://[:password@]host[:port][/db]` or
-            /// `memory://`, replacing any current connection.
+            /// Connects every cache to `url`, replacing any current connection. The schemes:
             ///
-            /// Fails only on a URL or option it cannot use (`CacheError::Config`). An
-            /// unreachable server is not an error: the manager starts degraded and keeps
-            /// reconnecting in the background.
+            /// - `redis://[user][:password@]host[:port][/db][?options]`: one Redis server;
+            /// - `rediss://...`, the same over TLS (rustls; `?ca_file=/path/ca.pem` trusts a
+            ///   private CA instead of the system's roots);
+            /// - `redis+cluster://[user][:password@]host:port,host:port,...[?options]`: a
+            ///   Redis Cluster, whose slot map is learned from any of the nodes listed;
+            /// - `rediss+cluster://...`, a Redis Cluster over TLS;
+            /// - `memory://`: an in-process store with the same semantics, for tests and for
+            ///   running without Redis.
+            ///
+            /// The query options (`response_timeout_ms`, `connect_timeout_ms`,
+            /// `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`,
+            /// `summary_interval_ms`, `coalesce`, `ca_file`) override the defaults; see
+            /// `connect_with` and `CacheConfig`.
+            ///
+            /// Fails only on a URL or option it cannot use (`CacheError::Config`, whose
+            /// message never shows the password). An unreachable server is not an error: the
+            /// manager starts degraded and keeps reconnecting in the background.
             pub async fn connect(&self, url: &str) -> ::core::result::Result<(), $crate::CacheError> {
                 self.__core.connect(url).await
             }
 
-            /// Connects like `connect`, with explicit timeouts, breaker and backoff settings.
-            /// Options in the URL's query string override the config.
+            /// Connects like `connect` (same schemes: `redis://`, `rediss://`,
+            /// `redis+cluster://`, `rediss+cluster://`, `memory://`), with explicit
+            /// timeouts, breaker, backoff, coalescing and TLS trust settings. Options in the
+            /// URL's query string override the config.
+            ///
+            /// Fails on a URL or option it cannot use, and on settings out of range (a zero
+            /// timeout, one over an hour, a maximum backoff below the minimum), with
+            /// `CacheError::Config`.
             pub async fn connect_with(
                 &self,
                 url: &str,

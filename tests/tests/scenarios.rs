@@ -1,4 +1,5 @@
-//! The seed's scenarios, written as the README shows them, run on `memory://`.
+//! The Python CacheManager guide's scenarios, written as `docs/scenarios.md` shows them,
+//! run on `memory://`.
 
 use std::collections::HashMap;
 use std::fmt;

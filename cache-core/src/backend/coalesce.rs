@@ -2,18 +2,19 @@
 //!
 //! Under load, many tasks read at once and each `GET` costs a round trip's worth of
 //! kernel and parsing work on both sides. Keys that queue up while requests are in flight
-//! go out together in a few `MGET`s instead. What was measured on this kind of machine
-//! (PERF-NOTES) shapes it:
+//! go out together in a few `MGET`s instead. What was measured on this machine with the
+//! throughput bench shapes it:
 //! - a lone call waits for nothing: while fewer than [`BYPASS_BELOW`] gets are in
 //!   progress, a get is a plain `GET` (coalescing loses below ~16 concurrent calls);
 //! - the dispatcher yields once to the scheduler before draining the queue, so the other
 //!   callers woken in the same tick join the batch instead of fragmenting it;
 //! - one `MGET` is in flight at a time ([`MAX_IN_FLIGHT`]), carrying everything that
-//!   queued meanwhile. PERF-NOTES found 2-4 in flight better; this implementation, in
-//!   `cargo bench -p cache-tests --bench throughput` runs on this machine, gained most
-//!   with one (1.44x raw at 64 tasks against 1.29x with two, 1.82x against 1.41x at 256):
-//!   with redis-rs already writing queued commands in one syscall, bigger batches are
-//!   what pays. The split over free slots is kept so the constant can be tuned.
+//!   queued meanwhile. Two to four in flight were expected to do better; this
+//!   implementation, in `cargo bench -p cache-tests --bench throughput` runs on this
+//!   machine, gained most with one (1.44x raw at 64 tasks against 1.29x with two, 1.82x
+//!   against 1.41x at 256): with redis-rs already writing queued commands in one
+//!   syscall, bigger batches are what pays. The split over free slots is kept so the
+//!   constant can be tuned.
 //!
 //! Semantics do not change: each caller gets its own key's bytes (decoding and corrupt
 //! entry eviction happen in the caller), and each call keeps its deadline, counted from

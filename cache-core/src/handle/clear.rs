@@ -19,6 +19,31 @@ impl<C: Cache> TypedCache<C> {
     /// Like every call it degrades instead of failing: `0` while the backend is
     /// unavailable, and an outage in the middle of a clear ends it early, returning the
     /// keys removed until then (logged, counted as a degraded call).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_manager::CacheError> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// let names = manager.names();
+    /// for id in 0..3 {
+    ///     names.set(&id, &format!("user {id}")).await?;
+    /// }
+    /// assert_eq!(names.clear().await, 3);
+    /// assert_eq!(names.get(&0).await, None);
+    ///
+    /// manager.disconnect().await;
+    /// assert_eq!(names.clear().await, 0); // no backend: nothing removed, no error
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn clear(&self) -> u64 {
         observed(C::NAMESPACE, Op::Clear, async {
             if let Some(local) = &self.local {

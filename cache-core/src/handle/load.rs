@@ -126,7 +126,45 @@ impl<C: Cache> TypedCache<C> {
     /// The cache stays a luxury: an unavailable backend is a miss, and a value that
     /// cannot be stored (backend down, or it fails to encode: logged) is still returned.
     ///
-    /// See the `cache_manager` crate documentation for an example.
+    /// # Errors
+    ///
+    /// The loader's error `E`, returned to the caller whose `load` failed; nothing is
+    /// cached then. No `CacheError` comes back: backend failures read as misses, and a
+    /// loaded value that cannot be stored is logged and returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// /// The database: user 1 is Ada, nobody else exists.
+    /// async fn name_from_database(id: i64) -> Result<Option<String>, std::io::Error> {
+    ///     Ok((id == 1).then(|| "Ada".to_owned()))
+    /// }
+    ///
+    /// let names = manager.names();
+    /// let ada = names.get_or_load(&1, || name_from_database(1)).await?;
+    /// assert_eq!(ada.as_deref(), Some("Ada"));
+    /// assert_eq!(names.get(&1).await.as_deref(), Some("Ada")); // cached by the load
+    ///
+    /// let nobody = names.get_or_load(&2, || name_from_database(2)).await?;
+    /// assert_eq!(nobody, None);
+    /// assert_eq!(names.get(&2).await, None); // not found: nothing cached
+    ///
+    /// let failed = names
+    ///     .get_or_load(&3, || async { Err(std::io::Error::other("database down")) })
+    ///     .await;
+    /// assert!(failed.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get_or_load<F, Fut, E>(&self, key: &C::Key, load: F) -> Result<Option<C::Value>, E>
     where
         C::Value: Clone,
@@ -461,6 +499,43 @@ impl<C: Cache> TypedCache<C> {
     /// [`MAX_BATCH`] entries. The map holds the keys that were found, in the cache or by
     /// the loader. A loader error is returned and nothing it produced is cached. There
     /// is no single flight across batch calls.
+    ///
+    /// # Errors
+    ///
+    /// The loader's error `E`; nothing it produced is cached then. No `CacheError` comes
+    /// back: the keys are read and stored in chunks within [`MAX_BATCH`], whatever their
+    /// number, backend failures read as misses, and loaded values that cannot be stored are
+    /// logged and returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// use std::collections::HashMap;
+    ///
+    /// /// The database: users 1 and 2 exist.
+    /// async fn names_from_database(ids: Vec<i64>) -> Result<HashMap<i64, String>, std::io::Error> {
+    ///     Ok(ids.into_iter().filter(|id| *id <= 2).map(|id| (id, format!("user {id}"))).collect())
+    /// }
+    ///
+    /// let names = manager.names();
+    /// names.set(&1, &"Ada".to_owned()).await?;
+    /// // 1 is cached; 2 and 3 are passed to one call of the loader, which finds 2.
+    /// let found = names.mget_or_load(&[1, 2, 3], names_from_database).await?;
+    /// assert_eq!(found.len(), 2);
+    /// assert_eq!(found[&1], "Ada");
+    /// assert_eq!(names.get(&2).await.as_deref(), Some("user 2")); // cached by the load
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn mget_or_load<F, Fut, E>(
         &self,
         keys: &[C::Key],
@@ -744,6 +819,36 @@ impl<C: Cache> TypedCache<C> {
     }
 
     /// The former name of [`mget_or_load`](Self::mget_or_load).
+    ///
+    /// # Errors
+    ///
+    /// As [`mget_or_load`](Self::mget_or_load).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// use std::collections::HashMap;
+    ///
+    /// let names = manager.names();
+    /// #[allow(deprecated)] // now: names.mget_or_load(...)
+    /// let found = names
+    ///     .get_many_or_load(&[1], |ids| async move {
+    ///         Ok::<_, std::io::Error>(ids.into_iter().map(|id| (id, "Ada".to_owned())).collect::<HashMap<_, _>>())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(found[&1], "Ada");
+    /// # Ok(())
+    /// # }
+    /// ```
     #[deprecated(
         since = "0.2.0",
         note = "renamed `mget_or_load`, like `mget` and `mset`"

@@ -126,17 +126,66 @@ impl<C: Cache> TypedCache<C> {
     }
 
     /// This cache's counters: hits, misses, degraded calls, timeouts, corrupt entries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_manager::CacheError> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// let names = manager.names();
+    /// names.set(&1, &"Ada".to_owned()).await?;
+    /// names.get(&1).await; // a hit
+    /// names.get(&2).await; // a miss
+    /// let stats = names.stats();
+    /// assert_eq!((stats.hits, stats.misses, stats.degraded), (1, 1, 0));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stats(&self) -> CacheStats {
         self.counters.snapshot(self.field, C::NAMESPACE)
     }
 
     /// The declared namespace: every key of this cache is `"{namespace}:{key}"` (with
     /// `hash_tag = true`, the namespace in braces: `{user:profile}:42`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # let manager = CacheManager::new();
+    /// assert_eq!(manager.names().namespace(), "user:name");
+    /// ```
     pub fn namespace(&self) -> &'static str {
         C::NAMESPACE
     }
 
     /// The declared TTL, set by every write except `set_with_ttl`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # let manager = CacheManager::new();
+    /// use std::time::Duration;
+    ///
+    /// // `ttl` was left out of the declaration: the default, 600 s.
+    /// assert_eq!(manager.names().ttl(), Duration::from_secs(600));
+    /// ```
     pub fn ttl(&self) -> Duration {
         C::TTL
     }
@@ -144,6 +193,30 @@ impl<C: Cache> TypedCache<C> {
     /// The Redis key of `key`: `"{namespace}:{key}"`, as `user:profile:42`; with
     /// `hash_tag = true` the namespace is in braces, `{user:profile}:42`, which puts every
     /// key of the cache in the hash slot of its namespace on a Redis Cluster.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// #[derive(Cache)]
+    /// #[cache(namespace = "user:name", key = i64, value = String)]
+    /// struct UserNameCache;
+    ///
+    /// #[derive(Cache)]
+    /// #[cache(namespace = "user:profile", key = i64, value = String, hash_tag = true)]
+    /// struct UserProfileCache;
+    ///
+    /// cache_registry! {
+    ///     struct CacheManager {
+    ///         names: UserNameCache,
+    ///         profiles: UserProfileCache,
+    ///     }
+    /// }
+    ///
+    /// let manager = CacheManager::new();
+    /// assert_eq!(manager.names().redis_key(&42), "user:name:42");
+    /// assert_eq!(manager.profiles().redis_key(&42), "{user:profile}:42");
+    /// ```
     pub fn redis_key(&self, key: &C::Key) -> String {
         key::redis_key(C::NAMESPACE, C::HASH_TAG, key)
     }
@@ -152,6 +225,29 @@ impl<C: Cache> TypedCache<C> {
     ///
     /// `None` on a miss, while the backend is unavailable, and for a corrupt entry (bytes
     /// that do not decode as `C::Value`), which is logged at error level and deleted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_manager::CacheError> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// let names = manager.names();
+    /// assert_eq!(names.get(&1).await, None); // a miss
+    /// names.set(&1, &"Ada".to_owned()).await?;
+    /// assert_eq!(names.get(&1).await.as_deref(), Some("Ada"));
+    ///
+    /// manager.disconnect().await;
+    /// assert_eq!(names.get(&1).await, None); // no backend: a miss, not an error
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get(&self, key: &C::Key) -> Option<C::Value> {
         observed(C::NAMESPACE, Op::Get, self.get_unobserved(key)).await
     }
@@ -243,6 +339,53 @@ impl<C: Cache> TypedCache<C> {
     /// `Ok(true)` when stored, `Ok(false)` when the backend is unavailable (logged), and
     /// `Err(CacheError::Serialization)` when the value cannot be encoded; nothing is
     /// written then.
+    ///
+    /// # Errors
+    ///
+    /// `CacheError::Serialization` when the cache's codec cannot encode `value` (a JSON map
+    /// with keys that are not strings, say); nothing is written then. No other variant
+    /// comes back. Backend failures never come back as errors: an unavailable backend, a
+    /// timeout or a refused command makes the call return `Ok(false)` (logged, counted as
+    /// degraded), and `CacheError::Config` only ever comes from `connect`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use cache_manager::{cache_registry, Cache, CacheError};
+    /// #[derive(Cache)]
+    /// #[cache(namespace = "user:name", key = i64, value = String)]
+    /// struct UserNameCache;
+    ///
+    /// /// JSON maps need string keys: a tuple key cannot be encoded.
+    /// #[derive(Cache)]
+    /// #[cache(namespace = "grid:cell", key = i64, value = HashMap<(i32, i32), i64>, codec = "json")]
+    /// struct GridCache;
+    ///
+    /// cache_registry! {
+    ///     struct CacheManager {
+    ///         names: UserNameCache,
+    ///         grids: GridCache,
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), CacheError> {
+    /// let manager = CacheManager::new();
+    /// let ada = "Ada".to_owned();
+    /// // Not connected yet: nothing is stored, and that is not an error.
+    /// assert_eq!(manager.names().set(&1, &ada).await?, false);
+    ///
+    /// manager.connect("memory://").await?;
+    /// assert_eq!(manager.names().set(&1, &ada).await?, true);
+    ///
+    /// let grid = HashMap::from([((0, 0), 7)]);
+    /// let error = manager.grids().set(&1, &grid).await.unwrap_err();
+    /// assert!(matches!(error, CacheError::Serialization { .. }));
+    /// assert_eq!(manager.grids().get(&1).await, None); // nothing was written
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn set(&self, key: &C::Key, value: &C::Value) -> Result<bool, CacheError> {
         observed(
             C::NAMESPACE,
@@ -257,6 +400,40 @@ impl<C: Cache> TypedCache<C> {
     /// A TTL under one millisecond, or above 4 611 686 018 427 387 903 ms (what Redis's
     /// expiry arithmetic holds), is `Err(CacheError::Validation)` and nothing is written;
     /// otherwise as [`set`](Self::set).
+    ///
+    /// # Errors
+    ///
+    /// `CacheError::Validation` when `ttl` is under one millisecond or above the limit
+    /// above, and `CacheError::Serialization` when the value cannot be encoded, as for
+    /// [`set`](Self::set); nothing is written in either case. Backend failures never come
+    /// back as errors: an unavailable backend, a timeout or a refused command makes the
+    /// call return `Ok(false)` (logged, counted as degraded), and `CacheError::Config` only
+    /// ever comes from `connect`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_manager::CacheError> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// use std::time::Duration;
+    /// use cache_manager::CacheError;
+    ///
+    /// let names = manager.names();
+    /// assert!(names.set_with_ttl(&1, &"Ada".to_owned(), Duration::from_secs(30)).await?);
+    ///
+    /// let error = names.set_with_ttl(&2, &"Bob".to_owned(), Duration::ZERO).await.unwrap_err();
+    /// assert!(matches!(error, CacheError::Validation { .. }));
+    /// assert_eq!(names.get(&2).await, None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn set_with_ttl(
         &self,
         key: &C::Key,
@@ -311,6 +488,41 @@ impl<C: Cache> TypedCache<C> {
     /// corrupt entry (logged and deleted) or an unavailable backend (on a cluster, the
     /// keys of an unreachable master only). More than [`MAX_BATCH`] distinct keys is
     /// `Err(CacheError::Validation)` and nothing is sent.
+    ///
+    /// # Errors
+    ///
+    /// `CacheError::Validation` when `keys` holds more than [`MAX_BATCH`] distinct keys;
+    /// nothing is sent then. No other variant comes back: an entry that does not decode is
+    /// a miss, and an unavailable backend (or, on a cluster, master) makes its keys `None`,
+    /// never an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_manager::CacheError> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// use cache_manager::{CacheError, MAX_BATCH};
+    ///
+    /// let names = manager.names();
+    /// names.set(&1, &"Ada".to_owned()).await?;
+    /// let found = names.mget(&[1, 2, 1]).await?;
+    /// assert_eq!(found.len(), 2); // one entry per distinct key
+    /// assert_eq!(found[&1].as_deref(), Some("Ada"));
+    /// assert_eq!(found[&2], None);
+    ///
+    /// let too_many: Vec<i64> = (0..=MAX_BATCH as i64).collect();
+    /// let error = names.mget(&too_many).await.unwrap_err();
+    /// assert!(matches!(error, CacheError::Validation { .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn mget(
         &self,
         keys: &[C::Key],
@@ -428,6 +640,36 @@ impl<C: Cache> TypedCache<C> {
     /// written atomically, the batch as a whole is not: a reader may see some entries
     /// before others, and `Ok(false)` means some entries may not have been stored (on a
     /// cluster, those of an unreachable master) while others were.
+    ///
+    /// # Errors
+    ///
+    /// `CacheError::Validation` when there are more than [`MAX_BATCH`] distinct keys, and
+    /// `CacheError::Serialization` when any value cannot be encoded; in both cases nothing
+    /// is written. Backend failures never come back as errors: an unavailable backend, a
+    /// timeout or a refused command makes the call return `Ok(false)` (logged, counted as
+    /// degraded), and `CacheError::Config` only ever comes from `connect`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_manager::CacheError> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// use std::collections::HashMap;
+    ///
+    /// let names = manager.names();
+    /// let entries = HashMap::from([(1, "Ada".to_owned()), (2, "Bob".to_owned())]);
+    /// assert!(names.mset(&entries).await?);
+    /// assert_eq!(names.get(&2).await.as_deref(), Some("Bob"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn mset<'a, I>(&self, entries: I) -> Result<bool, CacheError>
     where
         I: IntoIterator<Item = (&'a C::Key, &'a C::Value)>,
@@ -485,6 +727,27 @@ impl<C: Cache> TypedCache<C> {
     /// Removes the entry of `key`; `true` when there was one.
     ///
     /// `false` also when the backend is unavailable (logged).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_manager::CacheError> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// let names = manager.names();
+    /// names.set(&1, &"Ada".to_owned()).await?;
+    /// assert!(names.invalidate(&1).await);
+    /// assert!(!names.invalidate(&1).await); // nothing left to remove
+    /// assert_eq!(names.get(&1).await, None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn invalidate(&self, key: &C::Key) -> bool {
         observed(
             C::NAMESPACE,
@@ -538,6 +801,32 @@ impl<C: Cache> TypedCache<C> {
     /// is sent. Keys that could not be deleted because the backend is unavailable (on a
     /// cluster, those of an unreachable master) are not counted; the call is counted as
     /// degraded and logged by the backend.
+    ///
+    /// # Errors
+    ///
+    /// `CacheError::Validation` when `keys` holds more than [`MAX_BATCH`] distinct keys;
+    /// nothing is sent then. No other variant comes back: keys an unavailable backend could
+    /// not delete are left out of the count, never an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_manager::CacheError> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// let names = manager.names();
+    /// names.set(&1, &"Ada".to_owned()).await?;
+    /// names.set(&2, &"Bob".to_owned()).await?;
+    /// assert_eq!(names.minvalidate(&[1, 2, 3]).await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn minvalidate(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
         observed(
             C::NAMESPACE,
@@ -548,6 +837,31 @@ impl<C: Cache> TypedCache<C> {
     }
 
     /// The former name of [`minvalidate`](Self::minvalidate).
+    ///
+    /// # Errors
+    ///
+    /// As [`minvalidate`](Self::minvalidate).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cache_manager::{cache_registry, Cache};
+    /// # #[derive(Cache)]
+    /// # #[cache(namespace = "user:name", key = i64, value = String)]
+    /// # struct UserNameCache;
+    /// # cache_registry! { struct CacheManager { names: UserNameCache } }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_manager::CacheError> {
+    /// # let manager = CacheManager::new();
+    /// # manager.connect("memory://").await?;
+    /// let names = manager.names();
+    /// names.set(&1, &"Ada".to_owned()).await?;
+    /// #[allow(deprecated)]
+    /// let removed = names.invalidate_many(&[1]).await?; // now: names.minvalidate(&[1])
+    /// assert_eq!(removed, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     #[deprecated(
         since = "0.2.0",
         note = "renamed `minvalidate`, like `mget` and `mset`"

@@ -1,4 +1,4 @@
-//! The seed's service in axum: users in SQLite, behind typed caches.
+//! The Python service ported to axum: users in SQLite, behind typed caches.
 //!
 //! The manager is connected at start-up and held in the app state; a data-access layer
 //! tries the cache, loads from the database on a miss and populates both directions;
