@@ -55,7 +55,7 @@ pub mod __private {
     pub use std::vec::Vec;
 
     pub use crate::codec;
-    pub use crate::{Cache, CacheInfo, TypedCache};
+    pub use crate::{Cache, CacheInfo, SingleFlight, TypedCache};
 
     /// Implemented by `#[derive(Cache)]` beside [`Cache`], and only there: a
     /// declaration's settings (its fingerprint, its first level, what its loads need)

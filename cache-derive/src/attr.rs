@@ -88,6 +88,67 @@ const ATTRIBUTES: &[AttrKey] = &[
             )
         },
     },
+    AttrKey {
+        name: "fail_safe",
+        expects: "whole seconds from 1 to 4294967295",
+        example: "fail_safe = 3600",
+        parse: |entry, out| entry.integer(&mut out.fail_safe),
+    },
+    AttrKey {
+        name: "load_timeout_ms",
+        expects: "whole milliseconds from 1 to 3600000",
+        example: "load_timeout_ms = 150",
+        parse: |entry, out| entry.integer(&mut out.load_timeout_ms),
+    },
+    AttrKey {
+        name: "refresh_ahead",
+        expects: "a percent of the cache's `ttl` from 1 to 99",
+        example: "refresh_ahead = 80",
+        parse: |entry, out| entry.integer(&mut out.refresh_ahead),
+    },
+    AttrKey {
+        name: "negative_ttl",
+        expects: "whole seconds, at most the cache's `ttl`",
+        example: "negative_ttl = 30",
+        parse: |entry, out| entry.integer(&mut out.negative_ttl),
+    },
+    AttrKey {
+        name: "ttl_jitter",
+        expects: "whole seconds, at most the cache's `ttl`",
+        example: "ttl_jitter = 60",
+        parse: |entry, out| entry.integer(&mut out.ttl_jitter),
+    },
+    AttrKey {
+        name: "single_flight",
+        expects: "\"local\" (a key's concurrent loads run once per process, the default) or \"global\" (once across every instance sharing the Redis)",
+        example: "single_flight = \"global\"",
+        parse: |entry, out| {
+            entry.choice(
+                &mut out.single_flight,
+                &[
+                    ("local", SingleFlightChoice::Local),
+                    ("global", SingleFlightChoice::Global),
+                ],
+            )
+        },
+    },
+    AttrKey {
+        name: "compress",
+        expects: "`true` or `false`",
+        example: "compress = true",
+        parse: |entry, out| {
+            entry.flag(
+                &mut out.compress,
+                "stores values above a size threshold compressed",
+            )
+        },
+    },
+    AttrKey {
+        name: "max_bytes",
+        expects: "bytes from 1 to 536870912 (512 MiB, the largest value Redis stores)",
+        example: "max_bytes = 1_048_576",
+        parse: |entry, out| entry.integer(&mut out.max_bytes),
+    },
 ];
 
 /// The row of the key `name`, if it is one.
@@ -119,6 +180,15 @@ pub(crate) enum CodecChoice {
     Custom(Path),
 }
 
+/// The reach of `get_or_load`'s single flight named by `single_flight = "..."`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SingleFlightChoice {
+    /// `"local"`: within this process.
+    Local,
+    /// `"global"`: across every instance sharing the Redis.
+    Global,
+}
+
 /// Everything `#[cache(...)]` said, unchecked beyond literal types.
 #[derive(Default)]
 pub(crate) struct Attrs {
@@ -146,6 +216,22 @@ pub(crate) struct Attrs {
     pub local_ttl: Option<Spanned<u64>>,
     /// `hash_tag = bool`: whether the namespace is a Redis Cluster hash tag.
     pub hash_tag: Option<Spanned<bool>>,
+    /// `fail_safe = S`: how long an entry is kept past its TTL for a failing loader.
+    pub fail_safe: Option<Spanned<u64>>,
+    /// `load_timeout_ms = N`: how long `get_or_load` waits before answering stale.
+    pub load_timeout_ms: Option<Spanned<u64>>,
+    /// `refresh_ahead = P`: the percent of the TTL after which a hit refreshes.
+    pub refresh_ahead: Option<Spanned<u64>>,
+    /// `negative_ttl = S`: how long a loader's `Ok(None)` is remembered.
+    pub negative_ttl: Option<Spanned<u64>>,
+    /// `ttl_jitter = S`: the most time added at random to each write's expiry.
+    pub ttl_jitter: Option<Spanned<u64>>,
+    /// `single_flight = "..."`: how far a key's single flight reaches.
+    pub single_flight: Option<Spanned<SingleFlightChoice>>,
+    /// `compress = bool`: whether large values are stored compressed.
+    pub compress: Option<Spanned<bool>>,
+    /// `max_bytes = N`: the largest encoded value written.
+    pub max_bytes: Option<Spanned<u64>>,
 }
 
 impl Attrs {
@@ -281,6 +367,44 @@ impl Entry<'_> {
         Ok(())
     }
 
+    /// A string literal naming one of `choices`, stored as its value.
+    fn choice<T: Copy>(
+        &self,
+        slot: &mut Option<Spanned<T>>,
+        choices: &[(&str, T)],
+    ) -> syn::Result<()> {
+        let name = self.key.name;
+        let expects = self.key.expects;
+        match self.input.parse::<Expr>()? {
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(lit), ..
+            }) => {
+                let written = lit.value();
+                match choices.iter().find(|(choice, _)| *choice == written) {
+                    Some(&(_, value)) => self.set_once(
+                        slot,
+                        Spanned {
+                            value,
+                            span: lit.span(),
+                        },
+                    ),
+                    None => self.cx.error_spanned_by(
+                        &lit,
+                        format_args!("`{name}` cannot be {written:?}; expected {expects}"),
+                    ),
+                }
+            }
+            other => self.cx.error_spanned_by(
+                other,
+                format_args!(
+                    "`{name}` takes a string literal; expected {expects}, e.g. `{}`",
+                    self.key.example
+                ),
+            ),
+        }
+        Ok(())
+    }
+
     /// An integer literal that fits `T`, reporting what was wrong otherwise.
     fn integer<T>(&self, slot: &mut Option<Spanned<T>>) -> syn::Result<()>
     where
@@ -404,7 +528,17 @@ impl Entry<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::ATTRIBUTES;
+    use super::{ATTRIBUTES, SingleFlightChoice, parse};
+    use crate::ctxt::Ctxt;
+
+    /// `#[cache(<inside>)]` parsed, with the errors it recorded.
+    fn parse_cache(inside: &str) -> (super::Attrs, syn::Result<()>) {
+        let item: syn::DeriveInput =
+            syn::parse_str(&format!("#[cache({inside})] struct S;")).unwrap();
+        let cx = Ctxt::default();
+        let attrs = parse(&cx, &item.attrs);
+        (attrs, cx.check())
+    }
 
     /// The rows are written by hand: a copied row that was not fully edited would show a
     /// key under another key's name in every message.
@@ -422,5 +556,35 @@ mod tests {
                 key.name
             );
         }
+    }
+
+    /// Messages show each row's example as the way to write its key, so its own parser
+    /// must accept it.
+    #[test]
+    fn each_example_parses() {
+        for key in ATTRIBUTES {
+            let (attrs, errors) = parse_cache(key.example);
+            assert!(errors.is_ok(), "`{}`: {errors:?}", key.example);
+            assert_eq!(attrs.seen, [key.name]);
+        }
+    }
+
+    /// A choice is stored by name, and a name outside the list is refused with the list
+    /// the row's `expects` gives.
+    #[test]
+    fn single_flight_is_local_or_global() {
+        for (written, choice) in [
+            ("local", SingleFlightChoice::Local),
+            ("global", SingleFlightChoice::Global),
+        ] {
+            let (attrs, errors) = parse_cache(&format!("single_flight = {written:?}"));
+            assert!(errors.is_ok(), "{written}");
+            assert_eq!(attrs.single_flight.map(|s| s.value), Some(choice));
+        }
+        let (attrs, errors) = parse_cache("single_flight = \"cluster\"");
+        assert!(attrs.single_flight.is_none());
+        let message = errors.unwrap_err().to_string();
+        assert!(message.starts_with("`single_flight` cannot be \"cluster\"; expected \"local\""));
+        assert!(message.contains("\"global\""), "{message}");
     }
 }

@@ -1,12 +1,12 @@
 //! Code generation for `#[derive(Cache)]`.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Literal, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{DeriveInput, Ident};
 
 use crate::ast::Input;
-use crate::attr::CodecChoice;
+use crate::attr::{CodecChoice, SingleFlightChoice};
 use crate::ctxt::Ctxt;
 use crate::valid::{self, Decl};
 use crate::{fallback, fingerprint};
@@ -100,6 +100,14 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
             }
         }
     };
+    // A soft timeout or a refresh ahead answers before its load ends, so the load must be
+    // able to outlive its caller.
+    let loads = if decl.load_timeout_ms.is_some() || decl.refresh_ahead.is_some() {
+        quote!(#private::Background)
+    } else {
+        quote!(#private::Inline)
+    };
+    let settings = settings(decl, &private);
     let namespace = decl.namespace;
     let ttl = decl.ttl;
     let version = decl.version;
@@ -116,15 +124,59 @@ fn generate(input: &Input<'_>, decl: &Decl<'_>) -> TokenStream {
             type Key = #key;
             type Value = #value;
             type Codec = #codec;
-            type Loads = #private::Inline;
+            type Loads = #loads;
             #local
             const NAMESPACE: &'static str = #namespace;
             const TTL: #private::Duration = #private::Duration::from_secs(#ttl);
             const VERSION: u32 = #version;
             const FINGERPRINT: u32 = #fingerprint;
             const HASH_TAG: bool = #hash_tag;
+            #settings
         }
     }
+}
+
+/// The consts of the read-through and storage keys that were given; the trait's defaults
+/// (all off) stand for the others. Numbers are unsuffixed so each takes its const's type.
+fn settings(decl: &Decl<'_>, private: &TokenStream) -> TokenStream {
+    let duration = quote!(#private::Duration);
+    let mut out = TokenStream::new();
+    if let Some(secs) = decl.fail_safe.map(Literal::u64_unsuffixed) {
+        out.extend(quote! { const FAIL_SAFE: #duration = #duration::from_secs(#secs); });
+    }
+    if let Some(ms) = decl.load_timeout_ms.map(Literal::u64_unsuffixed) {
+        out.extend(quote! {
+            const LOAD_TIMEOUT: ::core::option::Option<#duration> =
+                ::core::option::Option::Some(#duration::from_millis(#ms));
+        });
+    }
+    if let Some(percent) = decl.refresh_ahead.map(Literal::u64_unsuffixed) {
+        out.extend(quote! { const REFRESH_AHEAD: u8 = #percent; });
+    }
+    if let Some(secs) = decl.negative_ttl.map(Literal::u64_unsuffixed) {
+        out.extend(quote! { const NEGATIVE_TTL: #duration = #duration::from_secs(#secs); });
+    }
+    if let Some(secs) = decl.ttl_jitter.map(Literal::u64_unsuffixed) {
+        out.extend(quote! { const TTL_JITTER: #duration = #duration::from_secs(#secs); });
+    }
+    if let Some(choice) = decl.single_flight {
+        let variant = match choice {
+            SingleFlightChoice::Local => quote!(Local),
+            SingleFlightChoice::Global => quote!(Global),
+        };
+        out.extend(quote! {
+            const SINGLE_FLIGHT: #private::SingleFlight = #private::SingleFlight::#variant;
+        });
+    }
+    if let Some(compress) = decl.compress {
+        out.extend(quote! { const COMPRESS: bool = #compress; });
+    }
+    if let Some(bytes) = decl.max_bytes.map(Literal::u64_unsuffixed) {
+        out.extend(quote! {
+            const MAX_BYTES: ::core::option::Option<usize> = ::core::option::Option::Some(#bytes);
+        });
+    }
+    out
 }
 
 /// The type of the built-in codec `name`, spanned at `span` so an unmet bound points there.
@@ -137,4 +189,46 @@ fn builtin_codec(name: &str, span: Span) -> TokenStream {
     let codec = Ident::new(codec, span);
     let private = private_path(span);
     quote_spanned!(span=> #private::codec::#codec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::derive;
+
+    /// The expansion of `#[cache(<keys>)]` on a unit struct mapping `i64` to `String`.
+    fn expand(keys: &str) -> String {
+        let src = format!(
+            "#[cache(namespace = \"user\", key = i64, value = String, {keys})] struct UserCache;"
+        );
+        derive(&syn::parse_str(&src).unwrap()).to_string()
+    }
+
+    /// Only a soft timeout and a refresh ahead answer before their load ends, so only they
+    /// ask loaders to be `Send + 'static`; every other cache keeps borrowing loaders.
+    #[test]
+    fn loads_run_in_the_background_only_when_they_outlive_the_caller() {
+        for keys in [
+            "fail_safe = 60, load_timeout_ms = 100",
+            "refresh_ahead = 80",
+        ] {
+            let out = expand(keys);
+            assert!(!out.contains("compile_error"), "{keys}: {out}");
+            assert!(
+                out.contains("Background") && !out.contains("Inline"),
+                "{keys}"
+            );
+        }
+        for keys in [
+            "fail_safe = 60",
+            "negative_ttl = 30, ttl_jitter = 5, single_flight = \"global\"",
+            "compress = true, max_bytes = 1024",
+        ] {
+            let out = expand(keys);
+            assert!(!out.contains("compile_error"), "{keys}: {out}");
+            assert!(
+                out.contains("Inline") && !out.contains("Background"),
+                "{keys}"
+            );
+        }
+    }
 }

@@ -16,6 +16,7 @@ fn ui() {
         "types",
         "registry",
         "local",
+        "readthrough",
     ] {
         t.compile_fail(format!("ui/{group}/*.rs"));
     }

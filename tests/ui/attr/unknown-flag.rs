@@ -1,7 +1,7 @@
 use cache_manager::Cache;
 
 #[derive(Cache)]
-#[cache(namespace = "user", key = i64, value = String, compress)]
+#[cache(namespace = "user", key = i64, value = String, lazy)]
 pub struct UserCache;
 
 fn main() {}

@@ -10,6 +10,7 @@ impl Cache for HandMade {
     type Value = String;
     type Codec = cache_manager::codec::Json;
     type Local = cache_manager::__private::NoLocal;
+    type Loads = cache_manager::__private::Inline;
     const NAMESPACE: &'static str = "hand:made";
     const TTL: Duration = Duration::from_secs(60);
     const VERSION: u32 = 0;

@@ -1,0 +1,7 @@
+use cache_manager::Cache;
+
+#[derive(Cache)]
+#[cache(namespace = "user", key = i64, value = String, fail_safe = 3600, load_timeout_ms = "150")]
+pub struct UserCache;
+
+fn main() {}

@@ -1,0 +1,7 @@
+use cache_manager::Cache;
+
+#[derive(Cache)]
+#[cache(namespace = "user", key = i64, value = String, codec = "json", negative_ttl = 30)]
+pub struct UserCache;
+
+fn main() {}

@@ -1,0 +1,7 @@
+use cache_manager::Cache;
+
+#[derive(Cache)]
+#[cache(namespace = "user", key = i64, value = String, single_flight = "cluster")]
+pub struct UserCache;
+
+fn main() {}
