@@ -96,6 +96,14 @@
 //! | `local = N` | keep up to `N` (at least 1) decoded values in process, coherent across instances (see [the first level]); values must be `Clone` |
 //! | `local_ttl = S` | seconds an in-process copy lives, from 1 to the cache's `ttl` (the default); needs `local` |
 //! | `hash_tag = true` | on a Redis Cluster, keep every key of the cache in one hash slot: keys are written `{user:profile}:42` instead of `user:profile:42`, so a batch is one command on one master. Default `false`: keys spread over the masters |
+//! | `fail_safe = S` | seconds an entry is kept past its `ttl` as a fallback, from 1 to 4294967295. Past its `ttl` an entry is stale: `get` and `mget` miss, `get_or_load` answers with it when the loader fails, and then serves it as fresh for the fail-safe throttle (30 s by default) so a failing database is not asked on every call |
+//! | `load_timeout_ms = N` | a soft timeout from 1 to 3600000 ms; needs `fail_safe`. With a stale entry at hand, `get_or_load` waits at most `N` ms for the loader, then answers with the stale value; the load goes on in the background and stores its result when it lands. The loader must then be `Send + 'static` |
+//! | `refresh_ahead = P` | a percent of the `ttl`, from 1 to 99: a `get_or_load` hit on an entry older than that answers at once and reloads the entry in the background, once per key at a time. The loader must then be `Send + 'static` |
+//! | `negative_ttl = S` | `get_or_load` remembers a loader's `Ok(None)` for `S` seconds (1 to the `ttl`) and does not call it again for that key meanwhile; `get` reads the remembered absence as a miss, and a write replaces it. `bincode` caches only: to other services' readers a marker would look like a value |
+//! | `ttl_jitter = S` | every write made with the cache's `ttl` expires after the `ttl` plus a random 0 to `S` seconds (`S` from 1 to the `ttl`), so entries written together do not expire together |
+//! | `single_flight = "local"` or `"global"` | `"local"` (the default): concurrent `get_or_load`s of a missing key run the loader once per process. `"global"`: once across every instance sharing the Redis; one takes a short lease in Redis, the others wait for its value (woken by a message) for at most the single-flight wait (3 s by default), then load themselves |
+//! | `compress = true` | `bincode` caches only: values above a size threshold are stored compressed, marked in the entry's header; see [compression] |
+//! | `max_bytes = N` | the largest encoded value written, from 1 to 536870912 bytes: `set` refuses a larger one with `CacheError::Validation`, `mset` writes nothing, `get_or_load` returns it uncached |
 //!
 //! Anything else is a compile error pointing at the offending tokens. Several mistakes in
 //! one declaration are all reported by one build.
@@ -154,7 +162,7 @@
 
 pub use cache_core::{
     Breaker, Cache, CacheConfig, CacheError, CacheInfo, CacheKey, CacheStats, Codec, CodecError,
-    Health, HealthStatus, MAX_BATCH, NodeHealth, TypedCache, codec,
+    Health, HealthStatus, MAX_BATCH, NodeHealth, SingleFlight, TypedCache, codec,
 };
 /// Declares a cache; see the [crate documentation](crate) for the `#[cache(...)]` keys.
 pub use cache_derive::Cache;

@@ -126,11 +126,22 @@ impl<C: Cache> TypedCache<C> {
     /// The cache stays a luxury: an unavailable backend is a miss, and a value that
     /// cannot be stored (backend down, or it fails to encode: logged) is still returned.
     ///
+    /// What the cache's declaration adds: with `fail_safe`, a stale entry answers when
+    /// the loader fails (and then reads as fresh for the fail-safe throttle); with
+    /// `load_timeout_ms`, it answers when the loader is slower than that, and the load
+    /// goes on in the background; with `refresh_ahead`, an old hit is returned at once
+    /// and reloaded in the background; with `negative_ttl`, an `Ok(None)` is remembered;
+    /// with `single_flight = "global"`, the loader runs once across every instance
+    /// sharing the Redis. For a cache with `load_timeout_ms` or `refresh_ahead`, the
+    /// loader's future and error must be `Send + 'static` (move an `Arc` of the pool
+    /// into it). See the project's `docs/readthrough.md`.
+    ///
     /// # Errors
     ///
     /// The loader's error `E`, returned to the caller whose `load` failed; nothing is
-    /// cached then. No `CacheError` comes back: backend failures read as misses, and a
-    /// loaded value that cannot be stored is logged and returned.
+    /// cached then, and with `fail_safe` only when no stale entry could answer instead.
+    /// No `CacheError` comes back: backend failures read as misses, and a loaded value
+    /// that cannot be stored is logged and returned.
     ///
     /// # Examples
     ///
@@ -759,63 +770,70 @@ impl<C: Cache> TypedCache<C> {
     }
 
     /// Leases for the loads of many keys: the keys this instance loads, with their
-    /// leases, and what other instances loaded meanwhile (read once their loads ended,
-    /// within the single-flight wait; keys they did not answer are loaded here).
+    /// leases, and what other instances loaded meanwhile.
+    ///
+    /// All or nothing, in the keys' order: a caller that meets a key another instance
+    /// is loading gives back the leases it took, waits for that load to end, reads what
+    /// it brought, and tries again for the keys still missing. So no caller waits while
+    /// holding a lease another waits on (two batches sharing keys cannot wait on each
+    /// other), and the loader runs once per call. Past the single-flight wait, the keys
+    /// still missing are loaded here without leases.
     async fn take_leases(
         &self,
-        keys: Vec<C::Key>,
+        mut keys: Vec<C::Key>,
     ) -> (Vec<C::Key>, Vec<Lease>, HashMap<C::Key, C::Value>) {
         let wait = self.shared.config().single_flight_wait;
         let give_up = Instant::now() + wait;
-        let backend = self.shared.backend();
         let token = format!("{:016x}", fastrand::u64(..)).into_bytes();
-        let mut ours = Vec::new();
-        let mut leases = Vec::new();
-        let mut theirs = Vec::new();
-        for key in keys {
-            let redis_key = self.redis_key(&key);
-            let lease_key = cache_keyspace::aux_key("lease", &redis_key);
-            let watch = self.shared.locals.loads.watch(&redis_key);
-            match backend.set_nx(&lease_key, &token, wait).await {
-                Ok(false) => theirs.push((key, watch)),
-                taken => {
-                    if taken.is_ok() {
-                        leases.push(Lease {
-                            shared: Arc::clone(&self.shared),
-                            key: lease_key,
-                            redis_key,
-                            token: token.clone(),
-                            released: false,
-                        });
+        let mut answered = HashMap::new();
+        keys.sort_by_cached_key(|k| self.redis_key(k));
+        loop {
+            let backend = self.shared.backend();
+            let mut leases = Vec::with_capacity(keys.len());
+            let mut contended = None;
+            for key in &keys {
+                let redis_key = self.redis_key(key);
+                let lease_key = cache_keyspace::aux_key("lease", &redis_key);
+                let watch = self.shared.locals.loads.watch(&redis_key);
+                match backend.set_nx(&lease_key, &token, wait).await {
+                    Ok(true) => leases.push(Lease {
+                        shared: Arc::clone(&self.shared),
+                        key: lease_key,
+                        redis_key,
+                        token: token.clone(),
+                        released: false,
+                    }),
+                    Ok(false) => {
+                        contended = Some(watch);
+                        break;
                     }
-                    ours.push(key);
+                    // Leases cannot be asked for: load without them.
+                    Err(_) => return (keys, Vec::new(), answered),
                 }
             }
-        }
-        let mut answered = HashMap::new();
-        while !theirs.is_empty() {
+            let Some(mut watch) = contended else {
+                return (keys, leases, answered);
+            };
+            futures_util::future::join_all(leases.into_iter().map(Lease::release)).await;
             let next_look = (Instant::now() + recheck_every(wait)).min(give_up);
-            if let Some((_, watch)) = theirs.first_mut() {
-                let _ = tokio::time::timeout_at(next_look, watch.ended()).await;
-            }
-            let pending: Vec<&C::Key> = theirs.iter().map(|(k, _)| k).collect();
+            let _ = tokio::time::timeout_at(next_look, watch.ended()).await;
+            let pending: Vec<&C::Key> = keys.iter().collect();
             let lookups = self.lookup_many(&pending).await;
-            let mut still = Vec::new();
-            for ((key, watch), lookup) in theirs.into_iter().zip(lookups) {
+            let mut still = Vec::with_capacity(keys.len());
+            for (key, lookup) in keys.iter().zip(lookups) {
                 match lookup {
                     Lookup::Fresh { value, .. } => {
-                        answered.insert(key, value);
+                        answered.insert(key.clone(), value);
                     }
                     Lookup::Absent => {}
-                    _ => still.push((key, watch)),
+                    _ => still.push(key.clone()),
                 }
             }
-            theirs = still;
-            if Instant::now() >= give_up {
-                ours.extend(theirs.drain(..).map(|(key, _)| key));
+            keys = still;
+            if keys.is_empty() || Instant::now() >= give_up {
+                return (keys, Vec::new(), answered);
             }
         }
-        (ours, leases, answered)
     }
 
     /// The former name of [`mget_or_load`](Self::mget_or_load).

@@ -977,4 +977,6 @@ fn distinct_within_limit<'k, C: Cache>(
 }
 
 #[cfg(test)]
+mod readthrough_tests;
+#[cfg(test)]
 mod tests;
