@@ -26,6 +26,14 @@
 //! `my::Profile`). It does not see inside types defined elsewhere: if a field's type
 //! `Address` gains a field, or `my::Profile` of a form A cache changes, the fingerprint
 //! stays the same. Bump `version = N` on the cache when that happens.
+//!
+//! # Compression
+//!
+//! With `#[cache(..., compress = true)]`, a bincode body of at least [`COMPRESS_ABOVE`]
+//! bytes is stored compressed with LZ4 when that makes it smaller, behind its own tag
+//! ([`COMPRESSED_TAG`]) and its length before compression. Entries of either tag read
+//! back whatever the cache's setting. A compressed entry claiming more than LZ4 can
+//! produce from its bytes is corrupt, refused before anything is allocated for it.
 
 use std::fmt::Display;
 use std::str::FromStr;
@@ -40,6 +48,20 @@ pub const FRAME_TAG: u8 = 0xCB;
 
 /// Length of the header of a framed entry: the tag and a 4-byte fingerprint.
 pub const FRAME_LEN: usize = 5;
+
+/// The first byte of a framed entry whose body is compressed (`compress = true`): the
+/// tag, the fingerprint, the body's length before compression (4 bytes, little endian),
+/// then the body compressed with LZ4 (block format).
+pub const COMPRESSED_TAG: u8 = 0xCC;
+
+/// Bodies shorter than this are stored as they are even with `compress = true`: below
+/// it, LZ4 saves too few bytes to pay for its time (see the project's performance page,
+/// `cargo bench -p cache-tests --bench compression`).
+pub const COMPRESS_ABOVE: usize = 1024;
+
+/// LZ4 turns one compressed byte into at most 255: a compressed entry claiming more is
+/// corrupt (a decompression bomb), refused before anything is allocated for it.
+const LZ4_MAX_RATIO: usize = 255;
 
 /// The first byte of a remembered absence (`negative_ttl`): a framed entry with no
 /// value. Only framed codecs can hold one; the derive refuses `negative_ttl` on others,
@@ -151,10 +173,13 @@ where
     }
 }
 
-/// Encodes `value` for storage: the header for framed codecs, then the codec's bytes.
+/// Encodes `value` for storage: the header for framed codecs, then the codec's bytes;
+/// with `compress`, a framed body of [`COMPRESS_ABOVE`] bytes or more is compressed
+/// when that makes it smaller.
 pub(crate) fn encode_entry<V, C: Codec<V>>(
     value: &V,
     fingerprint: u32,
+    compress: bool,
 ) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(64);
     if C::FRAMED {
@@ -162,7 +187,47 @@ pub(crate) fn encode_entry<V, C: Codec<V>>(
         out.extend_from_slice(&fingerprint.to_le_bytes());
     }
     C::encode(value, &mut out)?;
+    if C::FRAMED && compress && out.len() - FRAME_LEN >= COMPRESS_ABOVE {
+        let body = &out[FRAME_LEN..];
+        let packed = lz4_flex::block::compress(body);
+        if packed.len() + 4 < body.len() {
+            let mut framed = Vec::with_capacity(FRAME_LEN + 4 + packed.len());
+            framed.push(COMPRESSED_TAG);
+            framed.extend_from_slice(&fingerprint.to_le_bytes());
+            framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            framed.extend_from_slice(&packed);
+            return Ok(framed);
+        }
+    }
     Ok(out)
+}
+
+/// The body of a compressed entry (after its tag and fingerprint), inflated: at most
+/// what LZ4 can produce from its size, and at most what bincode may read, or it is
+/// corrupt, before a byte is allocated for it.
+fn inflate(rest: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let [a, b, c, d, packed @ ..] = rest else {
+        return Err(CodecError::msg("compressed entry has no length"));
+    };
+    let len = u32::from_le_bytes([*a, *b, *c, *d]) as usize;
+    let most = packed
+        .len()
+        .saturating_mul(LZ4_MAX_RATIO)
+        .min(BINCODE_LIMIT);
+    if len > most {
+        return Err(CodecError::msg(format_args!(
+            "compressed entry claims {len} bytes from {} compressed ones; at most {most} are possible",
+            packed.len()
+        )));
+    }
+    let body = lz4_flex::block::decompress(packed, len).map_err(CodecError::new)?;
+    if body.len() != len {
+        return Err(CodecError::msg(format_args!(
+            "compressed entry inflated to {} bytes, not the {len} it claims",
+            body.len()
+        )));
+    }
+    Ok(body)
 }
 
 /// The entry remembering that a key has no value: the absence tag and the fingerprint,
@@ -193,28 +258,28 @@ pub(crate) fn decode_entry<V, C: Codec<V>>(
     bytes: &[u8],
     fingerprint: u32,
 ) -> Result<V, CodecError> {
-    let body = if C::FRAMED {
-        match bytes {
-            [FRAME_TAG, fp @ ..] if fp.len() >= 4 => {
-                let stored = u32::from_le_bytes([fp[0], fp[1], fp[2], fp[3]]);
-                if stored != fingerprint {
-                    return Err(CodecError::msg(format_args!(
-                        "entry was written for another type definition or version \
-                         (fingerprint {stored:08x}, expected {fingerprint:08x})"
-                    )));
-                }
-                &bytes[FRAME_LEN..]
+    if !C::FRAMED {
+        return C::decode(bytes);
+    }
+    match bytes {
+        [tag @ (FRAME_TAG | COMPRESSED_TAG), fp @ ..] if fp.len() >= 4 => {
+            let stored = u32::from_le_bytes([fp[0], fp[1], fp[2], fp[3]]);
+            if stored != fingerprint {
+                return Err(CodecError::msg(format_args!(
+                    "entry was written for another type definition or version \
+                     (fingerprint {stored:08x}, expected {fingerprint:08x})"
+                )));
             }
-            _ => {
-                return Err(CodecError::msg(
-                    "entry has no bincode header; it was not written by this cache",
-                ));
+            if *tag == COMPRESSED_TAG {
+                C::decode(&inflate(&bytes[FRAME_LEN..])?)
+            } else {
+                C::decode(&bytes[FRAME_LEN..])
             }
         }
-    } else {
-        bytes
-    };
-    C::decode(body)
+        _ => Err(CodecError::msg(
+            "entry has no bincode header; it was not written by this cache",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -234,7 +299,7 @@ mod tests {
             name: "ada".into(),
             age: 36,
         };
-        let bytes = encode_entry::<_, Bincode>(&p, 0xDEADBEEF).unwrap();
+        let bytes = encode_entry::<_, Bincode>(&p, 0xDEADBEEF, false).unwrap();
         assert_eq!(bytes[..FRAME_LEN], [FRAME_TAG, 0xEF, 0xBE, 0xAD, 0xDE]);
         assert_eq!(
             decode_entry::<Profile, Bincode>(&bytes, 0xDEADBEEF).unwrap(),
@@ -244,14 +309,14 @@ mod tests {
 
     #[test]
     fn bincode_rejects_another_fingerprint() {
-        let bytes = encode_entry::<_, Bincode>(&7i64, 1).unwrap();
+        let bytes = encode_entry::<_, Bincode>(&7i64, 1, false).unwrap();
         let err = decode_entry::<i64, Bincode>(&bytes, 2).unwrap_err();
         assert!(err.to_string().contains("another type definition"), "{err}");
     }
 
     #[test]
     fn bincode_rejects_trailing_bytes() {
-        let mut bytes = encode_entry::<_, Bincode>(&7u8, 1).unwrap();
+        let mut bytes = encode_entry::<_, Bincode>(&7u8, 1, false).unwrap();
         bytes.push(0);
         let err = decode_entry::<u8, Bincode>(&bytes, 1).unwrap_err();
         assert!(err.to_string().contains("trailing"), "{err}");
@@ -275,11 +340,84 @@ mod tests {
     #[test]
     fn text_writes_display_and_reads_from_str() {
         let id = uuid::Uuid::parse_str("550e8400-e29b-41d4-a716-446655440001").unwrap();
-        let bytes = encode_entry::<_, Text>(&id, 0).unwrap();
+        let bytes = encode_entry::<_, Text>(&id, 0, false).unwrap();
         assert_eq!(bytes, b"550e8400-e29b-41d4-a716-446655440001");
         assert_eq!(decode_entry::<uuid::Uuid, Text>(&bytes, 0).unwrap(), id);
         assert!(decode_entry::<i64, Text>(b"12x", 0).is_err());
         assert!(decode_entry::<String, Text>(b"\xff", 0).is_err());
+    }
+
+    /// A value whose bincode body is `n` bytes of compressible text (and a few more).
+    fn text_of(n: usize) -> String {
+        "the quick brown fox jumps over the lazy dog. ".repeat(n / 45 + 1)[..n].to_owned()
+    }
+
+    #[test]
+    fn large_bodies_are_compressed_behind_their_own_tag_and_read_back() {
+        let value = text_of(10_000);
+        let plain = encode_entry::<_, Bincode>(&value, 7, false).unwrap();
+        let packed = encode_entry::<_, Bincode>(&value, 7, true).unwrap();
+        assert_eq!(plain[0], FRAME_TAG);
+        assert_eq!(packed[0], COMPRESSED_TAG);
+        assert_eq!(packed[1..5], 7u32.to_le_bytes());
+        let body_len = u32::from_le_bytes(packed[5..9].try_into().unwrap()) as usize;
+        assert_eq!(
+            body_len,
+            plain.len() - FRAME_LEN,
+            "the length before compression"
+        );
+        assert!(
+            packed.len() * 5 < plain.len(),
+            "{} of {}",
+            packed.len(),
+            plain.len()
+        );
+        // Read back whether the cache compresses or not: the tag says what the body is.
+        assert_eq!(decode_entry::<String, Bincode>(&packed, 7).unwrap(), value);
+        assert!(
+            decode_entry::<String, Bincode>(&packed, 8).is_err(),
+            "another layout's"
+        );
+    }
+
+    #[test]
+    fn small_or_incompressible_bodies_are_stored_as_they_are() {
+        let small = text_of(COMPRESS_ABOVE - 10);
+        let bytes = encode_entry::<_, Bincode>(&small, 7, true).unwrap();
+        assert_eq!(bytes[0], FRAME_TAG);
+        // Random bytes do not shrink: stored plain rather than grown.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let noise: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();
+        let bytes = encode_entry::<_, Bincode>(&noise, 7, true).unwrap();
+        assert_eq!(bytes[0], FRAME_TAG);
+        assert_eq!(decode_entry::<Vec<u8>, Bincode>(&bytes, 7).unwrap(), noise);
+        // Unframed codecs keep the bytes other services read.
+        let text = encode_entry::<_, Json>(&text_of(5000), 0, true).unwrap();
+        assert_eq!(text[0], b'"');
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_corrupt_and_allocates_nothing() {
+        let frame = |len: u32, packed: &[u8]| {
+            let mut bytes = vec![COMPRESSED_TAG, 7, 0, 0, 0];
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(packed);
+            bytes
+        };
+        // Claims 4 GiB from 3 bytes: refused from the header alone.
+        let err = decode_entry::<String, Bincode>(&frame(u32::MAX, &[0x1f, 0, 0]), 7)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 765 are possible"), "{err}");
+        // A real stream whose claimed length is a lie.
+        let value = text_of(4000);
+        let mut bytes = encode_entry::<_, Bincode>(&value, 7, true).unwrap();
+        bytes[5..9].copy_from_slice(&3000u32.to_le_bytes());
+        assert!(decode_entry::<String, Bincode>(&bytes, 7).is_err());
+        // Truncated: no length, or a cut stream.
+        assert!(decode_entry::<String, Bincode>(&[COMPRESSED_TAG, 7, 0, 0, 0, 1], 7).is_err());
+        let whole = encode_entry::<_, Bincode>(&value, 7, true).unwrap();
+        assert!(decode_entry::<String, Bincode>(&whole[..whole.len() - 3], 7).is_err());
     }
 
     #[test]
@@ -298,7 +436,7 @@ mod tests {
             name: "ada".into(),
             age: 36,
         };
-        let bytes = encode_entry::<_, Bincode>(&p, 7).unwrap();
+        let bytes = encode_entry::<_, Bincode>(&p, 7, false).unwrap();
         assert_eq!(
             decode_stored::<Profile, Bincode>(&bytes, 7).unwrap(),
             Stored::Value(p)
@@ -317,7 +455,7 @@ mod tests {
             name: "ada".into(),
             age: 36,
         };
-        let bytes = encode_entry::<_, Json>(&p, 0).unwrap();
+        let bytes = encode_entry::<_, Json>(&p, 0, false).unwrap();
         assert_eq!(bytes, br#"{"name":"ada","age":36}"#);
         assert_eq!(
             decode_entry::<Profile, Json>(br#"{"name": "ada", "age": 36}"#, 0).unwrap(),
@@ -364,13 +502,13 @@ mod tests {
             #[test]
             fn every_codec_round_trips_what_it_encodes(name in nasty(), tags in proptest::collection::vec(nasty(), 0..3), n: i64) {
                 let p = Tagged { name: name.clone(), tags };
-                let bytes = encode_entry::<_, Bincode>(&p, 7).unwrap();
+                let bytes = encode_entry::<_, Bincode>(&p, 7, false).unwrap();
                 prop_assert_eq!(decode_entry::<Tagged, Bincode>(&bytes, 7).unwrap(), p.clone());
-                let bytes = encode_entry::<_, Json>(&p, 0).unwrap();
+                let bytes = encode_entry::<_, Json>(&p, 0, false).unwrap();
                 prop_assert_eq!(decode_entry::<Tagged, Json>(&bytes, 0).unwrap(), p);
-                let bytes = encode_entry::<_, Text>(&n, 0).unwrap();
+                let bytes = encode_entry::<_, Text>(&n, 0, false).unwrap();
                 prop_assert_eq!(decode_entry::<i64, Text>(&bytes, 0).unwrap(), n);
-                let bytes = encode_entry::<String, Text>(&name, 0).unwrap();
+                let bytes = encode_entry::<String, Text>(&name, 0, false).unwrap();
                 prop_assert_eq!(decode_entry::<String, Text>(&bytes, 0).unwrap(), name);
             }
         }

@@ -62,3 +62,39 @@ pub(crate) async fn observed<F: Future>(namespace: &'static str, op: Op, call: F
     .record(started.elapsed());
     output
 }
+
+/// Lets a message about a key be logged once per interval, not once per call: a value
+/// too large to cache, loaded again and again, is one line a minute, not thousands.
+pub(crate) struct OncePerKey {
+    logged: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    every: std::time::Duration,
+}
+
+impl OncePerKey {
+    /// The most keys remembered: past it, those logged longest ago are forgotten.
+    const KEYS: usize = 1024;
+
+    pub(crate) fn new(every: std::time::Duration) -> Self {
+        OncePerKey {
+            logged: std::sync::Mutex::default(),
+            every,
+        }
+    }
+
+    /// Whether to log about `key` now; if so, it is not logged again for the interval.
+    pub(crate) fn now(&self, key: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.get(key).is_some_and(|at| now - *at < self.every) {
+            return false;
+        }
+        if logged.len() >= Self::KEYS {
+            let every = self.every;
+            logged.retain(|_, at| now - *at < every);
+        }
+        if logged.len() < Self::KEYS {
+            logged.insert(key.to_owned(), now);
+        }
+        true
+    }
+}

@@ -32,6 +32,12 @@ impl Shared {
         self.config.load_full()
     }
 
+    /// The manager-wide value size limit, read on every write of a cache without its
+    /// own: a load of the current settings, without touching a reference count.
+    pub(crate) fn max_value_bytes(&self) -> Option<usize> {
+        self.config.load().max_value_bytes
+    }
+
     pub(crate) fn set_config(&self, config: CacheConfig) {
         self.config.store(Arc::new(config));
     }

@@ -28,6 +28,7 @@ pub(crate) use secret::Secret;
 /// | fail-safe throttle | 30 s | `fail_safe_throttle_ms` | after a loader failed, how long `get_or_load` serves the stale fallback (`fail_safe`) as if fresh, so a failing database is not asked again on every call |
 /// | single-flight wait | 3 s | `single_flight_wait_ms` | with `single_flight = "global"`: how long an instance waits for another's load (and how long that load's lease lasts) before it loads itself |
 /// | background timeout | 30 s | `background_timeout_ms` | the longest a load that outlived its caller (after a soft timeout, a refresh ahead) may run; at most one per key |
+/// | value size limit | none | `max_value_bytes` | the largest encoded value any cache of the manager writes; a cache's own `max_bytes` wins |
 /// | coalescing | on | `coalesce` (`true`/`false`) | under load, concurrent gets share `MGET`s; off for a multi-thread runtime squeezed onto one CPU, where the hand-offs cost more than they save |
 /// | TLS trust | the system's roots | `ca_file` | a PEM file of the CA(s) that signed the servers' certificates, for `rediss://` to a private CA; it replaces the system's roots |
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,9 @@ pub struct CacheConfig {
     pub single_flight_wait: Duration,
     /// The longest a load that outlived its caller may run.
     pub background_timeout: Duration,
+    /// The largest encoded value a cache without its own `max_bytes` writes; `None`
+    /// leaves only Redis's own limit.
+    pub max_value_bytes: Option<usize>,
     /// PEM file of the certificate authorities a `rediss://` server's certificate must
     /// chain to; `None` trusts the system's roots.
     pub tls_ca_file: Option<PathBuf>,
@@ -72,6 +76,7 @@ impl Default for CacheConfig {
             fail_safe_throttle: Duration::from_secs(30),
             single_flight_wait: Duration::from_secs(3),
             background_timeout: Duration::from_secs(30),
+            max_value_bytes: None,
             tls_ca_file: None,
         }
     }
@@ -131,6 +136,14 @@ impl CacheConfig {
     /// Sets the longest a load that outlived its caller may run.
     pub fn with_background_timeout(mut self, timeout: Duration) -> Self {
         self.background_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest encoded value a cache without its own `max_bytes` writes: a
+    /// larger one is refused (`set` with `CacheError::Validation`, `mset` writing
+    /// nothing, `get_or_load` returning it uncached).
+    pub fn with_max_value_bytes(mut self, limit: usize) -> Self {
+        self.max_value_bytes = Some(limit);
         self
     }
 
@@ -222,6 +235,13 @@ impl CacheConfig {
                 )));
             }
         }
+        if let Some(limit) = self.max_value_bytes
+            && !(1..=MAX_VALUE_BYTES).contains(&limit)
+        {
+            return Err(CacheError::config(format!(
+                "the value size limit (`max_value_bytes`) must be from 1 to {MAX_VALUE_BYTES} (512 MiB, Redis's largest value), not {limit}"
+            )));
+        }
         if self.backoff_max < self.backoff_min {
             return Err(CacheError::config(format!(
                 "the maximum backoff ({:?}) is below the minimum ({:?})",
@@ -231,6 +251,9 @@ impl CacheConfig {
         Ok(())
     }
 }
+
+/// Redis's largest value: 512 MiB.
+const MAX_VALUE_BYTES: usize = 512 << 20;
 
 /// The longest any timeout, backoff or interval may be.
 const MAX_SETTING: Duration = Duration::from_secs(3600);

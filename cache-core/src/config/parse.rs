@@ -38,7 +38,7 @@ pub(crate) struct RedisSettings {
 /// before it is parsed, and is never echoed.
 const MAX_URL_LEN: usize = 16 * 1024;
 
-const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `fail_safe_throttle_ms`, `single_flight_wait_ms`, `background_timeout_ms`, `coalesce`, `ca_file`";
+const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `fail_safe_throttle_ms`, `single_flight_wait_ms`, `background_timeout_ms`, `max_value_bytes`, `coalesce`, `ca_file`";
 
 /// Settings of a Redis Cluster: where to learn its slot map, and how to reach any node.
 pub(crate) struct ClusterSettings {
@@ -362,6 +362,9 @@ fn apply_options(
             "fail_safe_throttle_ms" => config.fail_safe_throttle = Duration::from_millis(number()?),
             "single_flight_wait_ms" => config.single_flight_wait = Duration::from_millis(number()?),
             "background_timeout_ms" => config.background_timeout = Duration::from_millis(number()?),
+            "max_value_bytes" => {
+                config.max_value_bytes = Some(usize::try_from(number()?).unwrap_or(usize::MAX));
+            }
             "coalesce" => {
                 config.coalesce = match &*value {
                     "true" => true,

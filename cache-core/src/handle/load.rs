@@ -333,10 +333,23 @@ impl<C: Cache> TypedCache<C> {
         }
     }
 
-    /// Storing a loaded value: its bytes, or nothing (logged) when it does not encode.
+    /// Storing a loaded value: its bytes, or nothing (logged) when it does not encode
+    /// or is over the size limit (logged once per key per minute: it will be loaded
+    /// again, and again refused).
     fn plan_value(&self, redis_key: &str, value: &C::Value) -> Plan {
         match self.encode(value) {
             Ok(bytes) => Plan::Store(bytes),
+            Err(error @ crate::CacheError::Validation { .. }) => {
+                if self.oversized.now(redis_key) {
+                    tracing::warn!(
+                        namespace = C::NAMESPACE,
+                        key = redis_key,
+                        error = %error,
+                        "a loaded value is too large to cache; it is returned uncached (logged once a minute per key)"
+                    );
+                }
+                Plan::Nothing
+            }
             Err(error) => {
                 tracing::error!(
                     namespace = C::NAMESPACE,

@@ -23,7 +23,7 @@ use crate::error::{CacheError, CodecError};
 use crate::flight::Flights;
 use crate::key;
 use crate::local::{Invalidate as _, LocalLevel as _};
-use crate::observe::{Op, observed};
+use crate::observe::{OncePerKey, Op, observed};
 use crate::shared::Shared;
 use crate::stats::{CacheStats, Counters};
 
@@ -41,6 +41,8 @@ pub struct TypedCache<C: Cache> {
     field: &'static str,
     flights: Arc<Flights<C::Key, C::Value>>,
     local: Option<Arc<C::Local>>,
+    /// Loaded values too large to cache: logged once per key per minute.
+    oversized: Arc<OncePerKey>,
     _cache: PhantomData<fn() -> C>,
 }
 
@@ -94,6 +96,7 @@ impl<C: Cache> TypedCache<C> {
             field,
             flights: Arc::default(),
             local,
+            oversized: Arc::new(OncePerKey::new(Duration::from_secs(60))),
             _cache: PhantomData,
         }
     }
@@ -106,6 +109,7 @@ impl<C: Cache> TypedCache<C> {
             field: self.field,
             flights: Arc::clone(&self.flights),
             local: self.local.clone(),
+            oversized: Arc::clone(&self.oversized),
             _cache: PhantomData,
         }
     }
@@ -925,13 +929,31 @@ impl<C: Cache> TypedCache<C> {
         );
     }
 
+    /// The bytes a write stores: the encoded value, compressed with `compress = true`,
+    /// within the size limit (`max_bytes`, or the manager's `max_value_bytes`).
     fn encode(&self, value: &C::Value) -> Result<Vec<u8>, CacheError> {
-        encode_entry::<C::Value, C::Codec>(value, C::FINGERPRINT).map_err(|source| {
-            CacheError::Serialization {
+        let bytes = encode_entry::<C::Value, C::Codec>(value, C::FINGERPRINT, C::COMPRESS)
+            .map_err(|source| CacheError::Serialization {
                 namespace: C::NAMESPACE,
                 source,
-            }
-        })
+            })?;
+        let (limit, whose) = match C::MAX_BYTES {
+            Some(limit) => (Some(limit), "the cache's `max_bytes`"),
+            None => (
+                self.shared.max_value_bytes(),
+                "the manager's `max_value_bytes`",
+            ),
+        };
+        match limit {
+            Some(limit) if bytes.len() > limit => Err(CacheError::validation(
+                C::NAMESPACE,
+                format!(
+                    "the encoded value is {} bytes, over {whose} of {limit} bytes; nothing was written",
+                    bytes.len()
+                ),
+            )),
+            _ => Ok(bytes),
+        }
     }
 }
 
