@@ -22,6 +22,24 @@ use crate::error::CacheError;
 /// quick, small enough that one reply or one `UNLINK` never holds the server for long.
 pub const SCAN_COUNT: usize = 1000;
 
+/// The `SCAN MATCH` patterns of every key a cache of `namespace` may have written: with
+/// and without a hash tag, with and without a layout (the value type's fingerprint of a
+/// `bincode` cache, several while versions of a service share the Redis). Exact: the
+/// grammar keeps glob characters, braces and `@` out of namespaces.
+///
+/// # Errors
+///
+/// The grammar's complaint about a namespace it refuses, saying what is allowed.
+pub fn clear_patterns(namespace: &str) -> Result<Vec<String>, cache_keyspace::NamespaceError> {
+    cache_keyspace::check_namespace(namespace)?;
+    Ok([false, true]
+        .into_iter()
+        .flat_map(|hash_tag| {
+            cache_keyspace::CacheKeys::plain(namespace, hash_tag).scan_patterns_of_every_layout()
+        })
+        .collect())
+}
+
 /// The servers a cache URL names: one Redis server, or the masters of a Redis Cluster.
 ///
 /// Parsed like `connect` parses (every scheme but `memory://`, which holds nothing
@@ -177,9 +195,9 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Removes every key of the caches of `namespace`, in both key layouts
-    /// (`{namespace}:*` and, for `hash_tag = true` caches, `{{namespace}}:*`), with
-    /// `SCAN MATCH` and `UNLINK` in batches of about [`SCAN_COUNT`], never `KEYS`.
+    /// Removes every key of the caches of `namespace`, whatever their spelling (see
+    /// [`clear_patterns`]), with `SCAN MATCH` and `UNLINK` in batches of about
+    /// [`SCAN_COUNT`], never `KEYS`.
     /// `removed_so_far` hears the running total after each batch.
     ///
     /// # Errors
@@ -191,10 +209,9 @@ impl Server {
         namespace: &str,
         removed_so_far: &mut (dyn FnMut(u64) + Send),
     ) -> Result<u64, (u64, String)> {
-        cache_keyspace::check_namespace(namespace).map_err(|e| (0, e.to_string()))?;
+        let patterns = clear_patterns(namespace).map_err(|e| (0, e.to_string()))?;
         let mut total = 0;
-        for hash_tag in [false, true] {
-            let pattern = cache_keyspace::scan_pattern(namespace, hash_tag);
+        for pattern in patterns {
             let (removed, result) = scan_unlink(
                 &mut self.connection,
                 &pattern,

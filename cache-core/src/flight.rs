@@ -2,9 +2,11 @@
 //! result (as moka's `ValueInitializer` does for its own `get_with`).
 //!
 //! The first caller of a key leads: it runs the load. Callers that come while it runs
-//! follow: they wait for its result. A leader that fails, or is cancelled (its future
-//! dropped), drops its sender; its followers then try again, one of them leading. So an
-//! error need not be `Clone`, and a cancelled caller never strands the others.
+//! follow: they wait for its result. When the leader's load fails, its followers run
+//! their own loads, at once and side by side (an error need not be `Clone`, and none
+//! queues behind the others' failures). When the leader is cancelled (its future
+//! dropped) its followers try again, one of them leading: a cancelled caller never
+//! strands the others.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -14,9 +16,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-/// One load in progress: `None` while loading, `Some(result)` once done.
+/// How a leader's load ended.
+#[derive(Clone)]
+enum Outcome<V> {
+    /// What it found, shared with its followers.
+    Loaded(Option<V>),
+    /// It failed: each follower loads for itself.
+    Failed,
+}
+
+/// One load in progress: `None` while loading, `Some(outcome)` once done.
 struct Flight<V> {
-    done: watch::Receiver<Option<Option<V>>>,
+    done: watch::Receiver<Option<Outcome<V>>>,
     /// Callers waiting for this load, not counting its leader.
     waiters: Arc<AtomicUsize>,
 }
@@ -31,10 +42,12 @@ impl<V> Clone for Flight<V> {
 }
 
 /// The loads in progress of one cache: those callers wait for, and those running in
-/// the background (after a soft timeout, or a refresh ahead), at most one per key.
+/// the background (after a soft timeout, or a refresh ahead), at most one per key; and
+/// the keys whose last refresh ahead failed, and when.
 pub(crate) struct Flights<K, V> {
     pub(crate) single: SingleFlight<K, V>,
     background: Mutex<HashSet<K>>,
+    refresh_failed: Mutex<HashMap<K, tokio::time::Instant>>,
 }
 
 impl<K, V> Default for Flights<K, V> {
@@ -42,6 +55,7 @@ impl<K, V> Default for Flights<K, V> {
         Flights {
             single: SingleFlight::default(),
             background: Mutex::new(HashSet::new()),
+            refresh_failed: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -55,6 +69,43 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
             flights: Arc::clone(self),
             key: key.clone(),
         })
+    }
+
+    /// Records that a refresh ahead of `key` failed: no other starts for a while, so a
+    /// failing database is not asked on every hit of a key near the end of its TTL.
+    pub(crate) fn refresh_failed(&self, key: &K) {
+        /// Failed refreshes remembered at most; past it, the oldest are forgotten.
+        const KEYS: usize = 4096;
+        let now = tokio::time::Instant::now();
+        let mut failed = self
+            .refresh_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if failed.len() >= KEYS
+            && let Some(oldest) = failed
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone())
+        {
+            failed.remove(&oldest);
+        }
+        failed.insert(key.clone(), now);
+    }
+
+    /// Whether a refresh ahead of `key` failed within `window`.
+    pub(crate) fn refresh_failed_within(&self, key: &K, window: std::time::Duration) -> bool {
+        let mut failed = self
+            .refresh_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match failed.get(key) {
+            Some(at) if at.elapsed() < window => true,
+            Some(_) => {
+                failed.remove(key);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Whether a load of `key` runs in the background.
@@ -97,7 +148,7 @@ impl<K, V> Default for SingleFlight<K, V> {
 }
 
 enum Role<V> {
-    Lead(watch::Sender<Option<Option<V>>>, Flight<V>),
+    Lead(watch::Sender<Option<Outcome<V>>>, Flight<V>),
     Follow(Flight<V>),
 }
 
@@ -108,7 +159,8 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
 
     /// Runs `load` for `key` unless a load of `key` is in progress, in which case it
     /// waits for that one's result instead. `load`'s error goes to this caller only;
-    /// when the load it waited for failed or was cancelled, it runs `load` itself.
+    /// when the load it waited for failed, it runs `load` itself; when it was
+    /// cancelled, it tries again, perhaps as leader.
     pub(crate) async fn run<F, Fut, E>(&self, key: &K, load: F) -> Result<Option<V>, E>
     where
         F: FnOnce() -> Fut,
@@ -136,11 +188,23 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
             };
             match role {
                 Role::Follow(mut flight) => {
-                    let _waiting = Waiting::join(&flight.waiters);
-                    if let Ok(done) = flight.done.wait_for(Option::is_some).await {
-                        return Ok(done.clone().flatten());
+                    let waiting = Waiting::join(&flight.waiters);
+                    let outcome = match flight.done.wait_for(Option::is_some).await {
+                        Ok(done) => done.clone(),
+                        // The leader was cancelled: try again, perhaps as leader.
+                        Err(_) => continue,
+                    };
+                    drop(waiting);
+                    match outcome {
+                        Some(Outcome::Loaded(found)) => return Ok(found),
+                        // The leader's load failed: this caller's own, now.
+                        _ => {
+                            let load = load
+                                .take()
+                                .expect("a caller loads at most once: loading returns");
+                            return load().await;
+                        }
                     }
-                    // The leader failed or was cancelled: try again, perhaps as leader.
                 }
                 Role::Lead(sender, flight) => {
                     let _landing = Landing {
@@ -151,9 +215,16 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
                     let load = load
                         .take()
                         .expect("a caller leads at most once: leading returns");
-                    let loaded = load().await?;
-                    sender.send_replace(Some(loaded.clone()));
-                    return Ok(loaded);
+                    return match load().await {
+                        Ok(loaded) => {
+                            sender.send_replace(Some(Outcome::Loaded(loaded.clone())));
+                            Ok(loaded)
+                        }
+                        Err(error) => {
+                            sender.send_replace(Some(Outcome::Failed));
+                            Err(error)
+                        }
+                    };
                 }
             }
         }

@@ -43,13 +43,17 @@ pub trait CacheKey {
     fn write_key(&self, out: &mut String);
 }
 
-/// The Redis key of `key` in a cache of `namespace`: `"{namespace}:{key}"`, or with
-/// `hash_tag` the namespace in braces, `"{{namespace}}:{key}"`. The one place keys are
-/// built; `TypedCache::redis_key` and every call go through it.
-pub(crate) fn redis_key<K: CacheKey + ?Sized>(namespace: &str, hash_tag: bool, key: &K) -> String {
-    // Room for the namespace, its tag and a UUID or an integer without growing.
-    let mut out = String::with_capacity(namespace.len() + 40);
-    cache_keyspace::write_key_prefix(&mut out, namespace, hash_tag);
+/// The Redis key of `key` among `keys`: `"{namespace}:{key}"`, with the namespace in
+/// braces for a hash tag, the manager's prefix before it and the entries' layout after
+/// it when they apply (see [`CacheKeys`](cache_keyspace::CacheKeys)). The one place keys
+/// are built; `TypedCache::redis_key` and every call go through it.
+pub(crate) fn redis_key<K: CacheKey + ?Sized>(
+    keys: &cache_keyspace::CacheKeys<'_>,
+    key: &K,
+) -> String {
+    // Room for a prefix, the namespace, its tag and layout, and a UUID or an integer.
+    let mut out = String::with_capacity(keys.namespace.len() + 56);
+    keys.write_prefix(&mut out);
     key.write_key(&mut out);
     out
 }
@@ -160,7 +164,7 @@ mod tests {
             K: CacheKey + FromStr + PartialEq + Debug,
             K::Err: Debug,
         {
-            let full = redis_key("t", false, &key);
+            let full = redis_key(&cache_keyspace::CacheKeys::plain("t", false), &key);
             let text = full.strip_prefix("t:").expect("the namespace comes first");
             prop_assert_eq!(text.parse::<K>().expect("the key text parses"), key);
             Ok(())
@@ -179,7 +183,7 @@ mod tests {
                 parses_back(m)?; parses_back(n)?; parses_back(o.clone())?;
                 parses_back(Uuid::from_u128(p))?;
                 let boxed: Box<str> = o.clone().into();
-                prop_assert_eq!(redis_key("t", false, &boxed), redis_key("t", false, &o));
+                prop_assert_eq!(redis_key(&cache_keyspace::CacheKeys::plain("t", false), &boxed), redis_key(&cache_keyspace::CacheKeys::plain("t", false), &o));
             }
 
             /// Every other (namespace, key) pair that spells the same Redis key is a pair
@@ -188,13 +192,13 @@ mod tests {
             /// at each `:`.
             #[test]
             fn a_redis_key_belongs_to_one_namespace_of_a_registry(n in namespace(), k in key_text()) {
-                let full = redis_key(&n, false, &k);
+                let full = redis_key(&cache_keyspace::CacheKeys::plain(&n, false), &k);
                 for (at, _) in full.match_indices(':') {
                     let (other_ns, other_key) = (&full[..at], &full[at + 1..]);
                     if other_ns == n || check_namespace(other_ns).is_err() {
                         continue;
                     }
-                    prop_assert_eq!(redis_key(other_ns, false, &other_key.to_owned()), full.clone());
+                    prop_assert_eq!(redis_key(&cache_keyspace::CacheKeys::plain(other_ns, false), &other_key.to_owned()), full.clone());
                     prop_assert!(
                         namespaces_collide(&n, other_ns),
                         "`{}` and `{}` both own the Redis key {:?}, yet a registry accepts both",
@@ -207,7 +211,7 @@ mod tests {
             /// namespace's untagged key can spell it (namespaces never start with `{`).
             #[test]
             fn hash_tagged_keys_name_their_namespace(n in namespace(), k in key_text()) {
-                let full = redis_key(&n, true, &k);
+                let full = redis_key(&cache_keyspace::CacheKeys::plain(&n, true), &k);
                 let (tag, rest) = full
                     .strip_prefix('{')
                     .and_then(|r| r.split_once('}'))

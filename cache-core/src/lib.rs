@@ -24,6 +24,7 @@ mod flight;
 mod handle;
 mod health;
 mod key;
+mod layouts;
 mod loads;
 mod local;
 mod manager;

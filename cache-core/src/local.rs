@@ -310,24 +310,29 @@ impl LocalLevels {
             return;
         }
         let levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
-        // The namespace, and what follows it: `{namespace}:rest` for hash-tagged caches,
-        // else `namespace:rest`. Namespaces of one registry are never `:`-prefixes of each
-        // other, so at most one level owns the key.
+        // The namespace, and what follows it: `{namespace}` for hash-tagged caches, else
+        // `namespace`; then `:rest`, or `@{layout}:rest` for a cache keyed by layout, or
+        // `:*` / `@*` for a clear. Namespaces of one registry are never `:`-prefixes of
+        // each other and hold no `@`, so at most one level owns the key.
+        let after_namespace = |ns: &str, key: &'_ str| -> Option<String> {
+            let rest = key.strip_prefix(ns)?;
+            match rest.as_bytes().first()? {
+                b':' | b'@' => Some(rest.to_owned()),
+                _ => None,
+            }
+        };
         let owner = match key.strip_prefix('{').and_then(|k| k.split_once('}')) {
-            Some((ns, rest)) => rest.strip_prefix(':').and_then(|rest| {
-                levels
-                    .iter()
-                    .find(|(n, _)| *n == ns)
-                    .map(|(_, l)| (l, rest))
-            }),
-            None => levels.iter().find_map(|(ns, level)| {
-                let rest = key.strip_prefix(ns)?.strip_prefix(':')?;
-                Some((level, rest))
-            }),
+            Some((ns, rest)) => levels
+                .iter()
+                .find(|(n, _)| *n == ns)
+                .and_then(|(_, l)| after_namespace("", rest).map(|rest| (l, rest))),
+            None => levels
+                .iter()
+                .find_map(|(ns, level)| after_namespace(ns, key).map(|rest| (level, rest))),
         };
         match owner {
-            // `{namespace}:*` is a clear of the whole namespace.
-            Some((level, "*")) => level.clear(),
+            // `{namespace}:*` or `{namespace}@*` is a clear of the whole namespace.
+            Some((level, rest)) if rest == ":*" || rest == "@*" => level.clear(),
             Some((level, _)) => level.remove(key),
             None => {}
         }
@@ -397,6 +402,19 @@ mod tests {
         );
         levels.apply("peer|users:*");
         assert!(users.get("users:1").is_none());
+        let laid = level(&levels, "team:lead");
+        fill(&laid, &["team:lead@0000abcd:1", "team:lead@0000abcd:2"]);
+        levels.apply("peer|team:lead@0000abcd:1");
+        assert!(
+            laid.get("team:lead@0000abcd:1").is_none(),
+            "a layout's key was not routed"
+        );
+        assert!(laid.get("team:lead@0000abcd:2").is_some());
+        levels.apply("peer|team:lead@*");
+        assert!(
+            laid.get("team:lead@0000abcd:2").is_none(),
+            "a clear of every layout"
+        );
         levels.apply("peer|nobody:1");
         levels.apply("garbage without a separator");
     }

@@ -15,6 +15,9 @@ pub(crate) struct Shared {
     /// The settings of the last `connect`: read-through takes its throttle, waits and
     /// background timeout from here.
     config: ArcSwap<CacheConfig>,
+    /// Counts the backends put in place: what a cache recorded in one store (its
+    /// layout) must be recorded again in the next.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -24,7 +27,13 @@ impl Shared {
             backend: ArcSwap::from_pointee(Backend::Disconnected),
             locals: Arc::new(LocalLevels::new()),
             config: ArcSwap::from_pointee(CacheConfig::default()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Which backend is in place: it moves whenever `connect` or `disconnect` replaces it.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The settings of the last `connect` (the defaults before one).
@@ -50,6 +59,8 @@ impl Shared {
 
     /// Puts `backend` in place for the calls that start from now on; the previous one.
     pub(crate) fn replace(&self, backend: Backend) -> Arc<Backend> {
-        self.backend.swap(Arc::new(backend))
+        let previous = self.backend.swap(Arc::new(backend));
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        previous
     }
 }

@@ -99,38 +99,114 @@ pub fn check_namespace(namespace: &str) -> Result<(), NamespaceError> {
     Ok(())
 }
 
-/// Appends the text every Redis key of a cache starts with, before the key's own text:
-/// `"{namespace}:"`, or with `hash_tag` the namespace in braces, `"{{namespace}}:"`, so a
-/// Redis Cluster hashes only the namespace and keeps every key of the cache in one slot.
+/// Where the keys of one cache live, and how they are spelled:
 ///
-/// Namespaces never contain braces, so a tag ends exactly where the namespace ends, and
-/// a tagged key never equals an untagged one (those never start with `{`).
-pub fn write_key_prefix(out: &mut String, namespace: &str, hash_tag: bool) {
-    if hash_tag {
-        out.push('{');
-        out.push_str(namespace);
-        out.push('}');
-    } else {
-        out.push_str(namespace);
+/// `[{prefix}:]{namespace}[@{layout}]:{key}`, or with `hash_tag`
+/// `[{prefix}:]{{namespace}}[@{layout}]:{key}`.
+///
+/// - `prefix`: a manager-wide prefix (an environment or a tenant sharing the Redis),
+///   following the namespace grammar; with it, `staging:user:profile:42`.
+/// - `hash_tag`: the namespace in braces, so a Redis Cluster hashes only the namespace
+///   and keeps every key of the cache in one slot. Namespaces never contain braces, so a
+///   tag ends exactly where the namespace ends.
+/// - `layout`: for caches whose bytes are not self-describing (bincode), the fingerprint
+///   of the value type, as 8 hex digits after `@`: entries of two shapes of one value
+///   type (two versions of a service during a rolling deploy) live side by side under
+///   different keys, each side reading its own. `@` is not in the namespace grammar, so
+///   the namespace ends before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheKeys<'a> {
+    /// The manager-wide prefix, if any.
+    pub prefix: Option<&'a str>,
+    /// The cache's namespace.
+    pub namespace: &'a str,
+    /// Whether the namespace is a hash tag.
+    pub hash_tag: bool,
+    /// The layout of the cache's entries, for caches that key by layout.
+    pub layout: Option<u32>,
+}
+
+impl<'a> CacheKeys<'a> {
+    /// The keys of a cache without prefix or layout: `{namespace}:{key}`.
+    pub fn plain(namespace: &'a str, hash_tag: bool) -> Self {
+        CacheKeys {
+            prefix: None,
+            namespace,
+            hash_tag,
+            layout: None,
+        }
     }
-    out.push(':');
+
+    /// Appends the text every key of the cache starts with, before the key's own text.
+    pub fn write_prefix(&self, out: &mut String) {
+        self.write_namespace(out);
+        if let Some(layout) = self.layout {
+            use std::fmt::Write as _;
+            let _ = write!(out, "@{layout:08x}");
+        }
+        out.push(':');
+    }
+
+    /// `[{prefix}:]{namespace}`, its namespace in braces with `hash_tag`.
+    fn write_namespace(&self, out: &mut String) {
+        if let Some(prefix) = self.prefix {
+            out.push_str(prefix);
+            out.push(':');
+        }
+        if self.hash_tag {
+            out.push('{');
+            out.push_str(self.namespace);
+            out.push('}');
+        } else {
+            out.push_str(self.namespace);
+        }
+    }
+
+    /// The text every key of the cache starts with; see [`write_prefix`](Self::write_prefix).
+    pub fn prefix(&self) -> String {
+        let mut out = String::with_capacity(self.namespace.len() + 16);
+        self.write_prefix(&mut out);
+        out
+    }
+
+    /// The `SCAN MATCH` pattern of the cache's keys in this layout: its prefix and `*`.
+    ///
+    /// Exact for namespaces and prefixes that pass [`check_namespace`]: they hold no
+    /// glob character, and the braces of a hash tag are not special to `MATCH`.
+    pub fn scan_pattern(&self) -> String {
+        let mut pattern = self.prefix();
+        pattern.push('*');
+        pattern
+    }
+
+    /// The `SCAN MATCH` patterns of the namespace's keys in every layout: those without
+    /// a layout (`{namespace}:*`) and those of any layout (`{namespace}@*`), with this
+    /// prefix and hash tag. What clearing a cache must cover while several versions of
+    /// its value type share the Redis.
+    pub fn scan_patterns_of_every_layout(&self) -> [String; 2] {
+        let mut plain = String::new();
+        self.write_namespace(&mut plain);
+        let mut layouts = plain.clone();
+        plain.push_str(":*");
+        layouts.push_str("@*");
+        [plain, layouts]
+    }
 }
 
-/// The text every Redis key of a cache starts with; see [`write_key_prefix`].
+/// Appends the text every Redis key of a cache without prefix or layout starts with:
+/// `"{namespace}:"`, or with `hash_tag` `"{{namespace}}:"`; see [`CacheKeys`].
+pub fn write_key_prefix(out: &mut String, namespace: &str, hash_tag: bool) {
+    CacheKeys::plain(namespace, hash_tag).write_prefix(out);
+}
+
+/// The text every Redis key of a cache without prefix or layout starts with.
 pub fn key_prefix(namespace: &str, hash_tag: bool) -> String {
-    let mut out = String::with_capacity(namespace.len() + 3);
-    write_key_prefix(&mut out, namespace, hash_tag);
-    out
+    CacheKeys::plain(namespace, hash_tag).prefix()
 }
 
-/// The `SCAN MATCH` pattern of every Redis key of a cache: its [`key_prefix`] and `*`.
-///
-/// Exact for namespaces that pass [`check_namespace`]: they hold no glob character, and
-/// the braces of a hash tag are not special to `MATCH`.
+/// The `SCAN MATCH` pattern of every Redis key of a cache without prefix or layout.
 pub fn scan_pattern(namespace: &str, hash_tag: bool) -> String {
-    let mut pattern = key_prefix(namespace, hash_tag);
-    pattern.push('*');
-    pattern
+    CacheKeys::plain(namespace, hash_tag).scan_pattern()
 }
 
 /// The key of an entry that serves a cache's key without being its value: a global
@@ -161,8 +237,16 @@ pub fn namespace_of(redis_key: &str) -> Option<&str> {
     if let Some((namespace, rest)) = redis_key
         .strip_prefix('{')
         .and_then(|tagged| tagged.split_once('}'))
-        && rest.starts_with(':')
+        && (rest.starts_with(':') || rest.starts_with('@'))
         && check_namespace(namespace).is_ok()
+    {
+        return Some(namespace);
+    }
+    // A layout's keys: the namespace ends at the `@` (not in the grammar).
+    if let Some((namespace, rest)) = redis_key.split_once('@')
+        && rest.len() > 9
+        && rest.as_bytes()[8] == b':'
+        && rest[..8].bytes().all(|b| b.is_ascii_hexdigit())
     {
         return Some(namespace);
     }
@@ -213,6 +297,42 @@ mod tests {
         );
         let message = check_namespace("a*b").unwrap_err().to_string();
         assert!(message.contains("only ASCII letters"), "{message}");
+    }
+
+    #[test]
+    fn layouts_and_prefixes_are_spelled_where_the_grammar_cannot_be_confused() {
+        let keys = CacheKeys {
+            prefix: Some("staging"),
+            namespace: "user:profile",
+            hash_tag: false,
+            layout: Some(0x1a2b),
+        };
+        assert_eq!(keys.prefix(), "staging:user:profile@00001a2b:");
+        assert_eq!(keys.scan_pattern(), "staging:user:profile@00001a2b:*");
+        assert_eq!(
+            keys.scan_patterns_of_every_layout(),
+            [
+                "staging:user:profile:*".to_owned(),
+                "staging:user:profile@*".to_owned()
+            ]
+        );
+        let tagged = CacheKeys {
+            hash_tag: true,
+            ..keys
+        };
+        assert_eq!(tagged.prefix(), "staging:{user:profile}@00001a2b:");
+        assert_eq!(
+            CacheKeys::plain("user:profile", true).prefix(),
+            "{user:profile}:"
+        );
+        assert_eq!(
+            namespace_of("user:profile@00001a2b:42"),
+            Some("user:profile")
+        );
+        assert_eq!(
+            namespace_of("{user:profile}@00001a2b:4:2"),
+            Some("user:profile")
+        );
     }
 
     #[test]

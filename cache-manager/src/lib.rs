@@ -109,6 +109,7 @@
 //! one declaration are all reported by one build.
 //!
 //! [fingerprint]: codec#why-bincode-entries-carry-a-header
+//! [compression]: codec#compression
 //! [the first level]: #the-in-process-first-level
 //!
 //! # The in-process first level

@@ -347,12 +347,12 @@ fn human_ms(ms: i64) -> String {
 
 async fn clear(target: &Target, namespace: &str, yes: bool) -> Result<(), Failure> {
     // The library's grammar: no glob characters, so the patterns match this namespace only.
-    cache_core::keyspace::check_namespace(namespace).map_err(|e| Failure::usage(e.to_string()))?;
-    let patterns = format!(
-        "'{}' and '{}'",
-        cache_core::keyspace::scan_pattern(namespace, false),
-        cache_core::keyspace::scan_pattern(namespace, true)
-    );
+    let patterns = cache_core::admin::clear_patterns(namespace)
+        .map_err(|e| Failure::usage(e.to_string()))?
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     if !yes {
         let stdin = std::io::stdin();
         if !stdin.is_terminal() {

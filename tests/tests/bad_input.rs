@@ -121,6 +121,22 @@ cache_registry! {
 
 const MEGABYTE: usize = 1 << 20;
 
+/// The fingerprint of the suite's cache of `namespace`: the layout a bincode cache keys
+/// its entries by, `{namespace}@{fingerprint:08x}:{key}`.
+fn fingerprint(namespace: &str) -> u32 {
+    Caches::CACHES
+        .iter()
+        .find(|c| c.namespace == namespace)
+        .unwrap_or_else(|| panic!("no cache of namespace `{namespace}`"))
+        .fingerprint
+}
+
+/// The registry a bincode cache of `namespace` keeps of the layouts of its entries in
+/// use (the fingerprints of the value type's versions), next to its entries.
+fn layouts_registry(namespace: &str) -> String {
+    format!("!layouts!{namespace}:")
+}
+
 /// The password of the servers the `connect` tests use; no error may contain it.
 const PASSWORD: &str = "Kn0wn-Pw-7f3a9c";
 
@@ -218,8 +234,11 @@ async fn empty_values_round_trip_with_every_codec() {
     );
 
     // bincode: the 5-byte header, then a zero length.
-    for key in ["empty:bincode:text:1", "empty:bincode:list:1"] {
-        let bytes = wire::get(&raw, key).await.expect("entry written");
+    for key in [
+        caches.empty_bincode_text().redis_key(&1),
+        caches.empty_bincode_list().redis_key(&1),
+    ] {
+        let bytes = wire::get(&raw, &key).await.expect("entry written");
         assert_eq!(
             (bytes.len(), bytes[0], bytes[5]),
             (6, 0xCB, 0),
@@ -374,10 +393,12 @@ async fn odd_keys_round_trip_and_never_share_a_redis_key() {
         );
     }
     let mut expected: Vec<String> = keys.iter().map(|k| cache.redis_key(k)).collect();
+    expected.push(layouts_registry("odd:key"));
     expected.sort();
     assert_eq!(wire::keys(&raw).await, expected, "one Redis key per key");
+    let layout = fingerprint("odd:key");
     for (i, key) in keys.iter().enumerate() {
-        assert_eq!(cache.redis_key(key), format!("odd:key:{key}"));
+        assert_eq!(cache.redis_key(key), format!("odd:key@{layout:08x}:{key}"));
         assert_eq!(cache.get(key).await, Some(format!("value {i}")), "{key:?}");
         assert!(
             wire::get(&raw, &cache.redis_key(key)).await.is_some(),
@@ -410,10 +431,17 @@ async fn megabyte_keys_round_trip_and_never_share_a_redis_key() {
         assert!(cache.set(key, &i).await.unwrap());
     }
     let stored = wire::keys(&raw).await;
-    assert_eq!(stored.len(), keys.len(), "distinct keys shared a Redis key");
+    // One Redis key per key, and the cache's registry of layouts.
+    assert_eq!(
+        stored.len(),
+        keys.len() + 1,
+        "distinct keys shared a Redis key"
+    );
+    assert!(stored.contains(&layouts_registry("huge:key")));
+    let prefix = format!("huge:key@{:08x}:", fingerprint("huge:key"));
     for (i, key) in (0..).zip(&keys) {
         let redis_key = cache.redis_key(key);
-        assert!(redis_key.len() > MEGABYTE && redis_key.starts_with("huge:key:"));
+        assert!(redis_key.len() > MEGABYTE && redis_key.starts_with(&prefix));
         assert!(
             stored.contains(&redis_key),
             "tail {} not stored as redis_key()",
@@ -462,7 +490,7 @@ async fn set_with_ttl_out_of_range_is_rejected_naming_the_value_and_range() {
     // The bounds themselves are accepted, by the library and by Redis.
     let longest = Duration::from_millis(4_611_686_018_427_387_903);
     assert!(cache.set_with_ttl(&2, &2, longest).await.unwrap());
-    assert!(wire::pttl(&raw, "ttl:probe:2").await > 4_611_686_000_000_000_000);
+    assert!(wire::pttl(&raw, &cache.redis_key(&2)).await > 4_611_686_000_000_000_000);
     assert!(
         cache
             .set_with_ttl(&3, &3, Duration::from_millis(1))
@@ -618,7 +646,13 @@ async fn ten_thousand_concurrent_sets_of_one_key_all_return_ok() {
         .and_then(|n| n.parse().ok())
         .expect(&last);
     assert!(i < TASKS, "{last}");
-    assert_eq!(wire::keys(&raw).await, ["hot:key:hot"]);
+    assert_eq!(
+        wire::keys(&raw).await,
+        [
+            layouts_registry("hot:key"),
+            caches.hot().redis_key(&"hot".to_owned())
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,7 +701,10 @@ async fn ten_thousand_concurrent_get_or_loads_of_a_missing_key_load_it_once() {
         1,
         "the loader ran more than once"
     );
-    assert_eq!(wire::keys(&raw).await, ["loaded:1"]);
+    assert_eq!(
+        wire::keys(&raw).await,
+        [layouts_registry("loaded"), caches.loaded().redis_key(&1)]
+    );
     assert_eq!(
         caches.loaded().get(&1).await.as_deref(),
         Some("loaded once")

@@ -50,6 +50,23 @@ cache_registry! {
 
 const PASSWORD: &str = "clu$ter-Pa55";
 
+/// The fingerprint of the cache of `namespace`: the layout a bincode cache keys its
+/// entries by, `{namespace}@{fingerprint:08x}:{key}`.
+fn fingerprint(namespace: &str) -> u32 {
+    CacheManager::CACHES
+        .iter()
+        .find(|c| c.namespace == namespace)
+        .unwrap_or_else(|| panic!("no cache of namespace `{namespace}`"))
+        .fingerprint
+}
+
+/// The registry a bincode cache keeps of the layouts of its entries in use (the
+/// fingerprints of the value type's versions), next to its entries: `prefix` is the
+/// text its keys start with before any layout, `user:profile:` or `{team:member}:`.
+fn layouts_registry(prefix: &str) -> String {
+    format!("!layouts!{prefix}")
+}
+
 fn profile(id: i64) -> UserProfile {
     UserProfile {
         name: format!("user {id}"),
@@ -112,8 +129,10 @@ async fn hundred_keys_spread_over_every_master_round_trip_through_mset_and_mget(
     }
 
     // Every master holds some of the keys, exactly the ones whose slot it serves, each
-    // with the cache's TTL.
+    // with the cache's TTL; the master of the registry of layouts holds that too.
     let owners = owners(&cluster, &manager).await;
+    let registry = layouts_registry("user:profile:");
+    let registry_owner = cluster.owner_of(&registry).await;
     let mut total = 0;
     for (index, _) in cluster.nodes().iter().enumerate() {
         let conn = cluster.raw(index).await;
@@ -122,17 +141,20 @@ async fn hundred_keys_spread_over_every_master_round_trip_through_mset_and_mget(
             .filter(|(_, owner)| **owner == index)
             .map(|(id, _)| profiles.redis_key(id))
             .collect();
-        expected.sort();
         assert!(
             !expected.is_empty(),
             "master {index} serves none of 100 keys"
         );
-        assert_eq!(wire::keys(&conn).await, expected, "keys of master {index}");
         let ttl = wire::ttl(&conn, &expected[0]).await;
         assert!((590..=600).contains(&ttl), "ttl {ttl}");
+        if index == registry_owner {
+            expected.push(registry.clone());
+        }
+        expected.sort();
+        assert_eq!(wire::keys(&conn).await, expected, "keys of master {index}");
         total += wire::dbsize(&conn).await;
     }
-    assert_eq!(total, 100);
+    assert_eq!(total, 100 + 1, "100 entries and the registry of layouts");
 
     // A batch is one `MGET` per slot, sent only to the master of that slot: no
     // cross-slot error, no redirection.
@@ -394,7 +416,10 @@ async fn hash_tagged_cache_keeps_every_key_on_one_slot() {
     let cluster = RedisCluster::new();
     let manager = connected(&cluster).await;
     let members = manager.members();
-    assert_eq!(members.redis_key(&5), "{team:member}:5");
+    assert_eq!(
+        members.redis_key(&5),
+        format!("{{team:member}}@{:08x}:5", fingerprint("team:member"))
+    );
     let entries: HashMap<i64, TeamMember> = (0..100)
         .map(|id| {
             (
@@ -416,12 +441,16 @@ async fn hash_tagged_cache_keeps_every_key_on_one_slot() {
     let slot = key_slot(&cluster, "team:member").await;
     for (index, _) in cluster.nodes().iter().enumerate() {
         let conn = cluster.raw(index).await;
-        let expected = if index == owner { 100 } else { 0 };
+        // The 100 entries, and the registry of layouts, on the namespace's slot too.
+        let expected = if index == owner { 100 + 1 } else { 0 };
         assert_eq!(wire::dbsize(&conn).await, expected, "master {index}");
     }
     for id in [0, 42, 99] {
         assert_eq!(key_slot(&cluster, &members.redis_key(&id)).await, slot);
     }
+    let registry = layouts_registry("{team:member}:");
+    assert!(wire::exists(&cluster.raw(owner).await, &registry).await);
+    assert_eq!(key_slot(&cluster, &registry).await, slot);
     // One slot: the whole `mget` is a single `MGET` on a single master.
     let calls = wire::command_calls(&cluster.raw(owner).await).await;
     assert_eq!(calls.get("mget"), Some(&1), "{calls:?}");
@@ -663,9 +692,16 @@ async fn clear_removes_a_namespace_from_every_master() {
     for node in 0..3 {
         let raw = cluster.raw(node).await;
         let keys = wire::keys(&raw).await;
+        // In any layout, or none.
+        let cleared = [
+            "user:profile:",
+            "user:profile@",
+            "{team:member}:",
+            "{team:member}@",
+        ];
         assert!(
             keys.iter()
-                .all(|k| !k.starts_with("user:profile:") && !k.starts_with("{team:member}:")),
+                .all(|k| !cleared.iter().any(|prefix| k.starts_with(prefix))),
             "master {node} still holds {keys:?}"
         );
     }

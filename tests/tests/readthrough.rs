@@ -71,6 +71,11 @@ async fn connected(url: &str) -> ReadThrough {
     manager
 }
 
+/// The key of the lease an instance holds while it loads the entry at `redis_key`.
+fn lease_key(redis_key: &str) -> String {
+    format!("!lease!{redis_key}")
+}
+
 /// A loader error.
 #[derive(Debug, PartialEq)]
 struct DbDown;
@@ -81,8 +86,9 @@ async fn a_failing_loader_is_answered_from_the_stale_entry_and_not_asked_again()
     let manager = connected(&format!("{}?fail_safe_throttle_ms=1500", server.url())).await;
     let raw = server.raw().await;
     let cache = manager.safe();
+    let key = cache.redis_key(&1);
     assert!(cache.set(&1, &"old".to_owned()).await.unwrap());
-    let pttl = wire::pttl(&raw, "rt:safe:1").await;
+    let pttl = wire::pttl(&raw, &key).await;
     assert!(
         (60_000..=61_000).contains(&pttl),
         "ttl + fail_safe: {pttl} ms"
@@ -108,7 +114,7 @@ async fn a_failing_loader_is_answered_from_the_stale_entry_and_not_asked_again()
         "the stale value instead of the error"
     );
     // Fresh again for the throttle: the failing database is not asked on every call.
-    let pttl = wire::pttl(&raw, "rt:safe:1").await;
+    let pttl = wire::pttl(&raw, &key).await;
     assert!(
         (60_500..=61_500).contains(&pttl),
         "fail_safe + throttle: {pttl} ms"
@@ -134,7 +140,7 @@ async fn a_failing_loader_is_answered_from_the_stale_entry_and_not_asked_again()
     // No fallback: the error.
     assert_eq!(cache.get_or_load(&2, failing).await, Err(DbDown));
     // The bytes at the key are the value's, as a plain entry's.
-    assert!(wire::get(&raw, "rt:safe:1").await.is_some());
+    assert!(wire::get(&raw, &key).await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,9 +177,10 @@ async fn an_old_entry_is_answered_at_once_and_refreshed_with_a_new_ttl() {
     let manager = connected(&server.url()).await;
     let raw = server.raw().await;
     let cache = manager.ahead();
+    let key = cache.redis_key(&1);
     cache.set(&1, &"v1".to_owned()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let before = wire::pttl(&raw, "rt:ahead:1").await;
+    let before = wire::pttl(&raw, &key).await;
     assert!(before < 1000, "past half its TTL: {before} ms left");
 
     let loads = Arc::new(AtomicUsize::new(0));
@@ -196,7 +203,7 @@ async fn an_old_entry_is_answered_at_once_and_refreshed_with_a_new_ttl() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(loads.load(Ordering::SeqCst), 1, "one refresh for five hits");
     assert_eq!(cache.get(&1).await.as_deref(), Some("v2"));
-    let after = wire::pttl(&raw, "rt:ahead:1").await;
+    let after = wire::pttl(&raw, &key).await;
     assert!(
         after > 1500,
         "the refreshed entry got a new TTL: {after} ms left"
@@ -209,6 +216,7 @@ async fn an_absence_is_remembered_for_its_ttl_and_replaced_by_a_write() {
     let manager = connected(&server.url()).await;
     let raw = server.raw().await;
     let cache = manager.negative();
+    let key = cache.redis_key(&1);
     let calls = AtomicUsize::new(0);
     let nothing = || async {
         calls.fetch_add(1, Ordering::SeqCst);
@@ -223,13 +231,13 @@ async fn an_absence_is_remembered_for_its_ttl_and_replaced_by_a_write() {
         "one loader call for ten reads"
     );
     assert_eq!(cache.get(&1).await, None);
-    let pttl = wire::pttl(&raw, "rt:neg:1").await;
+    let pttl = wire::pttl(&raw, &key).await;
     assert!(
         (1..=2000).contains(&pttl),
         "the absence's own TTL: {pttl} ms"
     );
     // Not a value to a raw reader's eye either: a 5-byte marker, not bincode of a string.
-    let marker = wire::get(&raw, "rt:neg:1").await.unwrap();
+    let marker = wire::get(&raw, &key).await.unwrap();
     assert_eq!((marker.len(), marker[0]), (5, 0xCA));
 
     assert!(cache.set(&1, &"now".to_owned()).await.unwrap());
@@ -237,10 +245,7 @@ async fn an_absence_is_remembered_for_its_ttl_and_replaced_by_a_write() {
         cache.get_or_load(&1, nothing).await,
         Ok(Some("now".to_owned()))
     );
-    assert!(
-        wire::pttl(&raw, "rt:neg:1").await > 50_000,
-        "the value's TTL"
-    );
+    assert!(wire::pttl(&raw, &key).await > 50_000, "the value's TTL");
     assert!(cache.invalidate(&1).await);
 
     assert_eq!(cache.get_or_load(&2, nothing).await, Ok(None));
@@ -262,7 +267,7 @@ async fn jitter_spreads_expiries_within_the_declared_bound() {
     assert!(manager.jitter().mset(&entries).await.unwrap());
     let mut ttls = Vec::new();
     for k in 0..100 {
-        ttls.push(wire::pttl(&raw, &format!("rt:jitter:{k}")).await);
+        ttls.push(wire::pttl(&raw, &manager.jitter().redis_key(&k)).await);
     }
     let (min, max) = (*ttls.iter().min().unwrap(), *ttls.iter().max().unwrap());
     println!("100 entries written together expire in {min}..{max} ms");
@@ -318,10 +323,8 @@ async fn four_instances_of_sixteen_tasks_run_the_loader_once() {
         "the loader ran {loads} times for 64 callers on 4 instances"
     );
     let raw = server.raw().await;
-    assert!(
-        !wire::exists(&raw, "!lease!rt:global:7").await,
-        "the lease was released"
-    );
+    let lease = lease_key(&ReadThrough::new().once().redis_key(&7));
+    assert!(!wire::exists(&raw, &lease).await, "the lease was released");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,7 +348,7 @@ async fn a_cancelled_lease_holder_lets_another_instance_load_at_once() {
     started.notified().await;
     let raw = server.raw().await;
     assert!(
-        wire::exists(&raw, "!lease!rt:global:1").await,
+        wire::exists(&raw, &lease_key(&a.once().redis_key(&1))).await,
         "a holds the lease"
     );
     let waiting = Instant::now();

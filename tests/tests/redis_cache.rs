@@ -172,6 +172,12 @@ fn fingerprint_of(field: &str) -> u32 {
         .fingerprint
 }
 
+/// The registry a bincode cache of `namespace` keeps of the layouts of its entries in
+/// use (the fingerprints of the value type's versions), next to its entries.
+fn layouts_registry(namespace: &str) -> String {
+    format!("!layouts!{namespace}:")
+}
+
 fn framed_header(fingerprint: u32) -> Vec<u8> {
     let mut header = vec![0xCB];
     header.extend_from_slice(&fingerprint.to_le_bytes());
@@ -198,18 +204,37 @@ async fn keys_are_namespace_colon_key() {
     );
     assert!(manager.profiles().set(&-7, &profile("Ada")).await.unwrap());
 
+    // Text codecs: `{namespace}:{key}`, what other services read. bincode:
+    // `{namespace}@{fingerprint:08x}:{key}`, one key per layout of the value type, and
+    // the registry of the layouts in use.
+    let (id_to_uuid, profiles, uuid_to_id) = (
+        fingerprint_of("id_to_uuid"),
+        fingerprint_of("profiles"),
+        fingerprint_of("uuid_to_id"),
+    );
     assert_eq!(
         wire::keys(&raw).await,
         [
+            layouts_registry("user:id_to_uuid"),
+            layouts_registry("user:profile"),
+            layouts_registry("user:uuid_to_id"),
             "session:token:tok-AbC_1".to_owned(),
-            "user:id_to_uuid:42".to_owned(),
-            "user:profile:-7".to_owned(),
-            format!("user:uuid_to_id:{SAMPLE_UUID}"),
+            format!("user:id_to_uuid@{id_to_uuid:08x}:42"),
+            format!("user:profile@{profiles:08x}:-7"),
+            format!("user:uuid_to_id@{uuid_to_id:08x}:{SAMPLE_UUID}"),
         ]
     );
     assert_eq!(
         manager.uuid_to_id().redis_key(&upper),
-        format!("user:uuid_to_id:{SAMPLE_UUID}")
+        format!("user:uuid_to_id@{uuid_to_id:08x}:{SAMPLE_UUID}")
+    );
+    assert_eq!(
+        manager.session().redis_key(&"tok-AbC_1".to_owned()),
+        "session:token:tok-AbC_1"
+    );
+    assert_eq!(
+        manager.settings().redis_key(&"ada".to_owned()),
+        "doc:settings:ada"
     );
 }
 
@@ -219,14 +244,16 @@ async fn bincode_entries_start_with_tag_and_fingerprint() {
     manager.uuid_to_id().set(&sample_uuid(), &42).await.unwrap();
     manager.profiles().set(&1, &profile("Ada")).await.unwrap();
 
-    let id_bytes = wire::get(&raw, &format!("user:uuid_to_id:{SAMPLE_UUID}"))
+    let id_bytes = wire::get(&raw, &manager.uuid_to_id().redis_key(&sample_uuid()))
         .await
         .expect("entry written");
     assert_eq!(id_bytes[..5], framed_header(fingerprint_of("uuid_to_id")));
     // bincode is compact: a small i64 is one varint byte after the header.
     assert_eq!(id_bytes.len(), 6, "{id_bytes:?}");
 
-    let profile_bytes = wire::get(&raw, "user:profile:1").await.unwrap();
+    let profile_bytes = wire::get(&raw, &manager.profiles().redis_key(&1))
+        .await
+        .unwrap();
     assert_eq!(profile_bytes[0], 0xCB);
     assert_eq!(
         profile_bytes[..5],
@@ -345,10 +372,11 @@ async fn set_applies_the_declared_ttl() {
     manager.profiles().set(&1, &profile("Ada")).await.unwrap();
     manager.visits().set(&1, &5).await.unwrap();
 
-    assert_ttl_near(&raw, &format!("user:uuid_to_id:{SAMPLE_UUID}"), 600).await;
-    assert_ttl_near(&raw, "user:id_to_uuid:1", 600).await;
+    let uuid_to_id = manager.uuid_to_id().redis_key(&sample_uuid());
+    assert_ttl_near(&raw, &uuid_to_id, 600).await;
+    assert_ttl_near(&raw, &manager.id_to_uuid().redis_key(&1), 600).await;
     assert_ttl_near(&raw, "session:token:t", 300).await;
-    assert_ttl_near(&raw, "user:profile:1", 600).await;
+    assert_ttl_near(&raw, &manager.profiles().redis_key(&1), 600).await;
     assert_ttl_near(&raw, "counter:visits:1", 60).await;
 }
 
@@ -621,7 +649,8 @@ async fn set_of_a_value_that_fails_to_encode_keeps_the_old_entry() {
     let cache = manager.fragile();
     let good = Fragile { ok: true };
     assert!(cache.set(&1, &good).await.unwrap());
-    let before = wire::get(&raw, "fragile:1").await.unwrap();
+    let key = cache.redis_key(&1);
+    let before = wire::get(&raw, &key).await.unwrap();
 
     let err = cache.set(&1, &Fragile { ok: false }).await.unwrap_err();
     assert!(
@@ -635,7 +664,7 @@ async fn set_of_a_value_that_fails_to_encode_keeps_the_old_entry() {
         "{err:?}"
     );
     assert!(err.to_string().contains("fragile"), "{err}");
-    assert_eq!(wire::get(&raw, "fragile:1").await, Some(before));
+    assert_eq!(wire::get(&raw, &key).await, Some(before));
     assert_eq!(cache.get(&1).await, Some(good));
 
     let err = manager
@@ -655,7 +684,7 @@ async fn invalidate_reports_whether_an_entry_was_removed() {
     cache.set(&id, &7).await.unwrap();
 
     assert!(cache.invalidate(&id).await);
-    assert!(!wire::exists(&raw, &format!("user:uuid_to_id:{id}")).await);
+    assert!(!wire::exists(&raw, &cache.redis_key(&id)).await);
     assert!(!cache.invalidate(&id).await);
     assert_eq!(cache.get(&id).await, None);
 }
@@ -665,9 +694,13 @@ async fn invalidate_reports_whether_an_entry_was_removed() {
 // ---------------------------------------------------------------------------------------
 
 /// Plants `bytes` under the uuid_to_id key of a fresh UUID; returns that UUID and key.
-async fn plant_id_entry(raw: &MultiplexedConnection, bytes: &[u8]) -> (Uuid, String) {
+async fn plant_id_entry(
+    manager: &CacheManager,
+    raw: &MultiplexedConnection,
+    bytes: &[u8],
+) -> (Uuid, String) {
     let id = Uuid::new_v4();
-    let key = format!("user:uuid_to_id:{id}");
+    let key = manager.uuid_to_id().redis_key(&id);
     wire::set(raw, &key, bytes).await;
     (id, key)
 }
@@ -680,7 +713,7 @@ async fn valid_id_bytes(
 ) -> Vec<u8> {
     let id = Uuid::new_v4();
     manager.uuid_to_id().set(&id, &value).await.unwrap();
-    let key = format!("user:uuid_to_id:{id}");
+    let key = manager.uuid_to_id().redis_key(&id);
     let bytes = wire::get(raw, &key).await.unwrap();
     assert!(manager.uuid_to_id().invalidate(&id).await);
     bytes
@@ -689,7 +722,7 @@ async fn valid_id_bytes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_deletes_corrupt_entry() {
     let (_server, manager, raw) = setup().await;
-    let (id, key) = plant_id_entry(&raw, b"\x00\xffnot bincode at all").await;
+    let (id, key) = plant_id_entry(&manager, &raw, b"\x00\xffnot bincode at all").await;
 
     assert_eq!(manager.uuid_to_id().get(&id).await, None);
     assert!(!wire::exists(&raw, &key).await, "corrupt entry not deleted");
@@ -700,17 +733,22 @@ async fn get_treats_bytes_of_another_type_as_corrupt() {
     let (_server, manager, raw) = setup().await;
     // A Uuid entry, planted where an i64 is expected.
     manager.id_to_uuid().set(&1, &sample_uuid()).await.unwrap();
-    let uuid_bytes = wire::get(&raw, "user:id_to_uuid:1").await.unwrap();
-    let (id, key) = plant_id_entry(&raw, &uuid_bytes).await;
+    let uuid_bytes = wire::get(&raw, &manager.id_to_uuid().redis_key(&1))
+        .await
+        .unwrap();
+    let (id, key) = plant_id_entry(&manager, &raw, &uuid_bytes).await;
     // A profile entry, planted where a Uuid is expected.
     manager.profiles().set(&1, &profile("Ada")).await.unwrap();
-    let profile_bytes = wire::get(&raw, "user:profile:1").await.unwrap();
-    wire::set(&raw, "user:id_to_uuid:2", &profile_bytes).await;
+    let profile_bytes = wire::get(&raw, &manager.profiles().redis_key(&1))
+        .await
+        .unwrap();
+    let planted = manager.id_to_uuid().redis_key(&2);
+    wire::set(&raw, &planted, &profile_bytes).await;
 
     assert_eq!(manager.uuid_to_id().get(&id).await, None);
     assert_eq!(manager.id_to_uuid().get(&2).await, None);
     assert!(!wire::exists(&raw, &key).await);
-    assert!(!wire::exists(&raw, "user:id_to_uuid:2").await);
+    assert!(!wire::exists(&raw, &planted).await);
     // The entries of the right type are untouched.
     assert_eq!(manager.id_to_uuid().get(&1).await, Some(sample_uuid()));
     assert_eq!(manager.profiles().get(&1).await, Some(profile("Ada")));
@@ -720,9 +758,9 @@ async fn get_treats_bytes_of_another_type_as_corrupt() {
 async fn get_treats_a_wrong_fingerprint_as_corrupt() {
     let (_server, manager, raw) = setup().await;
     let mut bytes = valid_id_bytes(&manager, &raw, 42).await;
-    let (good_id, _) = plant_id_entry(&raw, &bytes).await;
+    let (good_id, _) = plant_id_entry(&manager, &raw, &bytes).await;
     bytes[1] ^= 0xFF;
-    let (bad_id, bad_key) = plant_id_entry(&raw, &bytes).await;
+    let (bad_id, bad_key) = plant_id_entry(&manager, &raw, &bytes).await;
 
     assert_eq!(manager.uuid_to_id().get(&good_id).await, Some(42));
     assert_eq!(manager.uuid_to_id().get(&bad_id).await, None);
@@ -734,7 +772,7 @@ async fn get_treats_trailing_bytes_as_corrupt() {
     let (_server, manager, raw) = setup().await;
     let mut bytes = valid_id_bytes(&manager, &raw, 42).await;
     bytes.push(0);
-    let (id, key) = plant_id_entry(&raw, &bytes).await;
+    let (id, key) = plant_id_entry(&manager, &raw, &bytes).await;
 
     assert_eq!(manager.uuid_to_id().get(&id).await, None);
     assert!(!wire::exists(&raw, &key).await);
@@ -755,8 +793,10 @@ async fn get_deletes_entries_the_text_codecs_cannot_parse() {
     assert_eq!(wire::dbsize(&raw).await, 0, "{:?}", wire::keys(&raw).await);
 }
 
+/// Entries of another version of the value type are neither read nor deleted: each
+/// version has its own key (a rolling deploy, see tests/tests/deploy.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_of_another_version_read_as_misses_and_are_deleted() {
+async fn entries_of_another_version_are_misses_and_stay() {
     let (server, manager, raw) = setup().await;
     let next = NextManager::new();
     next.connect(&server.url()).await.unwrap();
@@ -768,6 +808,7 @@ async fn entries_of_another_version_read_as_misses_and_are_deleted() {
             .fingerprint,
         NextManager::CACHES[0].fingerprint
     );
+    assert_ne!(manager.items().redis_key(&1), next.items().redis_key(&1));
 
     assert!(
         manager
@@ -777,15 +818,25 @@ async fn entries_of_another_version_read_as_misses_and_are_deleted() {
             .unwrap()
     );
     assert_eq!(next.items().get(&1).await, None);
-    assert!(!wire::exists(&raw, "catalog:item:1").await);
+    assert!(
+        wire::exists(&raw, &manager.items().redis_key(&1)).await,
+        "the other version's entry stays"
+    );
 
     assert!(next.items().set(&2, &"v2 shape".to_owned()).await.unwrap());
     let found = manager.items().mget(&[2]).await.unwrap();
     assert_eq!(found[&2], None);
-    assert!(!wire::exists(&raw, "catalog:item:2").await);
+    assert!(wire::exists(&raw, &next.items().redis_key(&2)).await);
 
-    assert!(next.items().set(&3, &"v2 shape".to_owned()).await.unwrap());
-    assert_eq!(next.items().get(&3).await.as_deref(), Some("v2 shape"));
+    assert!(next.items().set(&1, &"v2 shape".to_owned()).await.unwrap());
+    assert_eq!(next.items().get(&1).await.as_deref(), Some("v2 shape"));
+    assert_eq!(
+        manager.items().get(&1).await.as_deref(),
+        Some("v1 shape"),
+        "each version reads its own"
+    );
+    assert_eq!(manager.items().stats().corrupt_evicted, 0);
+    assert_eq!(next.items().stats().corrupt_evicted, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -797,9 +848,9 @@ async fn mget_deletes_corrupt_entries_and_returns_the_others() {
     cache.set(&good_b, &2).await.unwrap();
     let mut wrong_fp = valid_id_bytes(&manager, &raw, 3).await;
     wrong_fp[2] ^= 0x01;
-    let (garbage, garbage_key) = plant_id_entry(&raw, b"garbage").await;
-    let (stale, stale_key) = plant_id_entry(&raw, &wrong_fp).await;
-    let (long, long_key) = plant_id_entry(&raw, &{
+    let (garbage, garbage_key) = plant_id_entry(&manager, &raw, b"garbage").await;
+    let (stale, stale_key) = plant_id_entry(&manager, &raw, &wrong_fp).await;
+    let (long, long_key) = plant_id_entry(&manager, &raw, &{
         let mut b = valid_id_bytes(&manager, &raw, 4).await;
         b.extend_from_slice(b"tail");
         b
@@ -827,15 +878,15 @@ async fn mget_deletes_corrupt_entries_and_returns_the_others() {
     for key in [&garbage_key, &stale_key, &long_key] {
         assert!(!wire::exists(&raw, key).await, "{key} not deleted");
     }
-    assert!(wire::exists(&raw, &format!("user:uuid_to_id:{good_a}")).await);
-    assert!(wire::exists(&raw, &format!("user:uuid_to_id:{good_b}")).await);
+    assert!(wire::exists(&raw, &cache.redis_key(&good_a)).await);
+    assert!(wire::exists(&raw, &cache.redis_key(&good_b)).await);
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn corrupt_entry_is_logged_at_error_level_with_its_namespace() {
     let logs = LogCapture::start();
     let (_server, manager, raw) = setup().await;
-    let (id, _) = plant_id_entry(&raw, b"garbage").await;
+    let (id, _) = plant_id_entry(&manager, &raw, b"garbage").await;
     wire::set(&raw, "counter:visits:5", b"five").await;
 
     assert_eq!(manager.uuid_to_id().get(&id).await, None);

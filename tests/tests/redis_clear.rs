@@ -29,6 +29,13 @@ cache_registry! {
     }
 }
 
+/// The registry a bincode cache of `namespace` keeps of the layouts of its entries in
+/// use (the fingerprints of the value type's versions), next to its entries: not an
+/// entry, so a clear leaves it.
+fn layouts_registry(namespace: &str) -> String {
+    format!("!layouts!{namespace}:")
+}
+
 async fn fill(caches: &Caches, n: u64) {
     let entries: Vec<(u64, String)> = (0..n).map(|i| (i, format!("v{i}"))).collect();
     for chunk in entries.chunks(100) {
@@ -45,16 +52,24 @@ async fn clear_removes_only_its_namespace_with_scan_and_unlink_batches() {
     caches.connect(&server.url()).await.unwrap();
     fill(&caches, 1200).await;
     let raw = server.raw().await;
-    assert_eq!(wire::dbsize(&raw).await, 2400);
+    // The entries, and each cache's registry of layouts.
+    let registries = [
+        layouts_registry("user:profile"),
+        layouts_registry("user:profile_old"),
+    ];
+    assert_eq!(wire::dbsize(&raw).await, 2400 + 2);
     wire::reset_stats(&raw).await;
 
     assert_eq!(caches.profiles().clear().await, 1200);
 
     assert_eq!(
         wire::dbsize(&raw).await,
-        1200,
-        "only user:profile:* removed"
+        1200 + 2,
+        "only user:profile's entries removed"
     );
+    for registry in &registries {
+        assert!(wire::exists(&raw, registry).await, "{registry} removed");
+    }
     assert_eq!(caches.profiles().get(&7).await, None);
     assert_eq!(
         caches.old_profiles().get(&7).await.as_deref(),
@@ -109,7 +124,7 @@ async fn clear_empties_the_first_level_of_other_instances() {
         // delete (which announces nothing) only a local copy can still answer.
         if b.near().get(&1).await.is_some() {
             redis::cmd("DEL")
-                .arg("near:item:1")
+                .arg(a.near().redis_key(&1))
                 .query_async::<()>(&mut raw.clone())
                 .await
                 .unwrap();
@@ -123,7 +138,7 @@ async fn clear_empties_the_first_level_of_other_instances() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // b holds "near:item:1" locally while Redis has no such key; a's clear must reach it.
+    // b holds key 1 locally while Redis has no entry of it; a's clear must reach it.
     a.near().clear().await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while b.near().get(&1).await.is_some() {

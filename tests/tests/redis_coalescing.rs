@@ -116,7 +116,7 @@ async fn corrupt_entries_read_through_a_coalesced_mget_are_evicted() {
     populate(&caches, 200).await;
     // Every tenth key holds garbage.
     for key in (0..200u64).step_by(10) {
-        wire::set(&raw, &format!("coalesce:item:{key}"), b"\x00garbage").await;
+        wire::set(&raw, &caches.items().redis_key(&key), b"\x00garbage").await;
     }
     wire::reset_stats(&raw).await;
     let handles: Vec<_> = (0..64u64)
@@ -144,7 +144,7 @@ async fn corrupt_entries_read_through_a_coalesced_mget_are_evicted() {
     );
     for key in (0..200u64).step_by(10) {
         assert!(
-            !wire::exists(&raw, &format!("coalesce:item:{key}")).await,
+            !wire::exists(&raw, &caches.items().redis_key(&key)).await,
             "corrupt key {key} survived"
         );
     }

@@ -50,6 +50,12 @@ cache_registry! {
 
 const PASSWORD: &str = "s3cret-Pa55word";
 
+/// The registry a bincode cache of `namespace` keeps of the layouts of its entries in
+/// use (the fingerprints of the value type's versions), next to its entries.
+fn layouts_registry(namespace: &str) -> String {
+    format!("!layouts!{namespace}:")
+}
+
 fn profile(name: &str) -> UserProfile {
     UserProfile {
         name: name.to_owned(),
@@ -127,7 +133,7 @@ async fn connects_with_a_password_url() {
     assert_eq!(manager.uuid_to_id().get(&id).await, Some(7));
     assert!(manager.profiles().set(&1, &profile("Ada")).await.unwrap());
     assert_eq!(manager.profiles().get(&1).await, Some(profile("Ada")));
-    assert!(wire::exists(&raw, &format!("user:uuid_to_id:{id}")).await);
+    assert!(wire::exists(&raw, &manager.uuid_to_id().redis_key(&id)).await);
     assert!(manager.health().await.healthy);
 }
 
@@ -156,7 +162,8 @@ async fn wrong_password_starts_degraded_without_error() {
     let url = format!("redis://:{wrong}@127.0.0.1:{}/0", server.port());
     let manager = CacheManager::new();
     let raw = server.raw().await;
-    wire::set(&raw, "user:profile:1", b"planted").await;
+    let planted = manager.profiles().redis_key(&1);
+    wire::set(&raw, &planted, b"planted").await;
 
     quick("connect", manager.connect(&url))
         .await
@@ -168,7 +175,7 @@ async fn wrong_password_starts_degraded_without_error() {
     assert_every_call_degrades(&manager).await;
     // Nothing reached Redis: the planted entry was neither read, deleted nor replaced.
     assert_eq!(
-        wire::get(&raw, "user:profile:1").await.as_deref(),
+        wire::get(&raw, &planted).await.as_deref(),
         Some(&b"planted"[..])
     );
     assert_eq!(wire::dbsize(&raw).await, 1);
@@ -215,7 +222,7 @@ async fn manager_started_degraded_recovers_when_redis_comes_up() {
     eventually("the manager to reconnect", || works(&manager)).await;
 
     let raw = server.raw().await;
-    assert!(wire::exists(&raw, "user:id_to_uuid:0").await);
+    assert!(wire::exists(&raw, &manager.id_to_uuid().redis_key(&0)).await);
     assert_eq!(manager.health().await.status, HealthStatus::Connected);
 }
 
@@ -273,8 +280,16 @@ async fn connect_on_a_connected_manager_replaces_the_connection() {
     assert!(manager.id_to_uuid().set(&2, &Uuid::nil()).await.unwrap());
 
     let (raw_first, raw_second) = (first.raw().await, second.raw().await);
-    assert_eq!(wire::keys(&raw_first).await, ["user:id_to_uuid:1"]);
-    assert_eq!(wire::keys(&raw_second).await, ["user:id_to_uuid:2"]);
+    let registry = layouts_registry("user:id_to_uuid");
+    assert_eq!(
+        wire::keys(&raw_first).await,
+        [registry.clone(), manager.id_to_uuid().redis_key(&1)]
+    );
+    // The first write on the new connection records the cache's layout there too.
+    assert_eq!(
+        wire::keys(&raw_second).await,
+        [registry, manager.id_to_uuid().redis_key(&2)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +337,12 @@ async fn concurrent_tasks_share_one_manager() {
     for task in tasks {
         task.await.expect("task panicked");
     }
-    assert_eq!(wire::dbsize(&server.raw().await).await, 64);
+    // 64 entries, and the registry of layouts of each of the two caches.
+    let raw = server.raw().await;
+    assert_eq!(wire::dbsize(&raw).await, 64 + 2);
+    for namespace in ["user:uuid_to_id", "user:id_to_uuid"] {
+        assert!(wire::exists(&raw, &layouts_registry(namespace)).await);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

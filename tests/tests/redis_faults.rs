@@ -564,9 +564,18 @@ async fn server_that_starts_requiring_a_password_degrades_logs_why_and_recovers(
         },
     )
     .await;
+    // Item 1, and the registry of the item cache's layouts, written before.
     assert_eq!(
         wire::dbsize(&raw).await,
-        1,
+        1 + 1,
+        "nothing written while locked out"
+    );
+    assert_eq!(
+        wire::keys(&raw).await,
+        [
+            "!layouts!fault:item:".to_owned(),
+            manager.items().redis_key(&1)
+        ],
         "nothing written while locked out"
     );
 

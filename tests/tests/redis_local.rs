@@ -134,11 +134,11 @@ async fn a_lost_subscription_empties_the_local_level_so_missed_invalidations_can
         .query_async(&mut raw.clone())
         .await
         .unwrap();
-    wire::set(&raw, "local:item:3", &{
+    wire::set(&raw, &a.items().redis_key(&3), &{
         // What `a` would write for "new", written behind every instance's back.
         let mut probe = Vec::new();
         a.plain().set(&999, &"new".to_owned()).await.unwrap();
-        probe.extend(wire::get(&raw, "plain:item:999").await.unwrap());
+        probe.extend(wire::get(&raw, &a.plain().redis_key(&999)).await.unwrap());
         // Same value type and codec, so the same bytes; only the fingerprint could
         // differ, and both caches declare `String` values.
         probe

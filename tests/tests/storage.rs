@@ -59,8 +59,12 @@ async fn large_values_are_stored_compressed_and_read_back() {
     let value = text_of(20_000);
     assert!(manager.packed().set(&1, &value).await.unwrap());
     assert!(manager.plain().set(&1, &value).await.unwrap());
-    let packed = wire::get(&raw, "store:packed:1").await.unwrap();
-    let plain = wire::get(&raw, "store:plain:1").await.unwrap();
+    let packed = wire::get(&raw, &manager.packed().redis_key(&1))
+        .await
+        .unwrap();
+    let plain = wire::get(&raw, &manager.plain().redis_key(&1))
+        .await
+        .unwrap();
     println!(
         "a 20 000-byte value: {} bytes stored compressed, {} plain",
         packed.len(),
@@ -72,7 +76,8 @@ async fn large_values_are_stored_compressed_and_read_back() {
 
     // A small value stays as it is; both read back through mget.
     assert!(manager.packed().set(&2, &"short".to_owned()).await.unwrap());
-    assert_eq!(wire::get(&raw, "store:packed:2").await.unwrap()[0], 0xCB);
+    let short = wire::get(&raw, &manager.packed().redis_key(&2)).await;
+    assert_eq!(short.unwrap()[0], 0xCB);
     let entries: HashMap<u32, String> =
         (10..110).map(|k| (k, text_of(2000 + k as usize))).collect();
     assert!(manager.packed().mset(&entries).await.unwrap());
@@ -91,12 +96,10 @@ async fn a_decompression_bomb_is_a_corrupt_entry_deleted_and_read_as_a_miss() {
     bomb.extend_from_slice(&fingerprint("packed").to_le_bytes());
     bomb.extend_from_slice(&u32::MAX.to_le_bytes());
     bomb.extend_from_slice(&[0xff; 16]);
-    wire::set(&raw, "store:packed:9", &bomb).await;
+    let key = manager.packed().redis_key(&9);
+    wire::set(&raw, &key, &bomb).await;
     assert_eq!(manager.packed().get(&9).await, None);
-    assert!(
-        !wire::exists(&raw, "store:packed:9").await,
-        "deleted as corrupt"
-    );
+    assert!(!wire::exists(&raw, &key).await, "deleted as corrupt");
     assert_eq!(manager.packed().stats().corrupt_evicted, 1);
 }
 
@@ -125,7 +128,7 @@ async fn values_over_the_size_limit_are_refused_by_every_call_and_nothing_is_wri
         text.contains("2008 bytes") && text.contains("1000 bytes"),
         "{text}"
     );
-    assert!(!wire::exists(&raw, "store:small:1").await);
+    assert!(!wire::exists(&raw, &small.redis_key(&1)).await);
     assert!(small.set(&2, &"fits".to_owned()).await.unwrap());
 
     let batch = HashMap::from([(3, "fits".to_owned()), (4, big.clone())]);
@@ -134,7 +137,7 @@ async fn values_over_the_size_limit_are_refused_by_every_call_and_nothing_is_wri
         Err(CacheError::Validation { .. })
     ));
     assert!(
-        !wire::exists(&raw, "store:small:3").await,
+        !wire::exists(&raw, &small.redis_key(&3)).await,
         "a bad batch writes nothing"
     );
 
@@ -146,7 +149,10 @@ async fn values_over_the_size_limit_are_refused_by_every_call_and_nothing_is_wri
             .await;
         assert_eq!(got, Ok(Some(big.clone())));
     }
-    assert!(!wire::exists(&raw, "store:small:5").await, "not cached");
+    assert!(
+        !wire::exists(&raw, &small.redis_key(&5)).await,
+        "not cached"
+    );
     let lines = logs.lines_at("WARN");
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("too large to cache"), "{lines:?}");

@@ -149,6 +149,60 @@ impl Backend {
         }
     }
 
+    /// Records `layout` as seen now in the registry at `key` (a sorted set scored by
+    /// milliseconds since the epoch), drops the layouts unseen for `keep`, and returns
+    /// every layout still listed. Within one process (`memory://`) there is only one.
+    pub(crate) async fn layouts_seen(
+        &self,
+        key: &str,
+        layout: u32,
+        keep: Duration,
+    ) -> Result<Vec<u32>, Unavailable> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let keep_ms = keep.as_millis() as u64;
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(key)
+            .arg(now)
+            .arg(layout)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(key)
+            .arg("-inf")
+            .arg(format!("({}", now.saturating_sub(keep_ms)))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(key)
+            .arg(keep_ms)
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1);
+        let listed = match self {
+            Backend::Disconnected => return Err(Unavailable::Down),
+            Backend::Memory(_) => return Ok(vec![layout]),
+            Backend::Redis(r) => r.pipeline::<(Vec<u32>,)>(&pipe).await,
+            Backend::Cluster(c) => c.link(key)?.pipeline::<(Vec<u32>,)>(&pipe).await,
+        };
+        listed.map(|(layouts,)| layouts)
+    }
+
+    /// The layouts listed in the registry at `key` (see `layouts_seen`).
+    pub(crate) async fn layouts_listed(&self, key: &str) -> Result<Vec<u32>, Unavailable> {
+        let mut cmd = ::redis::cmd("ZRANGE");
+        cmd.arg(key).arg(0).arg(-1);
+        match self {
+            Backend::Disconnected => Err(Unavailable::Down),
+            Backend::Memory(_) => Ok(Vec::new()),
+            Backend::Redis(r) => r.query::<Vec<u32>>(&cmd).await,
+            Backend::Cluster(c) => c.link(key)?.query::<Vec<u32>>(&cmd).await,
+        }
+    }
+
     /// Tells every instance sharing the store that the load of `key` ended: `loaded`
     /// (its value is stored) or released (its leader gave up). Within one process
     /// (`memory://`) the waiters are woken directly by the caller.

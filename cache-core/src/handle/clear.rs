@@ -50,8 +50,14 @@ impl<C: Cache> TypedCache<C> {
                 local.clear();
             }
             let backend = self.shared.backend();
-            let pattern = cache_keyspace::scan_pattern(C::NAMESPACE, C::HASH_TAG);
-            let (removed, failure) = backend.clear(&pattern, self.announce()).await;
+            // Every layout's keys: entries of another version of the value type too.
+            let mut removed = 0;
+            let mut failure = None;
+            for pattern in Self::keys().scan_patterns_of_every_layout() {
+                let (n, why) = backend.clear(&pattern, self.announce()).await;
+                removed += n;
+                failure = failure.or(why);
+            }
             if let Some(local) = &self.local {
                 local.clear();
             }

@@ -185,7 +185,7 @@ impl<C: Cache> TypedCache<C> {
     {
         match observed(C::NAMESPACE, Op::Get, self.lookup(key)).await {
             Lookup::Fresh { value, fresh_for } => {
-                if Self::wants_refresh(fresh_for) {
+                if Self::wants_refresh(fresh_for) && !self.refresh_backing_off(key) {
                     self.refresh_in_background(key, load);
                 }
                 Ok(Some(value))
@@ -210,6 +210,13 @@ impl<C: Cache> TypedCache<C> {
                     .await
             }
         }
+    }
+
+    /// Whether a refresh ahead of `key` failed within the fail-safe throttle: then the
+    /// entry is served as it is until the throttle passes, as a stale one would be.
+    fn refresh_backing_off(&self, key: &C::Key) -> bool {
+        self.flights
+            .refresh_failed_within(key, self.shared.config().fail_safe_throttle)
     }
 
     /// Whether a fresh entry with `fresh_for` left is old enough to refresh ahead.
@@ -440,6 +447,7 @@ impl<C: Cache> TypedCache<C> {
         };
         let cache = self.share();
         let redis_key = self.redis_key(key);
+        let key = key.clone();
         let limit = self.shared.config().background_timeout;
         tokio::spawn(async move {
             let _claim = claim;
@@ -450,10 +458,11 @@ impl<C: Cache> TypedCache<C> {
             let plan = {
                 let loaded = C::Loads::unpack(carried);
                 if loaded.is_err() {
+                    cache.flights.refresh_failed(&key);
                     tracing::debug!(
                         namespace = C::NAMESPACE,
                         key = redis_key,
-                        "a refresh ahead failed; the entry stays until its TTL"
+                        "a refresh ahead failed; the entry stays until its TTL, and is not refreshed again within the fail-safe throttle"
                     );
                 }
                 cache.plan(&redis_key, &loaded, None)
@@ -611,7 +620,7 @@ impl<C: Cache> TypedCache<C> {
             found.extend(answered);
         }
         // Refreshes already run in the background for some keys: not twice.
-        refresh.retain(|k| !self.flights.in_background(k));
+        refresh.retain(|k| !self.flights.in_background(k) && !self.refresh_backing_off(k));
         if missing.is_empty() && refresh.is_empty() {
             return Ok(found);
         }
@@ -631,6 +640,7 @@ impl<C: Cache> TypedCache<C> {
                     .collect();
                 let cache = self.share();
                 let limit = config.background_timeout;
+                let refresh_only = missing.is_empty();
                 let mut task = tokio::spawn(async move {
                     let _claims = claims;
                     let Ok(carried) = tokio::time::timeout(limit, loading).await else {
@@ -639,6 +649,9 @@ impl<C: Cache> TypedCache<C> {
                     };
                     let (plan, answer) = {
                         let loaded = C::Loads::unpack(carried);
+                        if refresh_only && loaded.is_err() {
+                            wanted.iter().for_each(|k| cache.flights.refresh_failed(k));
+                        }
                         let plan = cache.plan_many(&wanted, &loaded, &stale_bytes);
                         (plan, C::Loads::pack(loaded))
                     };
@@ -1096,6 +1109,59 @@ mod tests {
             "the follower took over"
         );
         assert_eq!(cache.flights.single.in_progress(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn followers_of_a_failed_load_run_their_own_side_by_side() {
+        let core = memory().await;
+        let cache = Arc::new(core.cache::<Names>("names"));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let leader = {
+            let (cache, release) = (cache.clone(), release.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&8, || async move {
+                        release.notified().await;
+                        Err::<Option<String>, _>("leader failed")
+                    })
+                    .await
+            })
+        };
+        while cache.flights.single.in_progress() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let loads = Arc::new(AtomicUsize::new(0));
+        let followers: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, loads) = (cache.clone(), loads.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load(&8, || async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Err::<Option<String>, _>("still failing")
+                        })
+                        .await
+                })
+            })
+            .collect();
+        until_waiting(&cache, 8, 8).await;
+        let started = tokio::time::Instant::now();
+        release.notify_one();
+        assert_eq!(leader.await.unwrap(), Err("leader failed"));
+        for follower in followers {
+            assert_eq!(follower.await.unwrap(), Err("still failing"));
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            8,
+            "each follower ran its own load"
+        );
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(100),
+            "side by side, not one after another"
+        );
     }
 
     #[tokio::test]

@@ -18,14 +18,16 @@ use std::time::Duration;
 
 use crate::backend::{Backend, Timed, Unavailable, Write};
 use crate::cache::{Cache, MAX_BATCH};
-use crate::codec::{Stored, decode_stored, encode_entry};
+use crate::codec::{Codec, Stored, decode_stored, encode_entry};
 use crate::error::{CacheError, CodecError};
 use crate::flight::Flights;
 use crate::key;
+use crate::layouts::Layouts;
 use crate::local::{Invalidate as _, LocalLevel as _};
 use crate::observe::{OncePerKey, Op, observed};
 use crate::shared::Shared;
 use crate::stats::{CacheStats, Counters};
+use cache_keyspace::CacheKeys;
 
 /// Longest TTL a call may set: what fits Redis's millisecond expiry arithmetic.
 const MAX_TTL: Duration = Duration::from_millis(i64::MAX as u64 / 2);
@@ -43,6 +45,9 @@ pub struct TypedCache<C: Cache> {
     local: Option<Arc<C::Local>>,
     /// Loaded values too large to cache: logged once per key per minute.
     oversized: Arc<OncePerKey>,
+    /// For a cache keyed by layout: the other layouts in use, whose entries of a key a
+    /// write must delete too.
+    layouts: Option<Arc<Layouts>>,
     _cache: PhantomData<fn() -> C>,
 }
 
@@ -97,6 +102,15 @@ impl<C: Cache> TypedCache<C> {
             flights: Arc::default(),
             local,
             oversized: Arc::new(OncePerKey::new(Duration::from_secs(60))),
+            layouts: Self::keys().layout.map(|own| {
+                let unlaid = CacheKeys {
+                    layout: None,
+                    ..Self::keys()
+                };
+                let registry = cache_keyspace::aux_key("layouts", &unlaid.prefix());
+                let entries_live = C::TTL + C::TTL_JITTER + C::FAIL_SAFE;
+                Arc::new(Layouts::new(own, registry, entries_live))
+            }),
             _cache: PhantomData,
         }
     }
@@ -110,6 +124,7 @@ impl<C: Cache> TypedCache<C> {
             flights: Arc::clone(&self.flights),
             local: self.local.clone(),
             oversized: Arc::clone(&self.oversized),
+            layouts: self.layouts.clone(),
             _cache: PhantomData,
         }
     }
@@ -194,16 +209,20 @@ impl<C: Cache> TypedCache<C> {
         C::TTL
     }
 
-    /// The Redis key of `key`: `"{namespace}:{key}"`, as `user:profile:42`; with
-    /// `hash_tag = true` the namespace is in braces, `{user:profile}:42`, which puts every
-    /// key of the cache in the hash slot of its namespace on a Redis Cluster.
+    /// The Redis key of `key`: `"{namespace}:{key}"`, as `session:token:abc` for a
+    /// `string` or `json` cache, whose bytes (and keys) other services read. A `bincode`
+    /// cache adds its entries' layout, the value type's fingerprint, after the namespace:
+    /// `user:profile@1a2b3c4d:42`, so two versions of the value type (a rolling deploy)
+    /// each keep their own entries. With `hash_tag = true` the namespace is in braces,
+    /// `{user:profile}@1a2b3c4d:42`, which puts every key of the cache in the hash slot
+    /// of its namespace on a Redis Cluster.
     ///
     /// # Examples
     ///
     /// ```
     /// # use cache_manager::{cache_registry, Cache};
     /// #[derive(Cache)]
-    /// #[cache(namespace = "user:name", key = i64, value = String)]
+    /// #[cache(namespace = "user:name", key = i64, value = String, codec = "string")]
     /// struct UserNameCache;
     ///
     /// #[derive(Cache)]
@@ -219,10 +238,95 @@ impl<C: Cache> TypedCache<C> {
     ///
     /// let manager = CacheManager::new();
     /// assert_eq!(manager.names().redis_key(&42), "user:name:42");
-    /// assert_eq!(manager.profiles().redis_key(&42), "{user:profile}:42");
+    /// let fingerprint = CacheManager::CACHES[1].fingerprint;
+    /// assert_eq!(
+    ///     manager.profiles().redis_key(&42),
+    ///     format!("{{user:profile}}@{fingerprint:08x}:42")
+    /// );
     /// ```
     pub fn redis_key(&self, key: &C::Key) -> String {
-        key::redis_key(C::NAMESPACE, C::HASH_TAG, key)
+        key::redis_key(&Self::keys(), key)
+    }
+
+    /// How this cache's keys are spelled. A cache whose bytes are not self-describing
+    /// (a framed codec: bincode) keys its entries by layout, the value type's
+    /// fingerprint: during a rolling deploy, each version of the service reads its own
+    /// entries instead of refusing (and deleting) the other's.
+    fn keys() -> CacheKeys<'static> {
+        CacheKeys {
+            prefix: None,
+            namespace: C::NAMESPACE,
+            hash_tag: C::HASH_TAG,
+            layout: <C::Codec as Codec<C::Value>>::FRAMED.then_some(C::FINGERPRINT),
+        }
+    }
+
+    /// The keys of the same entries in the other layouts in use (empty unless several
+    /// versions of the value type share the Redis), read from the registry now: an
+    /// invalidation deletes them, since the data behind every shape changed. A failed
+    /// read is none: those entries expire with their TTL.
+    async fn in_other_layouts<'k>(&self, redis_keys: impl Iterator<Item = &'k str>) -> Vec<String> {
+        let Some(layouts) = &self.layouts else {
+            return Vec::new();
+        };
+        let listed = self
+            .shared
+            .backend()
+            .layouts_listed(layouts.registry())
+            .await
+            .unwrap_or_default();
+        let others = layouts.others(listed);
+        if others.is_empty() {
+            return Vec::new();
+        }
+        let own = Self::keys().prefix();
+        let mut out = Vec::new();
+        for redis_key in redis_keys {
+            let Some(rest) = redis_key.strip_prefix(own.as_str()) else {
+                continue;
+            };
+            for other in &others {
+                let mut key = CacheKeys {
+                    layout: Some(*other),
+                    ..Self::keys()
+                }
+                .prefix();
+                key.push_str(rest);
+                out.push(key);
+            }
+        }
+        out
+    }
+
+    /// Records this cache's layout (so other versions' invalidations reach its
+    /// entries) and learns the others, when a refresh is due: the first time before the
+    /// call goes on (one round trip, once per cache and process), later on a task of
+    /// its own, so calls stay one round trip.
+    async fn touch_layouts(&self) {
+        let epoch = self.shared.epoch();
+        if let Some(layouts) = &self.layouts
+            && layouts.claim_refresh(epoch)
+        {
+            if layouts.recorded(epoch) {
+                self.refresh_layouts_later();
+            } else {
+                // The backend the epoch names: one `connect` later, the next call
+                // records the layout again.
+                layouts.refresh(&self.shared.backend(), epoch).await;
+            }
+        }
+    }
+
+    /// The refresh a caller claimed, run on a task of its own.
+    fn refresh_layouts_later(&self) {
+        let (Some(layouts), Ok(runtime)) =
+            (self.layouts.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let epoch = shared.epoch();
+        runtime.spawn(async move { layouts.refresh(&shared.backend(), epoch).await });
     }
 
     /// Reads the value of `key`.
@@ -262,6 +366,7 @@ impl<C: Cache> TypedCache<C> {
 
     /// Reads `key` and says what it found; counts it as a plain read would.
     pub(crate) async fn lookup(&self, key: &C::Key) -> Lookup<C::Value> {
+        self.touch_layouts().await;
         let redis_key = self.redis_key(key);
         let local = self.local();
         if let Some(value) = local.and_then(|l| l.get(&redis_key)) {
@@ -463,7 +568,13 @@ impl<C: Cache> TypedCache<C> {
 
     /// Writes encoded bytes (a value or a remembered absence) with their expiry: `true`
     /// when stored.
+    ///
+    /// It writes this layout's entry only: a write may be a fill of what the database
+    /// holds, and deleting the other version's entry of the key on every fill would have
+    /// the two versions of a rolling deploy evict each other forever. Invalidations, which
+    /// say the data changed, remove every layout's entry.
     async fn store(&self, redis_key: &str, bytes: &[u8], expiry: Duration) -> bool {
+        self.touch_layouts().await;
         let backend = self.shared.backend();
         let stored = self
             .forgetting(
@@ -472,6 +583,15 @@ impl<C: Cache> TypedCache<C> {
             )
             .await;
         self.written(stored)
+    }
+
+    /// Deletes other layouts' entries of keys just invalidated: best effort (a failure
+    /// is already counted and logged by the backend; those entries expire with their
+    /// TTL).
+    async fn delete_quietly(&self, backend: &Backend, keys: &[String]) {
+        if !keys.is_empty() {
+            let _ = backend.del_many(keys, self.announce()).await;
+        }
     }
 
     /// The expiry of a write with `ttl`: plus a random jitter of up to `ttl_jitter` for
@@ -551,6 +671,7 @@ impl<C: Cache> TypedCache<C> {
     /// first, and says what each holds, in order; counts them as plain reads would.
     /// Corrupt entries are evicted, concurrently: one more round trip, not one per key.
     pub(crate) async fn lookup_many(&self, keys: &[&C::Key]) -> Vec<Lookup<C::Value>> {
+        self.touch_layouts().await;
         let mut out: Vec<Lookup<C::Value>> = keys.iter().map(|_| Lookup::Miss).collect();
         let mut wanted: Vec<usize> = Vec::with_capacity(keys.len());
         let mut redis_keys: Vec<String> = Vec::with_capacity(keys.len());
@@ -717,7 +838,9 @@ impl<C: Cache> TypedCache<C> {
     }
 
     /// Writes encoded entries, each with its expiry: `true` when all were stored.
+    /// As [`store`](Self::store), this layout's entries only.
     async fn store_many(&self, entries: &[Write]) -> bool {
+        self.touch_layouts().await;
         let backend = self.shared.backend();
         let stored = self
             .forgetting(
@@ -765,10 +888,16 @@ impl<C: Cache> TypedCache<C> {
         let redis_key = self.redis_key(key);
         let backend = self.shared.backend();
         let removed = self
-            .forgetting(
-                [redis_key.as_str()],
-                backend.del(&redis_key, self.announce()),
-            )
+            .forgetting([redis_key.as_str()], async {
+                // The registry is read beside this layout's delete: one round trip
+                // unless other versions share the Redis, whose entries go next.
+                let (removed, others) = tokio::join!(
+                    backend.del(&redis_key, self.announce()),
+                    self.in_other_layouts([redis_key.as_str()].into_iter()),
+                );
+                self.delete_quietly(&backend, &others).await;
+                removed
+            })
             .await;
         match removed {
             Ok(removed) => removed,
@@ -882,10 +1011,15 @@ impl<C: Cache> TypedCache<C> {
         let redis_keys = self.redis_keys(&distinct);
         let backend = self.shared.backend();
         let (removed, degraded) = self
-            .forgetting(
-                redis_keys.iter().map(String::as_str),
-                backend.del_many(&redis_keys, self.announce()),
-            )
+            .forgetting(redis_keys.iter().map(String::as_str), async {
+                // This layout's entries are counted; the other layouts' go too.
+                let (removed, others) = tokio::join!(
+                    backend.del_many(&redis_keys, self.announce()),
+                    self.in_other_layouts(redis_keys.iter().map(String::as_str)),
+                );
+                self.delete_quietly(&backend, &others).await;
+                removed
+            })
             .await;
         if let Some(why) = degraded {
             self.counters.degraded(why);
@@ -921,7 +1055,7 @@ impl<C: Cache> TypedCache<C> {
         tracing::error!(
             namespace = C::NAMESPACE,
             key = redis_key,
-            codec = <C::Codec as crate::codec::Codec<C::Value>>::NAME,
+            codec = <C::Codec as Codec<C::Value>>::NAME,
             len = bytes.len(),
             error = %error,
             deleted = deleted.unwrap_or(false),

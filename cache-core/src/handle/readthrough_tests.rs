@@ -82,7 +82,10 @@ async fn a_stale_entry_answers_when_the_loader_fails_and_only_then() {
     let calls = AtomicUsize::new(0);
     cache.set(&1, &"old".to_owned()).await.unwrap();
     // Written for the TTL plus the fail-safe window.
-    assert_eq!(remaining(&core, "fs:1"), Some(Duration::from_secs(660)));
+    assert_eq!(
+        remaining(&core, &cache.redis_key(&1)),
+        Some(Duration::from_secs(660))
+    );
 
     tokio::time::advance(Duration::from_secs(61)).await;
     assert_eq!(cache.get(&1).await, None, "a stale entry is a miss for get");
@@ -248,7 +251,7 @@ async fn an_old_hit_answers_at_once_and_refreshes_in_the_background_once() {
     // Stored when the load landed, 1 s before this look, with the full TTL again
     // (it had 10 s left when the refresh began).
     assert_eq!(
-        remaining(&core, "ahead:1"),
+        remaining(&core, &cache.redis_key(&1)),
         Some(Duration::from_secs(59)),
         "the refreshed entry has a new TTL"
     );
@@ -271,7 +274,10 @@ async fn an_absence_is_remembered_for_its_own_ttl_until_a_write_replaces_it() {
         "one loader call for ten reads"
     );
     assert_eq!(cache.get(&1).await, None, "get reads the absence as a miss");
-    assert_eq!(remaining(&core, "neg:1"), Some(Duration::from_secs(30)));
+    assert_eq!(
+        remaining(&core, &cache.redis_key(&1)),
+        Some(Duration::from_secs(30))
+    );
     tokio::time::advance(Duration::from_secs(30)).await;
     let got = cache
         .get_or_load(&1, counting(&calls, Ok::<_, ()>(None)))
@@ -316,7 +322,7 @@ async fn jitter_spreads_the_expiry_of_writes_within_its_bound() {
         cache.set(&k, &k.to_string()).await.unwrap();
     }
     let ttls: Vec<Duration> = (0..200)
-        .map(|k| remaining(&core, &format!("jitter:{k}")).unwrap())
+        .map(|k| remaining(&core, &cache.redis_key(&k)).unwrap())
         .collect();
     let (min, max) = (ttls.iter().min().unwrap(), ttls.iter().max().unwrap());
     assert!(*min >= Duration::from_secs(60) && *max <= Duration::from_secs(80));
@@ -329,11 +335,17 @@ async fn jitter_spreads_the_expiry_of_writes_within_its_bound() {
         .set_with_ttl(&1, &"x".to_owned(), Duration::from_secs(5))
         .await
         .unwrap();
-    assert_eq!(remaining(&core, "jitter:1"), Some(Duration::from_secs(5)));
+    assert_eq!(
+        remaining(&core, &cache.redis_key(&1)),
+        Some(Duration::from_secs(5))
+    );
     // A cache without these keys writes exactly its TTL and reads plain entries.
     let plain = core.cache::<Plain>("plain");
     plain.set(&1, &"x".to_owned()).await.unwrap();
-    assert_eq!(remaining(&core, "plain:1"), Some(Duration::from_secs(60)));
+    assert_eq!(
+        remaining(&core, &plain.redis_key(&1)),
+        Some(Duration::from_secs(60))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -364,4 +376,29 @@ async fn the_batch_form_falls_back_per_key_and_only_when_every_miss_can() {
     // Key 4 has no fallback: the error is the answer.
     let got = cache.mget_or_load(&[1, 4], failing).await;
     assert_eq!(got, Err("db down"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_ahead_is_not_retried_on_every_hit() {
+    let core = memory().await;
+    let cache = core.cache::<RefreshAhead>("ahead");
+    cache.set(&1, &"v1".to_owned()).await.unwrap();
+    tokio::time::advance(Duration::from_secs(50)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing = |calls: Arc<AtomicUsize>| {
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<Option<String>, _>("db down")
+        }
+    };
+    for _ in 0..20 {
+        let got = cache.get_or_load(&1, failing(calls.clone())).await;
+        assert_eq!(got, Ok(Some("v1".to_owned())));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one failed refresh, then none within the fail-safe throttle (10 s)"
+    );
 }

@@ -204,10 +204,10 @@ async fn get_deletes_corrupt_entry() {
         &[FRAME_TAG, 0x78, 0x56, 0x34, 0x12, 0xff][..],
         &[][..],
     ] {
-        with_store(&core, |m| m.put_raw("user:profile:1", garbage));
+        with_store(&core, |m| m.put_raw(&cache.redis_key(&1), garbage));
         assert_eq!(cache.get(&1).await, None);
         assert_eq!(
-            with_store(&core, |m| m.get("user:profile:1")),
+            with_store(&core, |m| m.get(&cache.redis_key(&1))),
             None,
             "{garbage:?} not deleted"
         );
@@ -215,17 +215,21 @@ async fn get_deletes_corrupt_entry() {
 }
 
 #[tokio::test]
-async fn entries_of_another_version_are_misses_and_deleted() {
+async fn entries_of_another_version_live_beside_this_ones() {
     let core = memory().await;
-    core.cache::<Profiles>("test")
-        .set(&1, &ada())
-        .await
-        .unwrap();
+    let v1 = core.cache::<Profiles>("test");
     let v2 = core.cache::<ProfilesV2>("test");
-    assert_eq!(v2.get(&1).await, None);
-    assert_eq!(with_store(&core, |m| m.len()), 0);
+    assert_ne!(v1.redis_key(&1), v2.redis_key(&1), "a key per layout");
+    v1.set(&1, &ada()).await.unwrap();
+    assert_eq!(
+        v2.get(&1).await,
+        None,
+        "another version's entry is not read"
+    );
+    assert_eq!(with_store(&core, |m| m.len()), 1, "nor deleted");
     v2.set(&1, &ada()).await.unwrap();
     assert_eq!(v2.get(&1).await, Some(ada()));
+    assert_eq!(v1.get(&1).await, Some(ada()), "each version reads its own");
 }
 
 #[tokio::test]
@@ -233,10 +237,10 @@ async fn mget_returns_one_entry_per_distinct_key_and_evicts_corrupt_ones() {
     let core = memory().await;
     let cache = core.cache::<Profiles>("test");
     cache.set(&1, &ada()).await.unwrap();
-    with_store(&core, |m| m.put_raw("user:profile:2", b"junk"));
+    with_store(&core, |m| m.put_raw(&cache.redis_key(&2), b"junk"));
     let got = cache.mget(&[1, 2, 3, 1, 2]).await.unwrap();
     assert_eq!(got, HashMap::from([(1, Some(ada())), (2, None), (3, None)]));
-    assert_eq!(with_store(&core, |m| m.get("user:profile:2")), None);
+    assert_eq!(with_store(&core, |m| m.get(&cache.redis_key(&2))), None);
     assert_eq!(cache.get(&1).await, Some(ada()), "good entries stay");
 }
 
@@ -367,7 +371,7 @@ async fn counters_track_hits_misses_corrupt_entries_and_degraded_calls() {
     cache.get(&1).await;
     cache.get(&2).await;
     cache.mget(&[1, 2, 3]).await.unwrap();
-    with_store(&core, |m| m.put_raw("user:profile:4", b"junk"));
+    with_store(&core, |m| m.put_raw(&cache.redis_key(&4), b"junk"));
     cache.get(&4).await;
     let s = cache.stats();
     assert_eq!((s.field, s.namespace), ("profiles", "user:profile"));
@@ -379,11 +383,11 @@ async fn counters_track_hits_misses_corrupt_entries_and_degraded_calls() {
 }
 
 #[tokio::test]
-async fn redis_keys_are_namespace_colon_key() {
+async fn redis_keys_are_namespace_colon_key_with_the_layout_of_bincode_entries() {
     let core = memory().await;
     assert_eq!(
         core.cache::<Profiles>("test").redis_key(&-3),
-        "user:profile:-3"
+        "user:profile@12345678:-3"
     );
     assert_eq!(
         core.cache::<Sessions>("test").redis_key(&"a:b".to_owned()),
@@ -411,13 +415,15 @@ impl Cache for TaggedProfiles {
 async fn hash_tagged_keys_put_the_namespace_in_braces() {
     let core = memory().await;
     let cache = core.cache::<TaggedProfiles>("test");
-    assert_eq!(cache.redis_key(&-3), "{user:profile}:-3");
+    assert_eq!(cache.redis_key(&-3), "{user:profile}@12345678:-3");
     assert_eq!(
         crate::backend::cluster::slot(cache.redis_key(&1).as_bytes()),
         crate::backend::cluster::slot(cache.redis_key(&2).as_bytes())
     );
     assert!(cache.set(&7, &ada()).await.unwrap());
-    assert!(with_store(&core, |m| m.get("{user:profile}:7").is_some()));
+    assert!(with_store(&core, |m| m
+        .get("{user:profile}@12345678:7")
+        .is_some()));
     assert_eq!(
         core.cache::<Profiles>("test").get(&7).await,
         None,

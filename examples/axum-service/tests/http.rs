@@ -172,9 +172,10 @@ async fn a_miss_reads_the_database_and_populates_both_directions_then_hits_do_no
     );
     assert_eq!(service.counts("uuid_to_id"), (0, 1));
     // Populated in every direction, on the wire.
-    assert!(wire::exists(&raw, &format!("user:uuid_to_id:{}", user.uuid)).await);
-    assert!(wire::exists(&raw, "user:id_to_uuid:2").await);
-    assert!(wire::exists(&raw, "user:record:2").await);
+    let caches = &service.state.caches;
+    assert!(wire::exists(&raw, &caches.uuid_to_id().redis_key(&user.uuid)).await);
+    assert!(wire::exists(&raw, &caches.id_to_uuid().redis_key(&2)).await);
+    assert!(wire::exists(&raw, &caches.users().redis_key(&2)).await);
 
     let (status, again) = service.get(&format!("/users/{}", user.uuid)).await;
     assert_eq!(status, StatusCode::OK);
@@ -213,7 +214,8 @@ async fn an_update_changes_the_row_and_invalidates_both_directions() {
         service.get(&format!("/users/{}", user.uuid)).await.0,
         StatusCode::OK
     );
-    assert!(wire::exists(&raw, "user:record:5").await);
+    let caches = &service.state.caches;
+    assert!(wire::exists(&raw, &caches.users().redis_key(&5)).await);
 
     let (status, body) = service
         .put("/users/5", json!({ "name": "Grace Hopper" }))
@@ -225,9 +227,9 @@ async fn an_update_changes_the_row_and_invalidates_both_directions() {
         user.email.as_str(),
         "fields not sent are kept"
     );
-    assert!(!wire::exists(&raw, "user:record:5").await);
-    assert!(!wire::exists(&raw, "user:id_to_uuid:5").await);
-    assert!(!wire::exists(&raw, &format!("user:uuid_to_id:{}", user.uuid)).await);
+    assert!(!wire::exists(&raw, &caches.users().redis_key(&5)).await);
+    assert!(!wire::exists(&raw, &caches.id_to_uuid().redis_key(&5)).await);
+    assert!(!wire::exists(&raw, &caches.uuid_to_id().redis_key(&user.uuid)).await);
 
     let before = service.queries();
     let (status, fresh) = service.get(&format!("/users/{}", user.uuid)).await;

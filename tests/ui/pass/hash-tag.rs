@@ -1,5 +1,6 @@
 // `hash_tag = true` writes the namespace in braces, so a Redis Cluster keeps every key of
-// the cache in one slot; `hash_tag = false` is the default, keys spread.
+// the cache in one slot; `hash_tag = false` is the default, keys spread. (Bincode entries
+// carry their layout, the value type's fingerprint, after the namespace.)
 
 use cache_manager::{Cache, cache_registry};
 
@@ -25,9 +26,10 @@ cache_registry! {
 
 fn main() {
     let manager = CacheManager::new();
-    assert_eq!(manager.profiles().redis_key(&7), "{user:profile}:7");
-    assert_eq!(manager.sessions().redis_key(&7), "user:session:7");
-    assert_eq!(manager.ids().redis_key(&7), "user:id:7");
+    let layout = |i: usize| format!("@{:08x}", CacheManager::CACHES[i].fingerprint);
+    assert_eq!(manager.profiles().redis_key(&7), format!("{{user:profile}}{}:7", layout(0)));
+    assert_eq!(manager.sessions().redis_key(&7), format!("user:session{}:7", layout(1)));
+    assert_eq!(manager.ids().redis_key(&7), format!("user:id{}:7", layout(2)));
     let tags: Vec<_> = CacheManager::CACHES.iter().map(|c| c.hash_tag).collect();
     assert_eq!(tags, [true, false, false]);
 }

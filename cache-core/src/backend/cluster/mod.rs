@@ -104,6 +104,11 @@ impl ClusterBackend {
     }
 
     /// The connection to the master serving `key`, or `Down` when none does.
+    pub(crate) fn link(&self, key: &str) -> Result<Arc<RedisBackend>, Unavailable> {
+        self.link_for(key)
+    }
+
+    /// The connection to the master serving `key`, or `Down` when none does.
     fn link_for(&self, key: &str) -> Result<Arc<RedisBackend>, Unavailable> {
         let topology = self.inner.topology.load();
         match topology.node_of(key) {

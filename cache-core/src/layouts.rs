@@ -1,0 +1,94 @@
+//! The layouts of one cache's entries in use across instances.
+//!
+//! A bincode cache keys its entries by layout (the value type's fingerprint, see
+//! `cache_keyspace::CacheKeys`), so during a rolling deploy the old and the new shape of
+//! a value type live side by side and each side keeps reading its own. A write, though,
+//! changes the data behind every shape: the other shapes' entries of that key must go,
+//! or the other side would serve the old data until its TTL. So every instance records
+//! its layout in a sorted set in Redis (`!layouts!{prefix}`, scored by when it was last
+//! seen), and a write or invalidation also deletes the key in every other layout seen
+//! recently. A layout unseen for longer than its entries can live is dropped from the
+//! set: its entries have expired by then.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backend::Backend;
+
+/// How often an instance records its layout and reads the others'.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+/// This cache's layout, and the other layouts seen recently.
+pub(crate) struct Layouts {
+    own: u32,
+    /// The registry's key: `!layouts!{namespace prefix}`.
+    registry: String,
+    /// How long a layout stays listed after it was last seen: as long as its entries
+    /// can live, and a refresh interval more.
+    keep: Duration,
+    known: Mutex<Known>,
+    refreshing: AtomicBool,
+}
+
+#[derive(Default)]
+struct Known {
+    /// When, and in which backend (the manager's epoch), the layout was last recorded.
+    refreshed: Option<(Instant, u64)>,
+}
+
+impl Layouts {
+    pub(crate) fn new(own: u32, registry: String, entries_live: Duration) -> Self {
+        Layouts {
+            own,
+            registry,
+            keep: entries_live + REFRESH_EVERY,
+            known: Mutex::default(),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this layout was recorded in the backend of `epoch`.
+    pub(crate) fn recorded(&self, epoch: u64) -> bool {
+        self.known().refreshed.is_some_and(|(_, e)| e == epoch)
+    }
+
+    /// The registry's key.
+    pub(crate) fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// The layouts `listed` that are not this one.
+    pub(crate) fn others(&self, listed: Vec<u32>) -> Vec<u32> {
+        listed.into_iter().filter(|l| *l != self.own).collect()
+    }
+
+    /// Whether a refresh is due in the backend of `epoch` (never recorded there, or
+    /// not for a while) and none runs: then this caller runs it.
+    pub(crate) fn claim_refresh(&self, epoch: u64) -> bool {
+        let due = self
+            .known()
+            .refreshed
+            .is_none_or(|(at, e)| e != epoch || at.elapsed() >= REFRESH_EVERY);
+        due && !self.refreshing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Records this layout as seen now (after [`claim_refresh`](Self::claim_refresh)
+    /// said so). With the backend unavailable nothing changes, and the next call tries
+    /// again.
+    pub(crate) async fn refresh(&self, backend: &Backend, epoch: u64) {
+        let seen = backend
+            .layouts_seen(&self.registry, self.own, self.keep)
+            .await;
+        if seen.is_ok() {
+            self.known().refreshed = Some((Instant::now(), epoch));
+        }
+        self.refreshing.store(false, Ordering::Release);
+    }
+}
