@@ -22,7 +22,8 @@ use crate::error::CacheError;
 /// quick, small enough that one reply or one `UNLINK` never holds the server for long.
 pub const SCAN_COUNT: usize = 1000;
 
-/// The `SCAN MATCH` patterns of every key a cache of `namespace` may have written: with
+/// The `SCAN MATCH` patterns of every key a cache of `namespace` may have written, under
+/// the manager's `prefix` (`?prefix=` of the URL) if any: with
 /// and without a hash tag, with and without a layout (the value type's fingerprint of a
 /// `bincode` cache, several while versions of a service share the Redis). Exact: the
 /// grammar keeps glob characters, braces and `@` out of namespaces.
@@ -30,12 +31,19 @@ pub const SCAN_COUNT: usize = 1000;
 /// # Errors
 ///
 /// The grammar's complaint about a namespace it refuses, saying what is allowed.
-pub fn clear_patterns(namespace: &str) -> Result<Vec<String>, cache_keyspace::NamespaceError> {
+pub fn clear_patterns(
+    namespace: &str,
+    prefix: Option<&str>,
+) -> Result<Vec<String>, cache_keyspace::NamespaceError> {
     cache_keyspace::check_namespace(namespace)?;
     Ok([false, true]
         .into_iter()
         .flat_map(|hash_tag| {
-            cache_keyspace::CacheKeys::plain(namespace, hash_tag).scan_patterns_of_every_layout()
+            cache_keyspace::CacheKeys {
+                prefix,
+                ..cache_keyspace::CacheKeys::plain(namespace, hash_tag)
+            }
+            .scan_patterns_of_every_layout()
         })
         .collect())
 }
@@ -48,6 +56,7 @@ pub struct Servers {
     target: ServerTarget,
     redacted: String,
     secret: Option<Secret>,
+    prefix: Option<String>,
 }
 
 enum ServerTarget {
@@ -87,11 +96,13 @@ impl Servers {
             Target::Redis(settings) => Ok(Servers {
                 redacted: settings.redacted.clone(),
                 secret: settings.secret.clone(),
+                prefix: settings.config.key_prefix.clone(),
                 target: ServerTarget::One(settings),
             }),
             Target::Cluster(settings) => Ok(Servers {
                 redacted: settings.redacted.clone(),
                 secret: settings.nodes.secret().cloned(),
+                prefix: settings.config.key_prefix.clone(),
                 target: ServerTarget::Cluster(settings),
             }),
         }
@@ -100,6 +111,12 @@ impl Servers {
     /// The URL with its password shown as `***`.
     pub fn url(&self) -> &str {
         &self.redacted
+    }
+
+    /// The prefix the caches' keys are under (`?prefix=`), if any: an operator tool
+    /// stays inside it.
+    pub fn prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
     }
 
     /// `text` with every form of the password replaced by `***`.
@@ -129,6 +146,7 @@ impl Servers {
                     settings,
                     &settings.redacted,
                     false,
+                    self.prefix.clone(),
                     connect_timeout,
                     command_timeout,
                 )
@@ -159,8 +177,15 @@ impl Servers {
                         let settings = cluster.nodes.settings(&addr, &cluster.config)?;
                         let address = addr.to_string();
                         servers.push(
-                            open(&settings, &address, true, connect_timeout, command_timeout)
-                                .await?,
+                            open(
+                                &settings,
+                                &address,
+                                true,
+                                self.prefix.clone(),
+                                connect_timeout,
+                                command_timeout,
+                            )
+                            .await?,
                         );
                     }
                     return Ok(servers);
@@ -184,6 +209,7 @@ pub struct Server {
     /// Whether it is a cluster node, whose commands may not span hash slots.
     cluster_node: bool,
     secret: Option<Secret>,
+    prefix: Option<String>,
 }
 
 impl std::fmt::Debug for Server {
@@ -209,7 +235,8 @@ impl Server {
         namespace: &str,
         removed_so_far: &mut (dyn FnMut(u64) + Send),
     ) -> Result<u64, (u64, String)> {
-        let patterns = clear_patterns(namespace).map_err(|e| (0, e.to_string()))?;
+        let patterns =
+            clear_patterns(namespace, self.prefix.as_deref()).map_err(|e| (0, e.to_string()))?;
         let mut total = 0;
         for pattern in patterns {
             let (removed, result) = scan_unlink(
@@ -241,6 +268,7 @@ async fn open(
     settings: &RedisSettings,
     address: &str,
     cluster_node: bool,
+    prefix: Option<String>,
     connect_timeout: Duration,
     command_timeout: Duration,
 ) -> Result<Server, String> {
@@ -264,6 +292,7 @@ async fn open(
             connection,
             cluster_node,
             secret: settings.secret.clone(),
+            prefix,
         }),
         Ok(Err(e)) => Err(format!("{address}: {}", scrub(e.to_string()))),
         Err(_) => Err(format!(

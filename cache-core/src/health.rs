@@ -45,6 +45,9 @@ pub struct Health {
     /// The URL connected to, with any password replaced by `***`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The prefix every key of the manager is under (`prefix=`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
     /// Round trip of a `PING`, in milliseconds, when it answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
@@ -111,6 +114,7 @@ impl Health {
             breaker: Breaker::Open,
             backend: "none",
             url: None,
+            key_prefix: None,
             latency_ms: None,
             error: None,
             down_for_ms: None,
@@ -197,6 +201,7 @@ impl Health {
             },
             backend: "redis-cluster",
             url: Some(url.to_owned()),
+            key_prefix: None,
             latency_ms: nodes.iter().filter_map(|n| n.latency_ms).reduce(f64::max),
             error,
             down_for_ms: nodes.iter().filter_map(|n| n.down_for_ms).max(),

@@ -207,6 +207,47 @@ mod tests {
                 }
             }
 
+            /// Keys under prefixes and layouts stay injective: two (prefix, namespace,
+            /// layout, key) tuples spell the same Redis key only when their prefixed
+            /// namespaces are ones a registry would reject together (equal, or one a
+            /// `:`-prefix of the other), layouts aside. The tuples are built on purpose
+            /// by cutting a key at each `:` and `@`.
+            #[test]
+            fn prefixed_and_laid_out_keys_never_collide(
+                p in proptest::option::of(namespace()),
+                n in namespace(),
+                layout in proptest::option::of(any::<u32>()),
+                k in key_text(),
+            ) {
+                let keys = cache_keyspace::CacheKeys { prefix: p.as_deref(), namespace: &n, hash_tag: false, layout };
+                let full = redis_key(&keys, &k);
+                // The namespace a reader sees: the prefix joined to the namespace.
+                let joined = match &p { Some(p) => format!("{p}:{n}"), None => n.clone() };
+                for (at, sep) in full.match_indices([':', '@']) {
+                    let head = &full[..at];
+                    if head == joined || check_namespace(head).is_err() {
+                        continue;
+                    }
+                    let rest = &full[at + 1..];
+                    // Another cache whose (prefixed) namespace is `head` could write
+                    // `rest` as its key text (with a layout when cut at `@`).
+                    let other_layout = if sep == "@" {
+                        match rest.split_once(':') {
+                            Some((hex, _)) if hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Some(()),
+                            _ => None,
+                        }
+                    } else {
+                        Some(())
+                    };
+                    if other_layout.is_some() {
+                        prop_assert!(
+                            namespaces_collide(&joined, head),
+                            "`{}` and `{}` both spell {:?}", joined, head, full
+                        );
+                    }
+                }
+            }
+
             /// A hash-tagged key names its namespace between its braces, and no valid
             /// namespace's untagged key can spell it (namespaces never start with `{`).
             #[test]

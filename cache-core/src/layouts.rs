@@ -24,8 +24,6 @@ const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// This cache's layout, and the other layouts seen recently.
 pub(crate) struct Layouts {
     own: u32,
-    /// The registry's key: `!layouts!{namespace prefix}`.
-    registry: String,
     /// How long a layout stays listed after it was last seen: as long as its entries
     /// can live, and a refresh interval more.
     keep: Duration,
@@ -40,10 +38,9 @@ struct Known {
 }
 
 impl Layouts {
-    pub(crate) fn new(own: u32, registry: String, entries_live: Duration) -> Self {
+    pub(crate) fn new(own: u32, entries_live: Duration) -> Self {
         Layouts {
             own,
-            registry,
             keep: entries_live + REFRESH_EVERY,
             known: Mutex::default(),
             refreshing: AtomicBool::new(false),
@@ -57,11 +54,6 @@ impl Layouts {
     /// Whether this layout was recorded in the backend of `epoch`.
     pub(crate) fn recorded(&self, epoch: u64) -> bool {
         self.known().refreshed.is_some_and(|(_, e)| e == epoch)
-    }
-
-    /// The registry's key.
-    pub(crate) fn registry(&self) -> &str {
-        &self.registry
     }
 
     /// The layouts `listed` that are not this one.
@@ -82,10 +74,8 @@ impl Layouts {
     /// Records this layout as seen now (after [`claim_refresh`](Self::claim_refresh)
     /// said so). With the backend unavailable nothing changes, and the next call tries
     /// again.
-    pub(crate) async fn refresh(&self, backend: &Backend, epoch: u64) {
-        let seen = backend
-            .layouts_seen(&self.registry, self.own, self.keep)
-            .await;
+    pub(crate) async fn refresh(&self, backend: &Backend, epoch: u64, registry: &str) {
+        let seen = backend.layouts_seen(registry, self.own, self.keep).await;
         if seen.is_ok() {
             self.known().refreshed = Some((Instant::now(), epoch));
         }

@@ -15,10 +15,34 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// The channel invalidations travel on.
-pub(crate) const CHANNEL: &str = "cache-manager:invalidate";
-/// The channel the ends of global single-flight loads travel on.
-pub(crate) const LOADS: &str = "cache-manager:loads";
+/// The channel invalidations travel on, for managers without a key prefix.
+const CHANNEL: &str = "cache-manager:invalidate";
+/// The channel the ends of global single-flight loads travel on, likewise.
+const LOADS: &str = "cache-manager:loads";
+
+/// The pub/sub channels of the managers under one key prefix: invalidations and the
+/// ends of loads, suffixed with the prefix, so managers of another environment or
+/// tenant sharing the Redis do not even hear them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Channels {
+    pub invalidate: String,
+    pub loads: String,
+}
+
+impl Channels {
+    pub(crate) fn for_prefix(prefix: Option<&str>) -> Self {
+        match prefix {
+            None => Channels {
+                invalidate: CHANNEL.to_owned(),
+                loads: LOADS.to_owned(),
+            },
+            Some(prefix) => Channels {
+                invalidate: format!("{CHANNEL}:{prefix}"),
+                loads: format!("{LOADS}:{prefix}"),
+            },
+        }
+    }
+}
 
 /// What the manager can do to a cache's level without knowing its value type.
 #[doc(hidden)]
@@ -300,15 +324,26 @@ impl LocalLevels {
         self.coherent.store(coherent, Ordering::Release);
     }
 
-    /// Applies an invalidation message: `{instance}|{redis key}`. Own messages are
-    /// ignored: the writer already updated its level.
-    pub(crate) fn apply(&self, message: &str) {
-        let Some((instance, key)) = message.split_once('|') else {
+    /// Applies an invalidation message: `{instance}|{redis key}`, the key under the
+    /// manager's `prefix` (messages of another prefix are not heard, see [`Channels`]).
+    /// Own messages are ignored: the writer already updated its level.
+    pub(crate) fn apply(&self, message: &str, prefix: Option<&str>) {
+        let Some((instance, full_key)) = message.split_once('|') else {
             return;
         };
         if instance == self.instance {
             return;
         }
+        let key = match prefix {
+            None => full_key,
+            Some(prefix) => match full_key
+                .strip_prefix(prefix)
+                .and_then(|k| k.strip_prefix(':'))
+            {
+                Some(unprefixed) => unprefixed,
+                None => return,
+            },
+        };
         let levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
         // The namespace, and what follows it: `{namespace}` for hash-tagged caches, else
         // `namespace`; then `:rest`, or `@{layout}:rest` for a cache keyed by layout, or
@@ -333,7 +368,8 @@ impl LocalLevels {
         match owner {
             // `{namespace}:*` or `{namespace}@*` is a clear of the whole namespace.
             Some((level, rest)) if rest == ":*" || rest == "@*" => level.clear(),
-            Some((level, _)) => level.remove(key),
+            // Levels keep entries by their full Redis key, prefix included.
+            Some((level, _)) => level.remove(full_key),
             None => {}
         }
     }
@@ -374,7 +410,7 @@ mod tests {
         fill(&users, &["users:1"]);
         fill(&tagged, &["{team:member}:1", "{team:member}:2"]);
 
-        levels.apply("peer|user:1");
+        levels.apply("peer|user:1", None);
         assert!(user.get("user:1").is_none());
         assert!(user.get("user:2").is_some());
         assert!(
@@ -382,41 +418,41 @@ mod tests {
             "a namespace sharing a prefix without `:` was hit"
         );
 
-        levels.apply("peer|{team:member}:1");
+        levels.apply("peer|{team:member}:1", None);
         assert!(
             tagged.get("{team:member}:1").is_none(),
             "hash-tagged keys were not routed"
         );
         assert!(tagged.get("{team:member}:2").is_some());
 
-        levels.apply(&levels.message("user:2"));
+        levels.apply(&levels.message("user:2"), None);
         assert!(
             user.get("user:2").is_some(),
             "an instance's own message was applied"
         );
 
-        levels.apply("peer|{team:member}:*");
+        levels.apply("peer|{team:member}:*", None);
         assert!(
             tagged.get("{team:member}:2").is_none(),
             "a clear did not empty the level"
         );
-        levels.apply("peer|users:*");
+        levels.apply("peer|users:*", None);
         assert!(users.get("users:1").is_none());
         let laid = level(&levels, "team:lead");
         fill(&laid, &["team:lead@0000abcd:1", "team:lead@0000abcd:2"]);
-        levels.apply("peer|team:lead@0000abcd:1");
+        levels.apply("peer|team:lead@0000abcd:1", None);
         assert!(
             laid.get("team:lead@0000abcd:1").is_none(),
             "a layout's key was not routed"
         );
         assert!(laid.get("team:lead@0000abcd:2").is_some());
-        levels.apply("peer|team:lead@*");
+        levels.apply("peer|team:lead@*", None);
         assert!(
             laid.get("team:lead@0000abcd:2").is_none(),
             "a clear of every layout"
         );
-        levels.apply("peer|nobody:1");
-        levels.apply("garbage without a separator");
+        levels.apply("peer|nobody:1", None);
+        levels.apply("garbage without a separator", None);
     }
 
     #[test]

@@ -129,7 +129,9 @@ impl ManagerCore {
         // Disconnected and `memory://` answer without waiting: a loop polling health must
         // still yield (see `observe`).
         tokio::task::consume_budget().await;
-        self.shared.backend().health().await
+        let mut health = self.shared.backend().health().await;
+        health.key_prefix = self.shared.prefix().as_ref().map(|p| p.to_string());
+        health
     }
 
     /// The registered caches.

@@ -15,6 +15,8 @@ pub(crate) struct Shared {
     /// The settings of the last `connect`: read-through takes its throttle, waits and
     /// background timeout from here.
     config: ArcSwap<CacheConfig>,
+    /// The prefix every key of the manager is under (`prefix=` of the last `connect`).
+    prefix: arc_swap::ArcSwapOption<String>,
     /// Counts the backends put in place: what a cache recorded in one store (its
     /// layout) must be recorded again in the next.
     epoch: std::sync::atomic::AtomicU64,
@@ -28,7 +30,14 @@ impl Shared {
             locals: Arc::new(LocalLevels::new()),
             config: ArcSwap::from_pointee(CacheConfig::default()),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            prefix: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// The prefix every key of the manager is under, if any: read on every call that
+    /// builds a key, without touching a reference count.
+    pub(crate) fn prefix(&self) -> arc_swap::Guard<Option<Arc<String>>> {
+        self.prefix.load()
     }
 
     /// Which backend is in place: it moves whenever `connect` or `disconnect` replaces it.
@@ -48,6 +57,7 @@ impl Shared {
     }
 
     pub(crate) fn set_config(&self, config: CacheConfig) {
+        self.prefix.store(config.key_prefix.clone().map(Arc::new));
         self.config.store(Arc::new(config));
     }
 

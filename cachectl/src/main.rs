@@ -133,9 +133,13 @@ async fn query<T: redis::FromRedisValue>(
     }
 }
 
-/// The namespace of a key, as the key layout tells it: exact for hash-tagged keys,
-/// the text before the last `:` otherwise (see `cache_core::keyspace::namespace_of`).
-fn namespace_of(key: &str) -> &str {
+/// The namespace of a key under `prefix`, as the key layout tells it: exact for
+/// hash-tagged and bincode keys, the text before the last `:` otherwise (see
+/// `cache_core::keyspace::namespace_of`).
+fn namespace_of<'k>(key: &'k str, prefix: Option<&str>) -> &'k str {
+    let key = prefix
+        .and_then(|p| key.strip_prefix(p)?.strip_prefix(':'))
+        .unwrap_or(key);
     cache_core::keyspace::namespace_of(key).unwrap_or("(none)")
 }
 
@@ -210,6 +214,7 @@ struct StatsReport {
 }
 
 async fn stats(target: &Target, sample: usize, json: bool) -> Result<(), Failure> {
+    let prefix = target.servers.prefix();
     let mut servers = target.connect().await?;
     let mut total = 0;
     for server in &mut servers {
@@ -221,17 +226,21 @@ async fn stats(target: &Target, sample: usize, json: bool) -> Result<(), Failure
     for server in &mut servers {
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = query(
-                server,
-                redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(SCAN_COUNT),
-            )
-            .await?;
+            // Under a prefix, only its keys: another environment's are not ours to count.
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+            if let Some(prefix) = prefix {
+                scan.arg("MATCH").arg(format!("{prefix}:*"));
+            }
+            let (next, keys): (u64, Vec<String>) = query(server, &scan).await?;
             // One round trip per page: the PTTL of every key, MEMORY USAGE of the sample.
             let mut pipe = redis::pipe();
             let mut sampled = Vec::with_capacity(keys.len());
             for key in &keys {
                 pipe.cmd("PTTL").arg(key);
-                let entry = by_ns.entry(namespace_of(key).to_owned()).or_default();
+                let entry = by_ns
+                    .entry(namespace_of(key, prefix).to_owned())
+                    .or_default();
                 let take = (entry.sampled as usize) < sample;
                 if take {
                     entry.sampled += 1;
@@ -249,7 +258,9 @@ async fn stats(target: &Target, sample: usize, json: bool) -> Result<(), Failure
             };
             let mut replies = replies.into_iter();
             for (key, take) in keys.iter().zip(sampled) {
-                let entry = by_ns.get_mut(namespace_of(key)).expect("entry made above");
+                let entry = by_ns
+                    .get_mut(namespace_of(key, prefix))
+                    .expect("entry made above");
                 entry.keys += 1;
                 entry.ttl.add(replies.next().flatten().unwrap_or(-2));
                 if take {
@@ -347,7 +358,7 @@ fn human_ms(ms: i64) -> String {
 
 async fn clear(target: &Target, namespace: &str, yes: bool) -> Result<(), Failure> {
     // The library's grammar: no glob characters, so the patterns match this namespace only.
-    let patterns = cache_core::admin::clear_patterns(namespace)
+    let patterns = cache_core::admin::clear_patterns(namespace, target.servers.prefix())
         .map_err(|e| Failure::usage(e.to_string()))?
         .iter()
         .map(|p| format!("'{p}'"))

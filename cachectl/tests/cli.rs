@@ -341,3 +341,48 @@ fn a_tls_server_is_reached_through_rediss_with_its_ca() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("unhealthy"), "{}", text(&out));
 }
+
+#[test]
+fn under_a_prefix_stats_and_clear_stay_inside_that_environment() {
+    let server = RedisServer::new();
+    let mut c = conn(&server.url());
+    fill(&mut c, "staging:user:profile", 40, Some(600));
+    fill(&mut c, "staging:{team:member}", 6, Some(600));
+    fill(&mut c, "prod:user:profile", 30, Some(600));
+    fill(&mut c, "user:profile", 20, Some(600));
+    let staging = format!("{}?prefix=staging", server.url());
+
+    // Stats count the prefix's keys only, named by namespace without the prefix.
+    let out = cachectl(&staging, &["stats", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["keys_scanned"], 46, "{report}");
+    let names: Vec<&str> = report["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{report}");
+    assert!(
+        names.contains(&"user:profile") && names.contains(&"team:member"),
+        "{report}"
+    );
+
+    // Clear removes the prefix's namespace, tagged or not, and leaves the others.
+    let out = cachectl(&staging, &["clear", "user:profile", "--yes"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("removed 40 keys"), "{}", text(&out));
+    assert_eq!(count(&mut c, "staging:user:profile:*"), 0);
+    assert_eq!(count(&mut c, "prod:user:profile:*"), 30);
+    assert_eq!(count(&mut c, "user:profile:*"), 20);
+    let out = cachectl(&staging, &["clear", "team:member", "--yes"], &[]);
+    assert!(text(&out).contains("removed 6 keys"), "{}", text(&out));
+
+    // A prefix the key grammar cannot carry is a usage error, and nothing is removed.
+    let bad = format!("{}?prefix=st%2A", server.url());
+    let out = cachectl(&bad, &["clear", "user:profile", "--yes"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("prefix"), "{}", text(&out));
+    assert_eq!(count(&mut c, "*"), 50);
+}

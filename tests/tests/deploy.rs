@@ -186,3 +186,39 @@ async fn bytes_corrupt_for_every_layout_are_still_deleted() {
     assert!(!wire::exists(&raw, &key).await, "deleted as corrupt");
     assert_eq!(new.profiles().stats().corrupt_evicted, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_on_one_version_removes_every_versions_entries() {
+    let server = RedisServer::new();
+    let (old, new) = (old::Caches::new(), new::Caches::new());
+    old.connect(&server.url()).await.unwrap();
+    new.connect(&server.url()).await.unwrap();
+    let raw = server.raw().await;
+    let ada = old::UserProfile {
+        name: "Ada".into(),
+        age: 36,
+    };
+    let ada2 = new::UserProfile {
+        name: "Ada".into(),
+        age: 36,
+        email: "ada@example.com".into(),
+    };
+    for id in 0..30 {
+        assert!(old.profiles().set(&id, &ada).await.unwrap());
+        assert!(new.profiles().set(&id, &ada2).await.unwrap());
+    }
+    // Keys of a third layout the new version has never recorded, as a version rolled
+    // back long ago would have left them.
+    let stray = "user:profile@0badf00d:99";
+    assert_ne!(new.profiles().redis_key(&99), stray);
+    wire::set(&raw, stray, b"left behind").await;
+
+    assert_eq!(
+        new.profiles().clear().await,
+        61,
+        "both layouts and the stray key"
+    );
+    assert!(!wire::exists(&raw, &old.profiles().redis_key(&3)).await);
+    assert!(!wire::exists(&raw, stray).await);
+    assert_eq!(old.profiles().get(&3).await, None);
+}

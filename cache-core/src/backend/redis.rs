@@ -54,6 +54,8 @@ struct Inner {
     outage: Outage,
     coalescer: Coalescer,
     locals: Arc<LocalLevels>,
+    /// Where invalidations and the ends of loads are published and heard.
+    channels: local::Channels,
     /// In a cluster: woken when a reply says the slot map changed (`MOVED`, `ASK`,
     /// `CLUSTERDOWN`), so the cluster refreshes it.
     topology_changed: Option<Arc<Notify>>,
@@ -100,7 +102,9 @@ impl RedisBackend {
         let redis_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));
+        let channels = local::Channels::for_prefix(config.key_prefix.as_deref());
         let inner = Arc::new(Inner {
+            channels,
             client: settings.client,
             redis_config,
             config,
@@ -327,8 +331,12 @@ impl RedisBackend {
 
     /// Publishes the end of a load to every instance (global single flight).
     pub(crate) async fn publish_load(&self, message: &str) -> Result<(), Unavailable> {
-        self.query::<()>(redis::cmd("PUBLISH").arg(local::LOADS).arg(message))
-            .await
+        self.query::<()>(
+            redis::cmd("PUBLISH")
+                .arg(&self.inner.channels.loads)
+                .arg(message),
+        )
+        .await
     }
 
     pub(crate) async fn del(&self, key: &str, announce: bool) -> Result<bool, Unavailable> {
@@ -573,7 +581,7 @@ impl Inner {
     /// Adds the invalidation of `key` for other instances' first levels to `pipe`.
     fn announce(&self, pipe: &mut redis::Pipeline, key: &str) {
         pipe.cmd("PUBLISH")
-            .arg(local::CHANNEL)
+            .arg(&self.channels.invalidate)
             .arg(self.locals.message(key))
             .ignore();
     }
@@ -688,7 +696,9 @@ async fn listen_for_invalidations(inner: Arc<Inner>, id: u64) {
     loop {
         let subscribe = async {
             let mut pubsub = inner.client.get_async_pubsub().await?;
-            pubsub.subscribe(&[local::CHANNEL, local::LOADS]).await?;
+            pubsub
+                .subscribe(&[&inner.channels.invalidate, &inner.channels.loads])
+                .await?;
             Ok::<_, RedisError>(pubsub)
         };
         match tokio::time::timeout(inner.config.connect_timeout, subscribe).await {
@@ -700,10 +710,12 @@ async fn listen_for_invalidations(inner: Arc<Inner>, id: u64) {
                     let Ok(text) = message.get_payload::<String>() else {
                         continue;
                     };
-                    if message.get_channel_name() == local::LOADS {
+                    if message.get_channel_name() == inner.channels.loads {
                         inner.locals.loads.ended(&text);
                     } else {
-                        inner.locals.apply(&text);
+                        inner
+                            .locals
+                            .apply(&text, inner.config.key_prefix.as_deref());
                     }
                 }
                 inner.locals.heard(id, false);

@@ -28,6 +28,7 @@ pub(crate) use secret::Secret;
 /// | fail-safe throttle | 30 s | `fail_safe_throttle_ms` | after a loader failed, how long `get_or_load` serves the stale fallback (`fail_safe`) as if fresh, so a failing database is not asked again on every call |
 /// | single-flight wait | 3 s | `single_flight_wait_ms` | with `single_flight = "global"`: how long an instance waits for another's load (and how long that load's lease lasts) before it loads itself |
 /// | background timeout | 30 s | `background_timeout_ms` | the longest a load that outlived its caller (after a soft timeout, a refresh ahead) may run; at most one per key |
+/// | key prefix | none | `prefix` | puts every key of the manager under `{prefix}:`, for environments or tenants sharing one Redis; it follows the namespace grammar |
 /// | value size limit | none | `max_value_bytes` | the largest encoded value any cache of the manager writes; a cache's own `max_bytes` wins |
 /// | coalescing | on | `coalesce` (`true`/`false`) | under load, concurrent gets share `MGET`s; off for a multi-thread runtime squeezed onto one CPU, where the hand-offs cost more than they save |
 /// | TLS trust | the system's roots | `ca_file` | a PEM file of the CA(s) that signed the servers' certificates, for `rediss://` to a private CA; it replaces the system's roots |
@@ -58,6 +59,9 @@ pub struct CacheConfig {
     /// The largest encoded value a cache without its own `max_bytes` writes; `None`
     /// leaves only Redis's own limit.
     pub max_value_bytes: Option<usize>,
+    /// Puts every key of the manager under `{prefix}:` (an environment or a tenant
+    /// sharing the Redis): `staging:user:profile:42`.
+    pub key_prefix: Option<String>,
     /// PEM file of the certificate authorities a `rediss://` server's certificate must
     /// chain to; `None` trusts the system's roots.
     pub tls_ca_file: Option<PathBuf>,
@@ -77,6 +81,7 @@ impl Default for CacheConfig {
             single_flight_wait: Duration::from_secs(3),
             background_timeout: Duration::from_secs(30),
             max_value_bytes: None,
+            key_prefix: None,
             tls_ca_file: None,
         }
     }
@@ -144,6 +149,15 @@ impl CacheConfig {
     /// nothing, `get_or_load` returning it uncached).
     pub fn with_max_value_bytes(mut self, limit: usize) -> Self {
         self.max_value_bytes = Some(limit);
+        self
+    }
+
+    /// Puts every key of the manager under `{prefix}:`, so environments or tenants
+    /// sharing one Redis never see, overwrite or clear each other's entries:
+    /// `staging:user:profile:42` (with a hash tag, `staging:{user:profile}:42`). The
+    /// prefix follows the namespace grammar; `connect` checks it.
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = Some(prefix.into());
         self
     }
 
@@ -240,6 +254,14 @@ impl CacheConfig {
         {
             return Err(CacheError::config(format!(
                 "the value size limit (`max_value_bytes`) must be from 1 to {MAX_VALUE_BYTES} (512 MiB, Redis's largest value), not {limit}"
+            )));
+        }
+        if let Some(prefix) = &self.key_prefix
+            && cache_keyspace::check_namespace(prefix).is_err()
+        {
+            return Err(CacheError::config(format!(
+                "the key prefix (`prefix`) `{}` is not usable: like a namespace it may hold only ASCII letters, digits and `: _ - .`, without an empty, leading, trailing or doubled `:`",
+                secret::shown(prefix)
             )));
         }
         if self.backoff_max < self.backoff_min {

@@ -38,7 +38,7 @@ pub(crate) struct RedisSettings {
 /// before it is parsed, and is never echoed.
 const MAX_URL_LEN: usize = 16 * 1024;
 
-const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `fail_safe_throttle_ms`, `single_flight_wait_ms`, `background_timeout_ms`, `max_value_bytes`, `coalesce`, `ca_file`";
+const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `fail_safe_throttle_ms`, `single_flight_wait_ms`, `background_timeout_ms`, `max_value_bytes`, `prefix`, `coalesce`, `ca_file`";
 
 /// Settings of a Redis Cluster: where to learn its slot map, and how to reach any node.
 pub(crate) struct ClusterSettings {
@@ -362,6 +362,7 @@ fn apply_options(
             "fail_safe_throttle_ms" => config.fail_safe_throttle = Duration::from_millis(number()?),
             "single_flight_wait_ms" => config.single_flight_wait = Duration::from_millis(number()?),
             "background_timeout_ms" => config.background_timeout = Duration::from_millis(number()?),
+            "prefix" => config.key_prefix = Some(value.clone().into_owned()),
             "max_value_bytes" => {
                 config.max_value_bytes = Some(usize::try_from(number()?).unwrap_or(usize::MAX));
             }
@@ -692,5 +693,28 @@ mod tests {
                 "{url}: {msg}"
             );
         }
+    }
+
+    #[test]
+    fn a_key_prefix_follows_the_namespace_grammar() {
+        let Ok(Target::Redis(s)) = parse("redis://h/0?prefix=staging", &CacheConfig::default())
+        else {
+            panic!("prefix rejected");
+        };
+        assert_eq!(s.config.key_prefix.as_deref(), Some("staging"));
+        let Ok(Target::Cluster(s)) = parse(
+            "redis+cluster://h:1,h:2?prefix=tenant:7",
+            &CacheConfig::default(),
+        ) else {
+            panic!("prefix rejected on a cluster URL");
+        };
+        assert_eq!(s.config.key_prefix.as_deref(), Some("tenant:7"));
+        for bad in ["a*b", "a%20b", ":x", "x:", "a::b", "a%40b", "%7Bx%7D", ""] {
+            let msg = config_error(&format!("redis://h/0?prefix={bad}"));
+            assert!(msg.contains("key prefix (`prefix`)"), "{bad}: {msg}");
+            assert!(msg.contains("only ASCII letters"), "{bad}: {msg}");
+        }
+        let long = format!("redis://h/0?prefix={}", "x*".repeat(500));
+        assert!(config_error(&long).len() < 300, "a long prefix is cut");
     }
 }

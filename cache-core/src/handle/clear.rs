@@ -53,7 +53,10 @@ impl<C: Cache> TypedCache<C> {
             // Every layout's keys: entries of another version of the value type too.
             let mut removed = 0;
             let mut failure = None;
-            for pattern in Self::keys().scan_patterns_of_every_layout() {
+            let prefix = self.shared.prefix();
+            for pattern in
+                Self::keys(prefix.as_ref().map(|p| p.as_str())).scan_patterns_of_every_layout()
+            {
                 let (n, why) = backend.clear(&pattern, self.announce()).await;
                 removed += n;
                 failure = failure.or(why);

@@ -102,14 +102,9 @@ impl<C: Cache> TypedCache<C> {
             flights: Arc::default(),
             local,
             oversized: Arc::new(OncePerKey::new(Duration::from_secs(60))),
-            layouts: Self::keys().layout.map(|own| {
-                let unlaid = CacheKeys {
-                    layout: None,
-                    ..Self::keys()
-                };
-                let registry = cache_keyspace::aux_key("layouts", &unlaid.prefix());
+            layouts: Self::LAYOUT.map(|own| {
                 let entries_live = C::TTL + C::TTL_JITTER + C::FAIL_SAFE;
-                Arc::new(Layouts::new(own, registry, entries_live))
+                Arc::new(Layouts::new(own, entries_live))
             }),
             _cache: PhantomData,
         }
@@ -245,20 +240,38 @@ impl<C: Cache> TypedCache<C> {
     /// );
     /// ```
     pub fn redis_key(&self, key: &C::Key) -> String {
-        key::redis_key(&Self::keys(), key)
+        let prefix = self.shared.prefix();
+        key::redis_key(&Self::keys(prefix.as_ref().map(|p| p.as_str())), key)
     }
 
-    /// How this cache's keys are spelled. A cache whose bytes are not self-describing
-    /// (a framed codec: bincode) keys its entries by layout, the value type's
-    /// fingerprint: during a rolling deploy, each version of the service reads its own
-    /// entries instead of refusing (and deleting) the other's.
-    fn keys() -> CacheKeys<'static> {
+    /// The layout this cache's entries are keyed by: a cache whose bytes are not
+    /// self-describing (a framed codec: bincode) keys them by the value type's
+    /// fingerprint, so during a rolling deploy each version of the service reads its
+    /// own entries instead of refusing (and deleting) the other's.
+    const LAYOUT: Option<u32> = if <C::Codec as Codec<C::Value>>::FRAMED {
+        Some(C::FINGERPRINT)
+    } else {
+        None
+    };
+
+    /// How this cache's keys are spelled, under the manager's `prefix`.
+    fn keys(prefix: Option<&str>) -> CacheKeys<'_> {
         CacheKeys {
-            prefix: None,
+            prefix,
             namespace: C::NAMESPACE,
             hash_tag: C::HASH_TAG,
-            layout: <C::Codec as Codec<C::Value>>::FRAMED.then_some(C::FINGERPRINT),
+            layout: Self::LAYOUT,
         }
+    }
+
+    /// The key of the registry where this cache's layouts in use are recorded.
+    fn layouts_registry(&self) -> String {
+        let prefix = self.shared.prefix();
+        let unlaid = CacheKeys {
+            layout: None,
+            ..Self::keys(prefix.as_ref().map(|p| p.as_str()))
+        };
+        cache_keyspace::aux_key("layouts", &unlaid.prefix())
     }
 
     /// The keys of the same entries in the other layouts in use (empty unless several
@@ -272,14 +285,16 @@ impl<C: Cache> TypedCache<C> {
         let listed = self
             .shared
             .backend()
-            .layouts_listed(layouts.registry())
+            .layouts_listed(&self.layouts_registry())
             .await
             .unwrap_or_default();
         let others = layouts.others(listed);
         if others.is_empty() {
             return Vec::new();
         }
-        let own = Self::keys().prefix();
+        let prefix = self.shared.prefix();
+        let keys = Self::keys(prefix.as_ref().map(|p| p.as_str()));
+        let own = keys.prefix();
         let mut out = Vec::new();
         for redis_key in redis_keys {
             let Some(rest) = redis_key.strip_prefix(own.as_str()) else {
@@ -288,7 +303,7 @@ impl<C: Cache> TypedCache<C> {
             for other in &others {
                 let mut key = CacheKeys {
                     layout: Some(*other),
-                    ..Self::keys()
+                    ..keys
                 }
                 .prefix();
                 key.push_str(rest);
@@ -312,7 +327,9 @@ impl<C: Cache> TypedCache<C> {
             } else {
                 // The backend the epoch names: one `connect` later, the next call
                 // records the layout again.
-                layouts.refresh(&self.shared.backend(), epoch).await;
+                layouts
+                    .refresh(&self.shared.backend(), epoch, &self.layouts_registry())
+                    .await;
             }
         }
     }
@@ -326,7 +343,8 @@ impl<C: Cache> TypedCache<C> {
         };
         let shared = Arc::clone(&self.shared);
         let epoch = shared.epoch();
-        runtime.spawn(async move { layouts.refresh(&shared.backend(), epoch).await });
+        let registry = self.layouts_registry();
+        runtime.spawn(async move { layouts.refresh(&shared.backend(), epoch, &registry).await });
     }
 
     /// Reads the value of `key`.
