@@ -1,17 +1,21 @@
 //! The optional in-process first level of a cache (`#[cache(..., local = N)]`).
 //!
-//! Entries are kept by their Redis key, so an invalidation message naming a Redis key
-//! finds them. Several instances of an application stay coherent through Redis pub/sub:
-//! every write or invalidation of a cache with a local level publishes the Redis key, and
-//! every instance drops it from its own level. A level is only read while its manager
-//! knows it hears those messages (subscribed, or the in-process `memory://` backend);
-//! when that is lost it is emptied, since invalidations may have been missed.
+//! Entries are kept by their Redis key, so an invalidation naming a Redis key finds them.
+//! Redis itself says when a key held here changes: each connection's listener turns on
+//! `CLIENT TRACKING ON BCAST` for the key prefixes of the caches with a level, and Redis
+//! pushes the name of every key under them that any client writes or deletes, that
+//! expires or is evicted, and a flush. A server without tracking falls back to pub/sub:
+//! every write of a cache with a level publishes the Redis key, and every instance drops
+//! it. A level is only read while every listener of its manager is connected (or on the
+//! in-process `memory://` backend); when one is lost the levels are emptied, since
+//! invalidations may have been missed. And a copy is never kept past the time its Redis
+//! entry had left when it was read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -44,6 +48,17 @@ impl Channels {
     }
 }
 
+/// How the listeners hear of changes, as the server allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// Not known yet: no listener connected.
+    Unknown = 0,
+    /// Redis pushes invalidations (`CLIENT TRACKING`): writes need not announce.
+    Tracking = 1,
+    /// The server has no tracking: writes publish their keys.
+    PubSub = 2,
+}
+
 /// What the manager can do to a cache's level without knowing its value type.
 #[doc(hidden)]
 pub trait Invalidate: Send + Sync + 'static {
@@ -65,8 +80,17 @@ pub trait LocalLevel<V>: Invalidate {
     /// A counter that moves on every removal, read before fetching from Redis.
     fn generation(&self) -> u64;
     /// Stores a value fetched from Redis, unless an invalidation happened since
-    /// `generation` was read: the value may be older than the invalidation.
-    fn insert_if_current(&self, key: String, value: &V, generation: u64);
+    /// `generation` was read: the value may be older than the invalidation. It is kept
+    /// at most `fresh_for`, the time its Redis entry had left when it was read (unknown:
+    /// the level's own TTL), so a copy never outlives its entry even when the entry's
+    /// expiry is reported late.
+    fn insert_if_current(
+        &self,
+        key: String,
+        value: &V,
+        generation: u64,
+        fresh_for: Option<Duration>,
+    );
 }
 
 /// No first level: every read goes to the backend.
@@ -85,7 +109,7 @@ impl<V: 'static> LocalLevel<V> for NoLocal {
     fn generation(&self) -> u64 {
         match *self {}
     }
-    fn insert_if_current(&self, _: String, _: &V, _: u64) {
+    fn insert_if_current(&self, _: String, _: &V, _: u64, _: Option<Duration>) {
         match *self {}
     }
 }
@@ -99,11 +123,43 @@ impl Invalidate for NoLocal {
     }
 }
 
-/// A bounded in-process level on moka, with a TTL no longer than the cache's.
+/// A bounded in-process level on moka: each copy lives at most the level's TTL and at
+/// most what its Redis entry had left when it was read.
 #[doc(hidden)]
 pub struct Moka<V> {
-    entries: moka::sync::Cache<String, V>,
+    entries: moka::sync::Cache<String, Held<V>>,
     generation: AtomicU64,
+}
+
+/// A copy and how long its Redis entry still lived when it was read.
+#[derive(Clone)]
+struct Held<V> {
+    value: V,
+    fresh_for: Option<Duration>,
+}
+
+/// Expires each copy when its Redis entry does (the level's TTL bounds it too).
+struct UntilRedisExpiry;
+
+impl<V> moka::Expiry<String, Held<V>> for UntilRedisExpiry {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        held: &Held<V>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        held.fresh_for
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        held: &Held<V>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        held.fresh_for
+    }
 }
 
 impl<V: Clone + Send + Sync + 'static> LocalLevel<V> for Moka<V> {
@@ -114,22 +170,36 @@ impl<V: Clone + Send + Sync + 'static> LocalLevel<V> for Moka<V> {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
+                .expire_after(UntilRedisExpiry)
                 .build(),
             generation: AtomicU64::new(0),
         }
     }
 
     fn get(&self, key: &str) -> Option<V> {
-        self.entries.get(key)
+        self.entries.get(key).map(|held| held.value)
     }
 
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn insert_if_current(&self, key: String, value: &V, generation: u64) {
+    fn insert_if_current(
+        &self,
+        key: String,
+        value: &V,
+        generation: u64,
+        fresh_for: Option<Duration>,
+    ) {
+        if fresh_for.is_some_and(|f| f.is_zero()) {
+            return;
+        }
         if self.generation.load(Ordering::Acquire) == generation {
-            self.entries.insert(key.clone(), value.clone());
+            let held = Held {
+                value: value.clone(),
+                fresh_for,
+            };
+            self.entries.insert(key.clone(), held);
             // An invalidation that raced the insert must still win.
             if self.generation.load(Ordering::Acquire) != generation {
                 self.entries.invalidate(&key);
@@ -219,15 +289,27 @@ impl Drop for LoadWatch {
     }
 }
 
+/// A registered level: its cache's namespace, the start of its Redis keys without the
+/// manager's prefix (`user:profile@00001a2b:`, `{team:member}:`), and the level.
+struct Registered {
+    namespace: &'static str,
+    key_start: String,
+    level: Arc<dyn Invalidate>,
+}
+
 /// Every local level of one manager, and whether they may be read.
 #[derive(Default)]
 pub(crate) struct LocalLevels {
-    levels: Mutex<Vec<(&'static str, Arc<dyn Invalidate>)>>,
+    levels: Mutex<Vec<Registered>>,
     coherent: AtomicBool,
-    /// The listener whose subscription decides coherence (0: none). A listener of a
-    /// backend that was replaced, or of a cluster node that left, no longer counts.
-    listener: AtomicU64,
+    /// The listeners whose connections decide coherence, and whether each is connected:
+    /// one per Redis server, one per master of a cluster. Levels are readable only while
+    /// there is at least one and all are connected. A listener of a backend that was
+    /// replaced, or of a cluster node that left, no longer counts.
+    listeners: Mutex<HashMap<u64, bool>>,
     next_listener: AtomicU64,
+    /// How invalidations reach the listeners: [`Heard`] as a number.
+    heard_by: AtomicU8,
     /// Identifies this manager's own messages, which it ignores.
     pub(crate) instance: String,
     /// Callers waiting for another instance's load: the listener wakes them too.
@@ -249,11 +331,22 @@ impl LocalLevels {
         }
     }
 
-    pub(crate) fn register(&self, namespace: &'static str, level: Arc<dyn Invalidate>) {
+    /// Registers the level of the cache `namespace`, whose Redis keys start with
+    /// `key_start` after the manager's prefix.
+    pub(crate) fn register(
+        &self,
+        namespace: &'static str,
+        key_start: String,
+        level: Arc<dyn Invalidate>,
+    ) {
         self.levels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((namespace, level));
+            .push(Registered {
+                namespace,
+                key_start,
+                level,
+            });
     }
 
     pub(crate) fn any(&self) -> bool {
@@ -264,9 +357,30 @@ impl LocalLevels {
             .is_empty()
     }
 
+    /// The key prefixes Redis is asked to track for the levels (`CLIENT TRACKING ON
+    /// BCAST PREFIX ...`): each level's keys under the manager's `prefix`. They never
+    /// overlap: namespaces of one registry are not `:`-prefixes of each other, and each
+    /// ends with the `:` or `@{layout}:` that follows it.
+    pub(crate) fn tracked_prefixes(&self, prefix: Option<&str>) -> Vec<String> {
+        let levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
+        levels
+            .iter()
+            .map(|r| match prefix {
+                Some(prefix) => format!("{prefix}:{}", r.key_start),
+                None => r.key_start.clone(),
+            })
+            .collect()
+    }
+
     /// Records that a cache runs global single flights.
     pub(crate) fn register_global_flights(&self) {
         self.global_flights.store(true, Ordering::Release);
+    }
+
+    /// Whether a cache runs global single flights, whose waiters hear the ends of other
+    /// instances' loads.
+    pub(crate) fn global_flights(&self) -> bool {
+        self.global_flights.load(Ordering::Acquire)
     }
 
     /// Whether a backend must listen for messages: invalidations for first levels, or
@@ -280,37 +394,74 @@ impl LocalLevels {
         self.coherent.load(Ordering::Acquire)
     }
 
+    /// How invalidations are heard now.
+    pub(crate) fn heard_by(&self) -> Heard {
+        match self.heard_by.load(Ordering::Acquire) {
+            1 => Heard::Tracking,
+            2 => Heard::PubSub,
+            _ => Heard::Unknown,
+        }
+    }
+
+    /// Whether writes must publish their keys for other instances' levels: unless Redis
+    /// is known to push invalidations itself.
+    pub(crate) fn writes_announce(&self) -> bool {
+        self.heard_by() != Heard::Tracking
+    }
+
+    /// A listener found out how the server lets it hear invalidations.
+    pub(crate) fn set_heard_by(&self, heard: Heard) {
+        self.heard_by.store(heard as u8, Ordering::Release);
+    }
+
     /// Sets coherence for a backend without a listener (memory, disconnected), retiring
-    /// any listener.
+    /// every listener.
     pub(crate) fn reset(&self, coherent: bool) {
-        self.listener.store(0, Ordering::Release);
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        listeners.clear();
+        self.heard_by.store(Heard::Unknown as u8, Ordering::Release);
         self.set_coherent(coherent);
     }
 
-    /// Makes a new listener the one that counts; the levels are unreadable until it
-    /// reports a subscription.
-    pub(crate) fn claim(&self) -> u64 {
+    /// Makes a new listener one that counts, replacing every listener when `alone` (a
+    /// new standalone backend) or joining them (another master of a cluster); the
+    /// levels are unreadable until every one reports its connection.
+    pub(crate) fn claim(&self, alone: bool) -> u64 {
         let id = self.next_listener.fetch_add(1, Ordering::AcqRel) + 1;
-        self.listener.store(id, Ordering::Release);
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if alone {
+            listeners.clear();
+        }
+        listeners.insert(id, false);
         self.set_coherent(false);
         id
     }
 
-    /// A listener's subscription began (`true`) or ended; ignored unless it counts.
-    pub(crate) fn heard(&self, listener: u64, subscribed: bool) {
-        if self.listener.load(Ordering::Acquire) == listener {
-            self.set_coherent(subscribed);
+    /// A listener's connection began (`true`) or ended; ignored unless it counts.
+    pub(crate) fn heard(&self, listener: u64, connected: bool) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = listeners.get_mut(&listener) else {
+            return;
+        };
+        *state = connected;
+        let all = listeners.values().all(|&c| c);
+        self.set_coherent(all);
+    }
+
+    /// A listener stopped for good: it no longer counts, and the levels start over.
+    pub(crate) fn release(&self, listener: u64) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if listeners.remove(&listener).is_some() {
+            let all = !listeners.is_empty() && listeners.values().all(|&c| c);
+            self.set_coherent(all);
         }
     }
 
-    /// A listener stopped for good: if it counted, the levels become unreadable.
-    pub(crate) fn release(&self, listener: u64) {
-        if self
-            .listener
-            .compare_exchange(listener, 0, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.set_coherent(false);
+    /// Empties every level, which stay readable: for a flush, or a slot map that changed
+    /// (keys that moved may have changed on a master whose listener did not hold them).
+    pub(crate) fn forget_all(&self) {
+        for registered in self.levels.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            registered.level.clear();
         }
     }
 
@@ -318,15 +469,13 @@ impl LocalLevels {
     /// they start empty, since what they held may be stale.
     fn set_coherent(&self, coherent: bool) {
         self.coherent.store(false, Ordering::Release);
-        for (_, level) in self.levels.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            level.clear();
-        }
+        self.forget_all();
         self.coherent.store(coherent, Ordering::Release);
     }
 
-    /// Applies an invalidation message: `{instance}|{redis key}`, the key under the
-    /// manager's `prefix` (messages of another prefix are not heard, see [`Channels`]).
-    /// Own messages are ignored: the writer already updated its level.
+    /// Applies a pub/sub invalidation message: `{instance}|{redis key}`, the key under
+    /// the manager's `prefix` (messages of another prefix are not heard, see
+    /// [`Channels`]). Own messages are ignored: the writer already updated its level.
     pub(crate) fn apply(&self, message: &str, prefix: Option<&str>) {
         let Some((instance, full_key)) = message.split_once('|') else {
             return;
@@ -334,6 +483,12 @@ impl LocalLevels {
         if instance == self.instance {
             return;
         }
+        self.invalidate(full_key, prefix);
+    }
+
+    /// Drops the copy of `full_key` (a Redis key under the manager's `prefix`) from the
+    /// level that owns it; `{namespace}:*` or `{namespace}@*` empties that level.
+    pub(crate) fn invalidate(&self, full_key: &str, prefix: Option<&str>) {
         let key = match prefix {
             None => full_key,
             Some(prefix) => match full_key
@@ -359,11 +514,11 @@ impl LocalLevels {
         let owner = match key.strip_prefix('{').and_then(|k| k.split_once('}')) {
             Some((ns, rest)) => levels
                 .iter()
-                .find(|(n, _)| *n == ns)
-                .and_then(|(_, l)| after_namespace("", rest).map(|rest| (l, rest))),
+                .find(|r| r.namespace == ns)
+                .and_then(|r| after_namespace("", rest).map(|rest| (&r.level, rest))),
             None => levels
                 .iter()
-                .find_map(|(ns, level)| after_namespace(ns, key).map(|rest| (level, rest))),
+                .find_map(|r| after_namespace(r.namespace, key).map(|rest| (&r.level, rest))),
         };
         match owner {
             // `{namespace}:*` or `{namespace}@*` is a clear of the whole namespace.
@@ -389,13 +544,13 @@ mod tests {
             100,
             Duration::from_secs(60),
         ));
-        levels.register(namespace, level.clone());
+        levels.register(namespace, format!("{namespace}:"), level.clone());
         level
     }
 
     fn fill(level: &Moka<String>, keys: &[&str]) {
         for key in keys {
-            level.insert_if_current((*key).to_owned(), &"v".to_owned(), level.generation());
+            level.insert_if_current((*key).to_owned(), &"v".to_owned(), level.generation(), None);
         }
     }
 
@@ -459,8 +614,8 @@ mod tests {
     fn only_the_listener_that_counts_sets_coherence() {
         let levels = LocalLevels::new();
         level(&levels, "user");
-        let old = levels.claim();
-        let new = levels.claim();
+        let old = levels.claim(true);
+        let new = levels.claim(true);
         levels.heard(old, true);
         assert!(
             !levels.coherent(),
@@ -475,5 +630,94 @@ mod tests {
         );
         levels.release(new);
         assert!(!levels.coherent());
+    }
+
+    #[test]
+    fn every_master_must_be_heard_before_levels_are_read() {
+        let levels = LocalLevels::new();
+        let user = level(&levels, "user");
+        let a = levels.claim(false);
+        let b = levels.claim(false);
+        levels.heard(a, true);
+        assert!(!levels.coherent(), "readable while one master is not heard");
+        levels.heard(b, true);
+        assert!(levels.coherent());
+        fill(&user, &["user:1"]);
+        levels.heard(b, false);
+        assert!(
+            !levels.coherent(),
+            "readable while a master's listener is down"
+        );
+        assert!(
+            user.get("user:1").is_none(),
+            "not emptied when a listener was lost"
+        );
+        levels.heard(b, true);
+        assert!(levels.coherent());
+        // A master that left the cluster no longer counts.
+        levels.release(b);
+        assert!(levels.coherent());
+        // A new standalone backend replaces every listener.
+        let alone = levels.claim(true);
+        levels.heard(a, true);
+        assert!(
+            !levels.coherent(),
+            "a replaced backend's listener still counted"
+        );
+        levels.heard(alone, true);
+        assert!(levels.coherent());
+    }
+
+    #[test]
+    fn tracked_prefixes_are_each_levels_keys_under_the_manager_prefix() {
+        let levels = LocalLevels::new();
+        levels.register(
+            "user:profile",
+            "user:profile@00001a2b:".to_owned(),
+            Arc::new(<Moka<String> as LocalLevel<String>>::new(
+                10,
+                Duration::from_secs(1),
+            )),
+        );
+        levels.register(
+            "team:member",
+            "{team:member}:".to_owned(),
+            Arc::new(<Moka<String> as LocalLevel<String>>::new(
+                10,
+                Duration::from_secs(1),
+            )),
+        );
+        assert_eq!(
+            levels.tracked_prefixes(None),
+            ["user:profile@00001a2b:", "{team:member}:"]
+        );
+        assert_eq!(
+            levels.tracked_prefixes(Some("staging")),
+            ["staging:user:profile@00001a2b:", "staging:{team:member}:"]
+        );
+    }
+
+    #[test]
+    fn a_copy_never_outlives_what_its_redis_entry_had_left() {
+        let level = <Moka<String> as LocalLevel<String>>::new(10, Duration::from_secs(60));
+        let v = "v".to_owned();
+        level.insert_if_current("short".into(), &v, 0, Some(Duration::from_millis(50)));
+        level.insert_if_current("long".into(), &v, 0, None);
+        level.insert_if_current("gone".into(), &v, 0, Some(Duration::ZERO));
+        assert!(level.get("short").is_some());
+        assert!(
+            level.get("gone").is_none(),
+            "an entry with no time left was kept"
+        );
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(
+            level.get("short").is_none(),
+            "kept past its Redis entry's expiry"
+        );
+        assert!(level.get("long").is_some());
+        // Re-reading a key takes the new entry's time, not the old copy's.
+        level.insert_if_current("long".into(), &v, 0, Some(Duration::from_millis(50)));
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(level.get("long").is_none(), "an update kept the old expiry");
     }
 }

@@ -56,7 +56,9 @@ impl ManagerCore {
                 C::LOCAL_CAPACITY,
                 C::LOCAL_TTL,
             ));
-            self.shared.locals.register(C::NAMESPACE, level.clone());
+            self.shared
+                .locals
+                .register(C::NAMESPACE, TypedCache::<C>::key_start(), level.clone());
             level
         });
         if C::SINGLE_FLIGHT == SingleFlight::Global {

@@ -136,8 +136,10 @@ impl Injector for Standalone {
                     let Some(id) = id.filter(|id| *id != own) else {
                         continue;
                     };
-                    let kind = if line.contains(" flags=P ") {
-                        "pub/sub"
+                    let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="));
+                    // A listener tracks keys (`t`) or is subscribed (`P`).
+                    let kind = if flags.is_some_and(|f| f.contains('t') || f.contains('P')) {
+                        "listener"
                     } else {
                         "command"
                     };

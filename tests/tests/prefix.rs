@@ -1,6 +1,8 @@
 //! A manager-wide key prefix (`?prefix=` or `CacheConfig::with_key_prefix`) against a
 //! real `redis-server`: two environments sharing one Redis never read, invalidate or
-//! clear each other's entries, their first levels listen on their own channels, a
+//! clear each other's entries, their first levels hear only their own environment's
+//! changes (Redis tracks each environment's key prefixes; without tracking, pub/sub on
+//! per-prefix channels), a
 //! hash-tagged cache keeps its keys in one slot of a cluster under the prefix, and a
 //! prefix the key grammar cannot carry is refused before anything is sent.
 
@@ -47,6 +49,39 @@ async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A field of `INFO stats`.
+async fn tracking_stat(raw: &MultiplexedConnection, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| {
+            line.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Connections with tracking on (`t` in `CLIENT LIST`'s flags).
+async fn tracked_clients(raw: &MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    list.lines()
+        .filter(|line| {
+            let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="));
+            flags.is_some_and(|f| f.contains('t'))
+        })
+        .count()
 }
 
 async fn channels(raw: &MultiplexedConnection) -> Vec<String> {
@@ -153,6 +188,71 @@ async fn two_environments_on_one_redis_keep_their_entries_apart() {
 async fn first_levels_hear_only_their_own_environment() {
     let server = RedisServer::new();
     let raw = server.raw().await;
+    let staging_a = with_prefix(&server.url(), Some("staging")).await;
+    let staging_b = with_prefix(&server.url(), Some("staging")).await;
+    let prod = with_prefix(&server.url(), Some("prod")).await;
+    // Redis tracks one key prefix per environment for the level: `{prefix}:local:item:`.
+    eventually("the listeners' tracking", async || {
+        tracking_stat(&raw, "tracking_total_prefixes").await == 2
+            && tracked_clients(&raw).await == 3
+    })
+    .await;
+
+    // Staging B and prod each hold key 1 in their first level.
+    assert!(
+        staging_a
+            .items()
+            .set(&1, &"staging".to_owned())
+            .await
+            .unwrap()
+    );
+    assert!(prod.items().set(&1, &"prod".to_owned()).await.unwrap());
+    assert_eq!(staging_b.items().get(&1).await.as_deref(), Some("staging"));
+    assert_eq!(prod.items().get(&1).await.as_deref(), Some("prod"));
+
+    // A write in staging reaches staging B's first level...
+    assert!(
+        staging_a
+            .items()
+            .set(&1, &"staging-2".to_owned())
+            .await
+            .unwrap()
+    );
+    eventually("staging B sees the new value", async || {
+        staging_b.items().get(&1).await.as_deref() == Some("staging-2")
+    })
+    .await;
+    // ...and prod, which heard nothing, still serves its own value from its first level:
+    // no Redis read is sent for it.
+    wire::reset_stats(&raw).await;
+    assert_eq!(prod.items().get(&1).await.as_deref(), Some("prod"));
+    let calls = wire::command_calls(&raw).await;
+    assert_eq!(calls.get("get").copied().unwrap_or(0), 0, "{calls:?}");
+
+    // An invalidation in prod does not evict staging's first-level entry either.
+    assert!(prod.items().invalidate(&1).await);
+    assert_eq!(prod.items().get(&1).await, None);
+    wire::reset_stats(&raw).await;
+    assert_eq!(
+        staging_b.items().get(&1).await.as_deref(),
+        Some("staging-2")
+    );
+    let calls = wire::command_calls(&raw).await;
+    assert_eq!(calls.get("get").copied().unwrap_or(0), 0, "{calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tracking_first_levels_hear_their_own_environment_by_pub_sub() {
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    // A server that refuses tracking: invalidations travel by pub/sub.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-client|tracking")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
     let staging_a = with_prefix(&server.url(), Some("staging")).await;
     let staging_b = with_prefix(&server.url(), Some("staging")).await;
     let prod = with_prefix(&server.url(), Some("prod")).await;

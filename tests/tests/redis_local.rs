@@ -39,15 +39,25 @@ async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
     }
 }
 
-async fn subscribers(raw: &MultiplexedConnection) -> usize {
+/// The listeners connected: connections tracking keys for first levels (`t`) or
+/// subscribed to channels (`P`), and their ids.
+async fn listener_ids(raw: &MultiplexedConnection) -> Vec<u64> {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
         .query_async(&mut raw.clone())
         .await
         .unwrap();
-    list.lines().count()
+    list.lines()
+        .filter(|line| {
+            let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="));
+            flags.is_some_and(|f| f.contains('t') || f.contains('P'))
+        })
+        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+async fn subscribers(raw: &MultiplexedConnection) -> usize {
+    listener_ids(raw).await.len()
 }
 
 async fn reads_sent(raw: &MultiplexedConnection) -> u64 {
@@ -126,14 +136,16 @@ async fn a_lost_subscription_empties_the_local_level_so_missed_invalidations_can
     a.items().set(&3, &"old".to_owned()).await.unwrap();
     assert_eq!(b.items().get(&3).await.as_deref(), Some("old"));
 
-    // Cut every subscription, then write: the announcement reaches no one.
-    let _: () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut raw.clone())
-        .await
-        .unwrap();
+    // Cut every listener, then write behind every instance's back.
+    for id in listener_ids(&raw).await {
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut raw.clone())
+            .await
+            .unwrap();
+    }
     wire::set(&raw, &a.items().redis_key(&3), &{
         // What `a` would write for "new", written behind every instance's back.
         let mut probe = Vec::new();

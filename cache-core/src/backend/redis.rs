@@ -20,11 +20,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, FromRedisValue, RedisError};
+use redis::{AsyncConnectionConfig, FromRedisValue, PushInfo, RedisError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-use futures_util::StreamExt;
 
 use super::coalesce::{self, Coalescer};
 use super::outage::{ConnectFailure, Outage};
@@ -39,10 +37,15 @@ pub(crate) struct RedisBackend {
     dispatcher: tokio::task::JoinHandle<()>,
     /// The task hearing invalidations for the first levels, and its claim on them.
     listener: Option<(tokio::task::JoinHandle<()>, u64)>,
+    /// Whether its listener also hears the ends of other instances' loads (one per
+    /// manager: pub/sub messages reach every node of a cluster).
+    designated: bool,
 }
 
 struct Inner {
     client: redis::Client,
+    /// The same server over RESP3, which carries the pushes a listener hears.
+    tracking_client: redis::Client,
     redis_config: AsyncConnectionConfig,
     config: CacheConfig,
     url: String,
@@ -80,9 +83,10 @@ impl RedisBackend {
     }
 
     /// [`start`](Self::start) for one node of a cluster: replies that say the slot map
-    /// changed wake `topology_changed` instead of being logged as refusals. Pub/sub
-    /// messages reach every node of a cluster, so only one node needs to `listen` for the
-    /// first levels' invalidations.
+    /// changed wake `topology_changed` instead of being logged as refusals. Each master
+    /// tracks its own keys for the first levels; pub/sub messages reach every node of a
+    /// cluster, so only one node needs to `listen` for them (the ends of loads, and
+    /// invalidations where the servers have no tracking).
     pub(crate) async fn start_node(
         settings: RedisSettings,
         topology_changed: Arc<Notify>,
@@ -103,8 +107,10 @@ impl RedisBackend {
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));
         let channels = local::Channels::for_prefix(config.key_prefix.as_deref());
+        let tracking_client = resp3(&settings.client);
         let inner = Arc::new(Inner {
             channels,
+            tracking_client,
             client: settings.client,
             redis_config,
             config,
@@ -145,10 +151,14 @@ impl RedisBackend {
                 coalesce::dispatch(&inner.coalescer, mget).await;
             }
         });
-        let listener = (listen && inner.locals.listen_needed()).then(|| {
-            let id = inner.locals.claim();
+        // Every server (every master of a cluster) tracks its own keys for the levels;
+        // one listener per manager hears the ends of loads.
+        let locals = &inner.locals;
+        let needed = locals.any() || (listen && locals.listen_needed());
+        let listener = needed.then(|| {
+            let id = locals.claim(inner.topology_changed.is_none());
             (
-                tokio::spawn(listen_for_invalidations(Arc::clone(&inner), id)),
+                tokio::spawn(self::listen(Arc::clone(&inner), id, listen)),
                 id,
             )
         });
@@ -157,6 +167,7 @@ impl RedisBackend {
             supervisor,
             dispatcher,
             listener,
+            designated: listen && needed,
         }
     }
 
@@ -360,14 +371,21 @@ impl RedisBackend {
         self.inner.settle(&conn, result)
     }
 
-    /// Whether this connection hears invalidations for the first levels.
+    /// Whether this connection's listener hears the ends of other instances' loads.
     pub(crate) fn listens(&self) -> bool {
-        self.listener.is_some()
+        self.designated
     }
 
-    /// Adds the invalidation of `key` for other instances' first levels to `pipe`.
+    /// Adds the invalidation of `key` for other instances' first levels to `pipe`, unless
+    /// Redis pushes invalidations itself.
     pub(crate) fn announce(&self, pipe: &mut redis::Pipeline, key: &str) {
         self.inner.announce(pipe, key);
+    }
+
+    /// Whether writes publish their keys for other instances' first levels: only where
+    /// the server has no `CLIENT TRACKING`.
+    pub(crate) fn announces(&self) -> bool {
+        self.inner.locals.writes_announce()
     }
 
     /// Records a command of a pipeline the server refused: counted, logged at most once
@@ -424,7 +442,7 @@ impl RedisBackend {
         if let Err(why) = self.inner.settle(&conn, result) {
             return (removed, Some(why));
         }
-        if announce {
+        if announce && self.announces() {
             // The pattern tells other instances to empty the namespace's level.
             let mut pipe = redis::pipe();
             self.inner.announce(&mut pipe, pattern);
@@ -578,8 +596,12 @@ impl Inner {
         }
     }
 
-    /// Adds the invalidation of `key` for other instances' first levels to `pipe`.
+    /// Adds the invalidation of `key` for other instances' first levels to `pipe`: only
+    /// where Redis does not push invalidations itself (`CLIENT TRACKING`).
     fn announce(&self, pipe: &mut redis::Pipeline, key: &str) {
+        if !self.locals.writes_announce() {
+            return;
+        }
         pipe.cmd("PUBLISH")
             .arg(&self.channels.invalidate)
             .arg(self.locals.message(key))
@@ -678,6 +700,16 @@ fn must_reconnect(error: &RedisError) -> bool {
         )
 }
 
+/// The client's server over RESP3, TLS settings and credentials included.
+fn resp3(client: &redis::Client) -> redis::Client {
+    let info = client.get_connection_info().clone();
+    let redis = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(redis)).unwrap_or_else(|_| client.clone())
+}
+
 /// Between half and all of `wait`, so many instances do not reconnect in lockstep.
 pub(super) fn jittered(wait: Duration) -> Duration {
     let random = std::collections::hash_map::RandomState::new()
@@ -687,44 +719,230 @@ pub(super) fn jittered(wait: Duration) -> Duration {
     half + Duration::from_nanos(random % (half.as_nanos() as u64).max(1))
 }
 
-/// Hears invalidations for the first levels, and the ends of other instances' loads, on
-/// a pub/sub connection of its own. The levels are readable only while it is subscribed;
-/// it empties them whenever that ends, since messages may have been missed.
-async fn listen_for_invalidations(inner: Arc<Inner>, id: u64) {
+/// How often a listener checks that its connection still answers. A connection that
+/// died without a word (a half-open socket, a server that was replaced) would otherwise
+/// look connected while invalidations no longer arrive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Hears what the first levels and global single flights need, on a connection of its
+/// own: with `CLIENT TRACKING ON BCAST` for the key prefixes of the caches with a level,
+/// Redis pushes every change of a key under them (any client's write or delete, expiry,
+/// eviction, a flush); a server without tracking falls back to the pub/sub channel that
+/// writes then publish on, and one without RESP3 (before Redis 6) to a RESP2 pub/sub
+/// connection. A `designated` listener (one per manager) also subscribes to the ends of
+/// other instances' loads. The levels are readable only while it is connected; it empties
+/// them whenever that ends, since changes may have been missed.
+async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
     let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
     let mut backoff = first;
+    // Whether the server answers RESP3; learned on the first refusal of `HELLO 3`.
+    let mut resp3 = true;
     loop {
-        let subscribe = async {
-            let mut pubsub = inner.client.get_async_pubsub().await?;
-            pubsub
-                .subscribe(&[&inner.channels.invalidate, &inner.channels.loads])
-                .await?;
-            Ok::<_, RedisError>(pubsub)
+        let lost = Arc::new(Notify::new());
+        let heard = if resp3 {
+            let started = inner.hear(&lost, designated);
+            match tokio::time::timeout(inner.config.connect_timeout, started).await {
+                Ok(Ok(conn)) => {
+                    inner.locals.heard(id, true);
+                    backoff = first;
+                    inner.keep_hearing(conn, &lost).await;
+                    true
+                }
+                Ok(Err(e)) if refused(&e) => {
+                    tracing::info!(
+                        backend = "redis",
+                        url = %inner.url,
+                        reason = %inner.describe(&e),
+                        "no RESP3 on this server: first levels are kept coherent by pub/sub messages of this library's writes only"
+                    );
+                    resp3 = false;
+                    continue;
+                }
+                _ => false,
+            }
+        } else {
+            let subscribed = inner.subscribe(designated);
+            match tokio::time::timeout(inner.config.connect_timeout, subscribed).await {
+                Ok(Ok(pubsub)) => {
+                    inner.locals.heard(id, true);
+                    backoff = first;
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+                        let channel = message.get_channel_name().to_owned();
+                        if let Ok(payload) = message.get_payload::<String>() {
+                            inner.heard_message(&channel, &payload);
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            }
         };
-        match tokio::time::timeout(inner.config.connect_timeout, subscribe).await {
-            Ok(Ok(pubsub)) => {
-                inner.locals.heard(id, true);
-                backoff = first;
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    let Ok(text) = message.get_payload::<String>() else {
-                        continue;
-                    };
-                    if message.get_channel_name() == inner.channels.loads {
-                        inner.locals.loads.ended(&text);
-                    } else {
-                        inner
-                            .locals
-                            .apply(&text, inner.config.key_prefix.as_deref());
+        inner.locals.heard(id, false);
+        if !heard {
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(longest);
+        }
+    }
+}
+
+/// Whether the server refused a command (an error reply), rather than the connection
+/// failing: it will refuse it again.
+fn refused(error: &RedisError) -> bool {
+    !(error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout())
+}
+
+impl Inner {
+    /// Opens a listener's RESP3 connection: tracking for the first levels where the
+    /// server has it, pub/sub otherwise; pushes reach [`heard_push`].
+    async fn hear(
+        self: &Arc<Self>,
+        lost: &Arc<Notify>,
+        designated: bool,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let on_push = {
+            let (inner, lost) = (Arc::downgrade(self), Arc::clone(lost));
+            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                if let Some(inner) = inner.upgrade() {
+                    inner.heard_push(&lost, push);
+                }
+                Ok(())
+            }
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_response_timeout(Some(self.config.response_timeout))
+            .set_push_sender(on_push);
+        let mut conn = self
+            .tracking_client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let levels = self.locals.any();
+        let tracking = levels
+            && {
+                let mut cmd = redis::cmd("CLIENT");
+                cmd.arg("TRACKING").arg("ON").arg("BCAST");
+                for prefix in self
+                    .locals
+                    .tracked_prefixes(self.config.key_prefix.as_deref())
+                {
+                    cmd.arg("PREFIX").arg(prefix);
+                }
+                match cmd.query_async::<()>(&mut conn).await {
+                    Ok(()) => true,
+                    // Tracking refused (an ACL without it, a proxy): pub/sub.
+                    Err(e) if refused(&e) => {
+                        tracing::info!(
+                            backend = "redis",
+                            url = %self.url,
+                            reason = %self.describe(&e),
+                            "no CLIENT TRACKING on this server: first levels are kept coherent by pub/sub messages of this library's writes only"
+                        );
+                        false
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+        let channels = self.channels(levels && !tracking, designated);
+        if !channels.is_empty() {
+            conn.subscribe(&channels).await?;
+        }
+        if levels {
+            self.locals.set_heard_by(if tracking {
+                local::Heard::Tracking
+            } else {
+                local::Heard::PubSub
+            });
+        }
+        Ok(conn)
+    }
+
+    /// Opens a listener's RESP2 pub/sub connection, for a server without RESP3.
+    async fn subscribe(&self, designated: bool) -> Result<redis::aio::PubSub, RedisError> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        let levels = self.locals.any();
+        let channels = self.channels(levels, designated);
+        if !channels.is_empty() {
+            pubsub.subscribe(&channels).await?;
+        }
+        if levels {
+            self.locals.set_heard_by(local::Heard::PubSub);
+        }
+        Ok(pubsub)
+    }
+
+    /// The channels a listener subscribes to: invalidations when they travel by pub/sub,
+    /// the ends of loads for the designated listener of a manager with global flights.
+    fn channels(&self, invalidations: bool, designated: bool) -> Vec<&str> {
+        let mut channels = Vec::new();
+        if invalidations {
+            channels.push(self.channels.invalidate.as_str());
+        }
+        if designated && self.locals.global_flights() {
+            channels.push(self.channels.loads.as_str());
+        }
+        channels
+    }
+
+    /// Waits until a listener's connection is lost, or stops answering a `PING`.
+    async fn keep_hearing(&self, mut conn: MultiplexedConnection, lost: &Notify) {
+        loop {
+            tokio::select! {
+                () = lost.notified() => return,
+                () = tokio::time::sleep(HEARTBEAT) => {}
+            }
+            let ping = redis::cmd("PING");
+            let wait = self.config.response_timeout.max(HEARTBEAT);
+            let answered = tokio::time::timeout(wait, ping.query_async::<()>(&mut conn));
+            if !matches!(answered.await, Ok(Ok(()))) {
+                return;
+            }
+        }
+    }
+
+    /// Applies what a listener's RESP3 connection pushed: an invalidation from tracking
+    /// (key names, or none for a flush), a pub/sub message, or the connection's end.
+    fn heard_push(&self, lost: &Notify, push: PushInfo) {
+        use redis::{PushKind, Value};
+        let text = |value: &Value| match value {
+            Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+            Value::SimpleString(text) => Some(text.clone()),
+            _ => None,
+        };
+        let prefix = self.config.key_prefix.as_deref();
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys.iter().filter_map(text) {
+                        self.locals.invalidate(&key, prefix);
                     }
                 }
-                inner.locals.heard(id, false);
+                // A flush: every key is gone.
+                _ => self.locals.forget_all(),
+            },
+            PushKind::Message => {
+                if let (Some(channel), Some(payload)) = (
+                    push.data.first().and_then(text),
+                    push.data.get(1).and_then(text),
+                ) {
+                    self.heard_message(&channel, &payload);
+                }
             }
-            _ => {
-                inner.locals.heard(id, false);
-                tokio::time::sleep(jittered(backoff)).await;
-                backoff = (backoff * 2).min(longest);
-            }
+            PushKind::Disconnection => lost.notify_one(),
+            _ => {}
+        }
+    }
+
+    /// A pub/sub message: the end of another instance's load, or an invalidation.
+    fn heard_message(&self, channel: &str, payload: &str) {
+        if channel == self.channels.loads {
+            self.locals.loads.ended(payload);
+        } else if channel == self.channels.invalidate {
+            self.locals
+                .apply(payload, self.config.key_prefix.as_deref());
         }
     }
 }

@@ -264,6 +264,12 @@ impl<C: Cache> TypedCache<C> {
         }
     }
 
+    /// The text every Redis key of this cache starts with, without the manager's prefix:
+    /// what Redis is asked to track for its first level.
+    pub(crate) fn key_start() -> String {
+        Self::keys(None).prefix()
+    }
+
     /// The key of the registry where this cache's layouts in use are recorded.
     fn layouts_registry(&self) -> String {
         let prefix = self.shared.prefix();
@@ -394,9 +400,13 @@ impl<C: Cache> TypedCache<C> {
                 fresh_for: None,
             };
         }
-        let generation = local.map(|l| l.generation());
+        // The level's generation and when Redis was asked: a copy lives at most what the
+        // entry had left, counted from before the question.
+        let generation = local.map(|l| (l.generation(), std::time::Instant::now()));
         let backend = self.shared.backend();
-        let fetched = if Self::TIMED {
+        // A copy kept in the first level must not outlive its Redis entry: read how long
+        // the entry has left in the same round trip.
+        let fetched = if Self::TIMED || local.is_some() {
             backend.get_timed(&redis_key).await
         } else {
             let plain = backend.get(&redis_key).await;
@@ -435,7 +445,7 @@ impl<C: Cache> TypedCache<C> {
         &self,
         found: Timed,
         redis_key: &str,
-        generation: Option<u64>,
+        generation: Option<(u64, std::time::Instant)>,
     ) -> Result<Lookup<C::Value>, (Vec<u8>, CodecError)> {
         match decode_stored::<C::Value, C::Codec>(&found.bytes, C::FINGERPRINT) {
             Ok(Stored::Absent) => {
@@ -452,8 +462,9 @@ impl<C: Cache> TypedCache<C> {
                     });
                 }
                 self.counters.hits(1);
-                if let (Some(local), Some(generation)) = (self.local(), generation) {
-                    local.insert_if_current(redis_key.to_owned(), &value, generation);
+                if let (Some(local), Some((generation, asked))) = (self.local(), generation) {
+                    let keep_for = fresh_for.map(|f| f.saturating_sub(asked.elapsed()));
+                    local.insert_if_current(redis_key.to_owned(), &value, generation, keep_for);
                 }
                 Ok(Lookup::Fresh { value, fresh_for })
             }
@@ -715,9 +726,11 @@ impl<C: Cache> TypedCache<C> {
         if redis_keys.is_empty() {
             return out;
         }
-        let generation = local.map(|l| l.generation());
+        // The level's generation and when Redis was asked: a copy lives at most what the
+        // entry had left, counted from before the question.
+        let generation = local.map(|l| (l.generation(), std::time::Instant::now()));
         let backend = self.shared.backend();
-        let fetched = if Self::TIMED {
+        let fetched = if Self::TIMED || local.is_some() {
             backend.mget_timed(&redis_keys).await
         } else {
             backend.mget(&redis_keys).await.map(|values| {

@@ -64,8 +64,8 @@ struct Cluster {
     /// Whether the slot map can be learned: logged once per outage, its last error in
     /// health.
     outage: Outage,
-    /// The first levels; one master's connection listens for their invalidations (pub/sub
-    /// messages reach every node of a cluster).
+    /// The first levels: every master's listener tracks its keys for them, and one also
+    /// hears pub/sub messages (they reach every node of a cluster).
     locals: Arc<LocalLevels>,
 }
 
@@ -387,7 +387,7 @@ impl ClusterBackend {
             removed += n;
             failure = failure.or(why);
         }
-        if announce {
+        if announce && first.link.announces() {
             let mut pipe = redis::pipe();
             first.link.announce(&mut pipe, pattern);
             if let Err(why) = first.link.pipeline::<()>(&pipe).await {

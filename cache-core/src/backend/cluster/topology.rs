@@ -85,8 +85,9 @@ impl Cluster {
         }
 
         // Connections to masters already known are kept; new ones connect concurrently.
-        // One master listens for the first levels' invalidations: a kept one that already
-        // does, or else the first new one.
+        // Every master tracks its keys for the first levels; one listens for pub/sub
+        // messages (the ends of loads): a kept one that already does, or else the first
+        // new one.
         let kept = |addr: &NodeAddr| current.nodes.iter().find(|n| n.addr == *addr);
         let listening = addrs.iter().filter_map(kept).any(|n| n.link.listens());
         let listener = (!listening)
@@ -121,6 +122,9 @@ impl Cluster {
             nodes[usize::from(index)].slots += 1;
         }
         if !current.nodes.is_empty() {
+            // Keys whose slot moved may have changed on a master that did not know the
+            // levels held them: the levels start over.
+            self.locals.forget_all();
             tracing::info!(
                 backend = "redis-cluster",
                 url = %self.url,
