@@ -114,12 +114,14 @@
 //!
 //! # The in-process first level
 //!
-//! With `local = N` a cache keeps up to `N` decoded values in process, each for
-//! `local_ttl` seconds from when it was read (default and maximum: the cache's `ttl`), so
-//! a hit costs no round trip. Writes and invalidations on any instance reach every other
-//! instance's level through Redis pub/sub; while that subscription is lost the level is
-//! emptied and bypassed. Expiry does not travel: a copy read just before its Redis entry
-//! expires is served for up to `local_ttl` more.
+//! With `local = N` a cache keeps up to `N` decoded values in process, each for at most
+//! `local_ttl` seconds from when it was read (default and maximum: the cache's `ttl`) and
+//! never past the time its Redis entry had left, so a hit costs no round trip. Redis
+//! itself tells every instance when a key under the cache's namespace changes (`CLIENT
+//! TRACKING` in broadcast mode): a write or delete by any client, an expiry, an eviction
+//! or a flush drops the copies. While the listener's connection is lost the level is
+//! emptied and bypassed. On a server without tracking, only this library's writes are
+//! heard, through pub/sub.
 //!
 //! ```
 //! # use cache_manager::{cache_registry, Cache};
