@@ -315,11 +315,7 @@ macro_rules! cache_registry {
             }
 
             $(
-                #[doc = ::core::concat!("The `", ::core::stringify!($field), "` cache.")]
-                $(#[$field_meta])*
-                pub fn $field(&self) -> &$crate::TypedCache<$cache> {
-                    &self.$field
-                }
+                $crate::__registry_accessor! { $(#[$field_meta])* $field: $cache }
             )*
         }
 
@@ -336,6 +332,36 @@ macro_rules! cache_registry {
                     $( .field(::core::stringify!($field), &self.$field) )*
                     .finish()
             }
+        }
+    };
+}
+
+/// One accessor of a registry, or a compile error naming the field when its name is
+/// already a method every registry has.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __registry_accessor {
+    ($(#[$meta:meta])* new: $cache:ty) => { $crate::__registry_accessor!(@taken new); };
+    ($(#[$meta:meta])* global: $cache:ty) => { $crate::__registry_accessor!(@taken global); };
+    ($(#[$meta:meta])* connect: $cache:ty) => { $crate::__registry_accessor!(@taken connect); };
+    ($(#[$meta:meta])* connect_with: $cache:ty) => { $crate::__registry_accessor!(@taken connect_with); };
+    ($(#[$meta:meta])* disconnect: $cache:ty) => { $crate::__registry_accessor!(@taken disconnect); };
+    ($(#[$meta:meta])* health: $cache:ty) => { $crate::__registry_accessor!(@taken health); };
+    ($(#[$meta:meta])* stats: $cache:ty) => { $crate::__registry_accessor!(@taken stats); };
+    ($(#[$meta:meta])* caches: $cache:ty) => { $crate::__registry_accessor!(@taken caches); };
+    (@taken $field:ident) => {
+        ::core::compile_error!(::core::concat!(
+            "cache_registry!: a cache cannot be named `", ::core::stringify!($field),
+            "`: every registry already has a method of that name (new, global, connect, ",
+            "connect_with, disconnect, health, stats, caches). Rename the field, e.g. `",
+            ::core::stringify!($field), "_cache`."
+        ));
+    };
+    ($(#[$meta:meta])* $field:ident: $cache:ty) => {
+        #[doc = ::core::concat!("The `", ::core::stringify!($field), "` cache.")]
+        $(#[$meta])*
+        pub fn $field(&self) -> &$crate::TypedCache<$cache> {
+            &self.$field
         }
     };
 }

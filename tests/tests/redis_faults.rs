@@ -141,6 +141,8 @@ struct LoadReport {
     stored_after_recovery: u64,
     /// Writes stored that started after `disconnect` returned.
     stored_after_disconnect: u64,
+    /// Writes that started after `disconnect` returned, stored or not.
+    sets_after_disconnect: u64,
 }
 
 /// Shared switches between the main task and the load tasks.
@@ -174,6 +176,7 @@ async fn load(manager: Arc<FaultManager>, task: i64, phase: Arc<Phase>) -> LoadR
             Ok(Ok(stored)) => {
                 report.stored_after_recovery += u64::from(stored && recovered);
                 report.stored_after_disconnect += u64::from(stored && disconnected);
+                report.sets_after_disconnect += u64::from(disconnected);
             }
         }
         match tokio::time::timeout(deadline, manager.items().get(&base)).await {
@@ -324,9 +327,14 @@ async fn disconnect_during_load_never_errors_and_later_calls_degrade() {
 
     let reports = finish_load(&phase, tasks).await;
     for (i, report) in reports.iter().enumerate() {
+        assert!(
+            report.sets_after_disconnect > 0,
+            "load task {i} made no write after disconnect returned: nothing was checked"
+        );
         assert_eq!(
             report.stored_after_disconnect, 0,
-            "load task {i} stored entries after disconnect returned"
+            "load task {i} stored entries after disconnect returned ({} writes made)",
+            report.sets_after_disconnect
         );
     }
     let key = -5;
@@ -500,10 +508,22 @@ async fn client_kill_of_the_library_connection_degrades_then_reconnects() {
         .parse()
         .unwrap();
 
+    let degraded = manager.items().stats().degraded;
     assert_eq!(kill_other_clients(&raw).await, 1, "one library connection");
+    let mut refused = 0;
     for key in 0..20 {
         let set = quick("set", manager.items().set(&key, &item_value(key))).await;
-        assert!(set.is_ok(), "set after CLIENT KILL: {set:?}");
+        // A write either degrades (`Ok(false)`, nothing stored) or was really stored.
+        match set {
+            Ok(false) => refused += 1,
+            Ok(true) => assert!(
+                wire::get(&raw, &manager.items().redis_key(&key))
+                    .await
+                    .is_some(),
+                "set {key} reported stored after CLIENT KILL but Redis does not hold it"
+            ),
+            Err(e) => panic!("set after CLIENT KILL: {e:?}"),
+        }
         let got = quick("get", manager.items().get(&key)).await;
         assert!(
             got.as_ref().is_none_or(|v| *v == item_value(key)),
@@ -518,6 +538,11 @@ async fn client_kill_of_the_library_connection_degrades_then_reconnects() {
         }
     }
 
+    assert!(
+        refused > 0 && manager.items().stats().degraded > degraded,
+        "no call noticed the killed connection: {refused} writes refused, {:?}",
+        manager.items().stats()
+    );
     eventually("the caches to work after CLIENT KILL", || {
         works(&manager, 3)
     })
@@ -804,4 +829,160 @@ async fn health_json_reports_the_outage_and_the_recovery() {
         "a stale error after recovery: {up}"
     );
     assert!(!up.to_string().contains(PASSWORD), "{up}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A master demoted to a replica
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readonly_reply_opens_the_breaker_and_nothing_is_written_until_it_is_a_master_again() {
+    let server = RedisServer::new();
+    let other = RedisServer::new();
+    let raw = server.raw().await;
+    let manager = FaultManager::new();
+    // A long backoff keeps the breaker open long enough to be seen.
+    let config = CacheConfig::new().with_backoff(Duration::from_secs(2), Duration::from_secs(4));
+    manager.connect_with(&server.url(), &config).await.unwrap();
+    assert!(works(&manager, 1).await);
+
+    // The server becomes a replica (as a demoted master does after a failover): it
+    // answers writes with `READONLY`.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(other.port())
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    eventually("the server to refuse writes", || async {
+        redis::cmd("SET")
+            .arg("probe")
+            .arg("1")
+            .query_async::<()>(&mut raw.clone())
+            .await
+            .is_err_and(|e| e.code() == Some("READONLY"))
+    })
+    .await;
+    let degraded = manager.items().stats().degraded;
+    let set = quick("set", manager.items().set(&2, &item_value(2))).await;
+    assert!(
+        matches!(set, Ok(false)),
+        "a write refused with READONLY: {set:?}"
+    );
+    let health = manager.health().await;
+    assert_eq!(
+        health.breaker,
+        Breaker::Open,
+        "READONLY did not open the breaker: {health:?}"
+    );
+    // While it is open, calls degrade at once without reaching the replica.
+    wire::reset_stats(&raw).await;
+    for key in 3..20 {
+        let set = quick("set", manager.items().set(&key, &item_value(key))).await;
+        assert!(matches!(set, Ok(false)), "{set:?}");
+    }
+    let calls = wire::command_calls(&raw).await;
+    assert!(
+        !calls.contains_key("set"),
+        "writes reached the replica: {calls:?}"
+    );
+    assert!(manager.items().stats().degraded >= degraded + 18);
+    assert!(!wire::exists(&raw, &manager.items().redis_key(&2)).await);
+
+    // Promoted back, it takes writes again without a new `connect`.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    eventually("writes to work on the master again", || works(&manager, 5)).await;
+    assert_eq!(manager.health().await.breaker, Breaker::Closed);
+}
+
+// ---------------------------------------------------------------------------------------
+// A server loading its dataset
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loading_reply_opens_the_breaker_until_the_dataset_is_loaded() {
+    // `key-load-delay` slows loading to about 100 µs per key, so the 10 000 keys below
+    // keep the server answering `LOADING` for about a second.
+    let server = RedisServer::builder()
+        .arg("--enable-debug-command")
+        .arg("yes")
+        .arg("--key-load-delay")
+        .arg("100")
+        .arg("--loading-process-events-interval-bytes")
+        .arg("1024")
+        .start();
+    let raw = server.raw().await;
+    let manager = FaultManager::new();
+    manager
+        .connect_with(&server.url(), &fast_recovery())
+        .await
+        .unwrap();
+    assert!(works(&manager, 1).await);
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(10_000)
+        .arg("filler")
+        .arg(10)
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+
+    // `DEBUG RELOAD` saves and loads the dataset again, answering others `LOADING`.
+    let reloading = {
+        let mut conn = server.raw().await;
+        tokio::spawn(async move {
+            redis::cmd("DEBUG")
+                .arg("RELOAD")
+                .query_async::<()>(&mut conn)
+                .await
+        })
+    };
+    eventually("the server to answer LOADING", || async {
+        redis::cmd("PING")
+            .query_async::<()>(&mut raw.clone())
+            .await
+            .is_err_and(|e| e.code() == Some("LOADING"))
+    })
+    .await;
+    let got = quick("get", manager.items().get(&1)).await;
+    assert_eq!(got, None, "a get while loading");
+    let set = quick("set", manager.items().set(&2, &item_value(2))).await;
+    assert!(matches!(set, Ok(false)), "a set while loading: {set:?}");
+    let health = manager.health().await;
+    let still_loading = redis::cmd("PING")
+        .query_async::<()>(&mut raw.clone())
+        .await
+        .is_err();
+    assert!(
+        still_loading,
+        "the load ended before the checks: slow it down"
+    );
+    assert_eq!(
+        health.breaker,
+        Breaker::Open,
+        "LOADING did not open the breaker: {health:?}"
+    );
+
+    // The harness's connection gives up waiting for `DEBUG RELOAD`'s reply after its
+    // response timeout; the server goes on loading, and is waited for below.
+    let _ = reloading.await.expect("the reload task panicked");
+    eventually("the load to end", || async {
+        redis::cmd("PING")
+            .query_async::<()>(&mut raw.clone())
+            .await
+            .is_ok()
+    })
+    .await;
+    eventually("the caches to work after loading", || works(&manager, 3)).await;
+    assert_eq!(
+        quick("get", manager.items().get(&1)).await,
+        Some(item_value(1)),
+        "the entry written before the reload"
+    );
+    assert_eq!(manager.health().await.breaker, Breaker::Closed);
 }

@@ -126,18 +126,49 @@ async fn a_write_on_one_instance_reaches_the_other_instance_s_local_level() {
     .await;
 }
 
+/// Connections with tracking on (`t` in `CLIENT LIST`'s flags).
+async fn trackers(raw: &MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    list.lines()
+        .filter(|line| {
+            let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="));
+            flags.is_some_and(|f| f.contains('t'))
+        })
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_subscription_empties_the_local_level_so_missed_invalidations_cannot_serve_stale_values()
  {
     let server = RedisServer::new();
     let raw = server.raw().await;
     let (a, b) = (instance(&server).await, instance(&server).await);
-    eventually("both subscriptions", async || subscribers(&raw).await == 2).await;
+    eventually("both listeners", async || trackers(&raw).await == 2).await;
+    // What `a` writes for "new", to be written behind every instance's back (same value
+    // type and codec, so the same bytes).
+    a.plain().set(&999, &"new".to_owned()).await.unwrap();
+    let new_bytes = wire::get(&raw, &a.plain().redis_key(&999)).await.unwrap();
     a.items().set(&3, &"old".to_owned()).await.unwrap();
-    assert_eq!(b.items().get(&3).await.as_deref(), Some("old"));
+    eventually("b to hold the old copy", async || {
+        b.items().get(&3).await.as_deref() == Some("old") && {
+            let before = reads_sent(&raw).await;
+            b.items().get(&3).await;
+            reads_sent(&raw).await == before
+        }
+    })
+    .await;
 
-    // Cut every listener, then write behind every instance's back.
-    for id in listener_ids(&raw).await {
+    // Cut every listener and keep them out (new connections must authenticate, which
+    // they cannot; connections already open stay), so no notice of the write below can
+    // ever arrive: only emptying the level on the loss keeps b from serving "old".
+    let listeners = listener_ids(&raw).await;
+    assert_eq!(listeners.len(), 2, "one listener per manager");
+    wire::config_set(&raw, "requirepass", "listeners-kept-out").await;
+    for id in listeners {
         let _: () = redis::cmd("CLIENT")
             .arg("KILL")
             .arg("ID")
@@ -146,22 +177,49 @@ async fn a_lost_subscription_empties_the_local_level_so_missed_invalidations_can
             .await
             .unwrap();
     }
-    wire::set(&raw, &a.items().redis_key(&3), &{
-        // What `a` would write for "new", written behind every instance's back.
-        let mut probe = Vec::new();
-        a.plain().set(&999, &"new".to_owned()).await.unwrap();
-        probe.extend(wire::get(&raw, &a.plain().redis_key(&999)).await.unwrap());
-        // Same value type and codec, so the same bytes; only the fingerprint could
-        // differ, and both caches declare `String` values.
-        probe
-    })
-    .await;
-    eventually("b to stop serving the stale copy", async || {
-        b.items().get(&3).await.as_deref() == Some("new")
-    })
-    .await;
-    eventually("the subscriptions to come back", async || {
-        subscribers(&raw).await == 2
+    wire::set(&raw, &a.items().redis_key(&3), &new_bytes).await;
+    let written = Instant::now();
+
+    // A read may still hit the level until b's listener has seen its socket close (a few
+    // microseconds); from then on every read must be the new value.
+    let (mut stale, mut reads, mut first_new) = (0u32, 0u32, None);
+    while written.elapsed() < Duration::from_millis(500) {
+        let got = b.items().get(&3).await;
+        reads += 1;
+        match got.as_deref() {
+            Some("new") => {
+                first_new.get_or_insert(written.elapsed());
+            }
+            Some("old") => {
+                assert!(
+                    first_new.is_none(),
+                    "b served the stale copy again after serving the new value ({reads} reads)"
+                );
+                stale += 1;
+            }
+            other => panic!("b read {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let first_new = first_new.expect("b served the stale copy for 500 ms");
+    println!(
+        "stale reads after the listeners were cut: {stale} of {reads}, the last {first_new:?} after the write"
+    );
+    assert!(
+        first_new < Duration::from_millis(100),
+        "b served the stale copy for {first_new:?} after its listener was cut"
+    );
+    assert_eq!(
+        trackers(&raw).await,
+        0,
+        "a listener came back: the test proved nothing"
+    );
+
+    // Listeners come back, tracking again (a refused handshake is not a server without
+    // RESP3 or tracking), and invalidations flow.
+    wire::config_set(&raw, "requirepass", "").await;
+    eventually("the listeners to track again", async || {
+        trackers(&raw).await == 2
     })
     .await;
     assert_eq!(b.items().get(&3).await.as_deref(), Some("new"));

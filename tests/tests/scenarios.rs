@@ -178,10 +178,12 @@ async fn user_ids_by_uuids(
     Ok(found)
 }
 
-/// Scenario: an update invalidates both directions.
-async fn on_user_updated(caches: &CacheManager, user: &User) {
-    caches.id_to_uuid().invalidate(&user.id).await;
-    caches.uuid_to_id().invalidate(&user.uuid).await;
+/// Scenario: an update invalidates both directions. Returns what each `invalidate` said
+/// (the guide's version ignores it; the test checks it).
+async fn on_user_updated(caches: &CacheManager, user: &User) -> (bool, bool) {
+    let by_id = caches.id_to_uuid().invalidate(&user.id).await;
+    let by_uuid = caches.uuid_to_id().invalidate(&user.uuid).await;
+    (by_id, by_uuid)
 }
 
 async fn connected() -> CacheManager {
@@ -246,10 +248,26 @@ async fn updates_invalidate_both_directions() {
     let caches = connected().await;
     let db = Database::with_users(1);
     let user = db.users[0].clone();
-    user_id_by_uuid(&caches, &db, user.uuid).await;
-    on_user_updated(&caches, &user).await;
+    assert_eq!(
+        user_id_by_uuid(&caches, &db, user.uuid).await,
+        Some(user.id)
+    );
+    // Both directions were cached by the load...
+    assert_eq!(caches.uuid_to_id().get(&user.uuid).await, Some(user.id));
+    assert_eq!(caches.id_to_uuid().get(&user.id).await, Some(user.uuid));
+    assert_eq!(db.queries(), 1);
+    // ...and both are removed by the update, each `invalidate` saying it removed one.
+    assert_eq!(on_user_updated(&caches, &user).await, (true, true));
     assert_eq!(caches.uuid_to_id().get(&user.uuid).await, None);
     assert_eq!(caches.id_to_uuid().get(&user.id).await, None);
+    // The next read loads from the database again; a second update finds nothing left.
+    assert_eq!(
+        user_id_by_uuid(&caches, &db, user.uuid).await,
+        Some(user.id)
+    );
+    assert_eq!(db.queries(), 2, "the update did not force a reload");
+    on_user_updated(&caches, &user).await;
+    assert_eq!(on_user_updated(&caches, &user).await, (false, false));
 }
 
 #[tokio::test]

@@ -11,7 +11,8 @@
 //! - it opens on an I/O error, a `READONLY` or `LOADING` reply, or `failure_threshold`
 //!   timeouts in a row (a hung server or half-open socket), and the connection is dropped;
 //! - one supervisor task then reconnects with capped, jittered exponential backoff, and
-//!   closes the breaker only after the new connection answered a `PING`.
+//!   closes the breaker only after the new connection answered a `PING` and `ROLE`
+//!   named a primary.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -566,8 +567,11 @@ pub(super) fn set_command(key: &str, value: &[u8], ttl: Duration) -> redis::Cmd 
 }
 
 impl Inner {
-    /// One connection attempt, closed only once the server answered a `PING`: a paused
-    /// server accepts TCP connections it never serves.
+    /// One connection attempt, closed only once the server answered a `PING` (a paused
+    /// server accepts TCP connections it never serves) and said it is a primary: a
+    /// replica, such as a master demoted by a failover, answers writes with `READONLY`,
+    /// so the breaker stays open until it is promoted. A server that refuses `ROLE` (an
+    /// ACL) is taken at its `PING`.
     async fn open(&self) -> Result<MultiplexedConnection, ConnectFailure> {
         let attempt = async {
             let mut conn = self
@@ -575,10 +579,18 @@ impl Inner {
                 .get_multiplexed_async_connection_with_config(&self.redis_config)
                 .await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            Ok::<_, RedisError>(conn)
+            let role = redis::cmd("ROLE")
+                .query_async::<redis::Value>(&mut conn)
+                .await;
+            Ok::<_, RedisError>((conn, replica(role)))
         };
         match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok((conn, false))) => Ok(conn),
+            Ok(Ok((_, true))) => Err(ConnectFailure {
+                text: "the server is a replica (read-only); waiting for it to become a primary"
+                    .to_owned(),
+                refused: true,
+            }),
             Ok(Err(e)) => Err(ConnectFailure {
                 text: self.describe(&e),
                 refused: !(e.is_io_error()
@@ -687,6 +699,18 @@ impl Inner {
     }
 }
 
+/// Whether a `ROLE` reply names a replica. A refused or unreadable `ROLE` is not one.
+fn replica(role: Result<redis::Value, RedisError>) -> bool {
+    let Ok(redis::Value::Array(fields)) = role else {
+        return false;
+    };
+    match fields.first() {
+        Some(redis::Value::BulkString(name)) => name == b"slave",
+        Some(redis::Value::SimpleString(name)) => name == "slave",
+        _ => false,
+    }
+}
+
 /// Errors after which the connection cannot be trusted: I/O, a dropped socket, or a
 /// server that is loading its data or no longer a primary.
 fn must_reconnect(error: &RedisError) -> bool {
@@ -748,7 +772,7 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
                     inner.keep_hearing(conn, &lost).await;
                     true
                 }
-                Ok(Err(e)) if refused(&e) => {
+                Ok(Err(e)) if no_resp3(&e) => {
                     tracing::info!(
                         backend = "redis",
                         url = %inner.url,
@@ -773,6 +797,8 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
                             inner.heard_message(&channel, &payload);
                         }
                     }
+                    // The server may come back upgraded: ask for RESP3 again.
+                    resp3 = true;
                     true
                 }
                 _ => false,
@@ -784,6 +810,16 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
             backoff = (backoff * 2).min(longest);
         }
     }
+}
+
+/// Whether the server does not speak RESP3 (before Redis 6, or `HELLO` renamed away): an
+/// unknown `HELLO` or `NOPROTO`. Other refusals of the handshake (`LOADING`, too many
+/// clients, a wrong password) pass and are retried as they are.
+fn no_resp3(error: &RedisError) -> bool {
+    let text = error.to_string().to_ascii_lowercase();
+    error.kind() == redis::ErrorKind::RESP3NotSupported
+        || error.code() == Some("NOPROTO")
+        || (text.contains("unknown command") && text.contains("hello"))
 }
 
 /// Whether the server refused a command (an error reply), rather than the connection

@@ -49,6 +49,16 @@ fn every_future_is_send(manager: &CacheManager, profile: &UserProfile) {
     let _ = send(cache.mget(&[key.clone()]));
     let _ = send(cache.mset(&entries));
     let _ = send(cache.invalidate(&key));
+    let _ = send(cache.minvalidate(&keys));
+    let _ = send(cache.clear());
+    let loaded = profile.clone();
+    let _ = send(cache.get_or_load(&key, move || async move {
+        Ok::<_, std::io::Error>(Some(loaded))
+    }));
+    let _ = send(cache.mget_or_load(&keys, |missing: Vec<String>| async move {
+        Ok::<_, std::io::Error>(HashMap::<String, UserProfile>::with_capacity(missing.len()))
+    }));
+    let _ = send(manager.connect_with("memory://", &cache_manager::CacheConfig::new()));
 }
 
 #[tokio::main(flavor = "current_thread")]
