@@ -167,6 +167,7 @@ pub use cache_core::{
 };
 /// Declares a cache; see the [crate documentation](crate) for the `#[cache(...)]` keys.
 pub use cache_derive::Cache;
+pub use cache_derive::{cached, invalidates};
 
 /// What the macros expand to. Not public API: no stability promise.
 #[doc(hidden)]
