@@ -10,6 +10,7 @@
 use std::borrow::Borrow;
 use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 
 use crate::cache::{Cache, MAX_BATCH};
 use crate::handle::TypedCache;
@@ -76,28 +77,31 @@ pub trait MayBorrow {}
 
 impl MayBorrow for Inline {}
 
-/// Checks that `cache`'s loads run in the caller, so a body may borrow.
-pub fn may_borrow<C: Cache>(_: &TypedCache<C>)
+/// Checks that `cache`'s loads run in the caller, so a body may borrow. The mode is a
+/// parameter of its own, built where the borrowed argument is written, so an error is
+/// reported there.
+pub fn may_borrow<C, L>(_: &TypedCache<C>, _: PhantomData<L>)
 where
-    C::Loads: MayBorrow,
+    C: Cache<Loads = L>,
+    L: MayBorrow,
 {
 }
 
-/// Implemented by a handle for the value type of its cache, so a return type holding
-/// another is reported at the return type.
+/// Implemented by every type for itself only: `V: Same<W>` says `V` is `W`, with a
+/// message of its own where it is not.
 #[diagnostic::on_unimplemented(
-    message = "the return type of a `#[cached]` function must hold the cache's values; this cache does not hold `{V}`",
-    label = "not the cache's value type",
-    note = "the cache is `{Self}`: return its value type, or name the cache that holds `{V}`"
+    message = "a `#[cached]` function must return the values of its cache, `{T}`; this one returns `{Self}`",
+    label = "not the cache's value type `{T}`",
+    note = "return the cache's value type, or name the cache that holds `{Self}`"
 )]
-pub trait Holds<V> {}
+pub trait Same<T> {}
 
-impl<C: Cache> Holds<C::Value> for TypedCache<C> {}
+impl<T> Same<T> for T {}
 
-/// Checks that `cache` holds values of type `V`.
-pub fn holds<V, C: Cache>(_: &TypedCache<C>)
+/// Checks that `cache` holds values of type `V`, the type the function returns.
+pub fn holds<V, C: Cache>(_: &TypedCache<C>, _: PhantomData<V>)
 where
-    TypedCache<C>: Holds<V>,
+    V: Same<C::Value>,
 {
 }
 

@@ -86,11 +86,25 @@ fn local(name: &str) -> Ident {
     Ident::new(name, Span::mixed_site())
 }
 
+/// A [`local`] whose errors are reported at `span`, where the user wrote what it holds.
+fn local_at(name: &str, span: Span) -> Ident {
+    Ident::new(name, Span::mixed_site().located_at(span))
+}
+
+/// `local` as it appears at `span`: the same variable, with errors about it reported
+/// at what the user wrote there.
+fn at(local: &Ident, span: Span) -> TokenStream {
+    let mut moved = local.clone();
+    moved.set_span(local.span().located_at(span));
+    moved.into_token_stream()
+}
+
 /// The handle `cache = ...` names, bound to `cache`; an expression that is not a cache
 /// handle is reported at it.
-fn bind_cache(private: &TokenStream, expr: &syn::Expr, cache: &Ident) -> TokenStream {
-    let named = local("__named_cache");
-    let handle = quote_spanned!(expr.span()=> #private::cached::handle(#named));
+fn bind_cache(expr: &syn::Expr, cache: &Ident) -> TokenStream {
+    // Located at the expression, so a type error about it is reported there.
+    let named = local_at("__named_cache", expr.span());
+    let handle = spanned_call(expr.span(), "handle", quote!(#named));
     quote! {
         // Bound first, so a temporary handle lives as long as the call.
         let #named = &(#expr);
@@ -100,17 +114,27 @@ fn bind_cache(private: &TokenStream, expr: &syn::Expr, cache: &Ident) -> TokenSt
 
 /// The key or keys, copied out before the body runs, bound to `key`; a key of another
 /// type than the cache's is a type error at the expression.
-fn bind_key(private: &TokenStream, key: &Key<'_>, cache: &Ident, bound: &Ident) -> TokenStream {
+fn bind_key(key: &Key<'_>, cache: &Ident, bound: &Ident) -> TokenStream {
     match key {
         Key::One(expr) => {
-            let read = quote_spanned!(expr.span()=> (#private::cached::key(#cache))(&(#expr)));
+            let key_of = spanned_call(expr.span(), "key", at(cache, expr.span()));
+            let read = quote_spanned!(expr.span()=> (#key_of)(&(#expr)));
             quote! { let #bound = #read; }
         }
         Key::Many(expr) => {
-            let read = quote_spanned!(expr.span()=> #private::cached::keys(#cache, #expr));
+            let cache = at(cache, expr.span());
+            let read = spanned_call(expr.span(), "keys", quote!(#cache, #expr));
             quote! { let #bound = #read; }
         }
     }
+}
+
+/// `cache_manager::__private::cached::<function>(<args>)`, every token at `span`, so
+/// an error of the call is reported at what the user wrote there.
+fn spanned_call(span: Span, function: &str, args: TokenStream) -> TokenStream {
+    let private = private_path(span);
+    let function = Ident::new(function, span);
+    quote_spanned!(span=> #private::cached::#function(#args))
 }
 
 /// The body as an `async` block whose output is the function's return type, so `?` and
@@ -149,8 +173,8 @@ fn cached(func: &ItemFn, cache_expr: &syn::Expr, key: &Key<'_>, returns: &Return
     let private = private_path(Span::call_site());
     let cache = local("__cache");
     let key_local = local("__key");
-    let bind_cache = bind_cache(&private, cache_expr, &cache);
-    let bind_key = bind_key(&private, key, &cache, &key_local);
+    let bind_cache = bind_cache(cache_expr, &cache);
+    let bind_key = bind_key(key, &cache, &key_local);
 
     // A body that borrows an argument runs in the caller, and can only serve a cache
     // whose loads do; any other body owns what it uses (`move`), so it may also run on
@@ -158,12 +182,20 @@ fn cached(func: &ItemFn, cache_expr: &syn::Expr, key: &Key<'_>, returns: &Return
     let borrowed = sig::first_borrowed(&func.sig);
     let moves = borrowed.is_none();
     let may_borrow = borrowed.map(|arg| {
-        quote_spanned!(arg.span()=> #private::cached::may_borrow(#cache);)
+        let mode = quote_spanned!(arg.span()=> ::core::marker::PhantomData);
+        let check = spanned_call(arg.span(), "may_borrow", quote!(#cache, #mode));
+        quote!(#check;)
     });
     let value: &Type = match returns {
         Returns::ResultOption(value) | Returns::Result(value) | Returns::Option(value) => value,
     };
-    let holds = quote_spanned!(value.span()=> #private::cached::holds::<#value, _>(#cache););
+    let cache_at_value = at(&cache, value.span());
+    let holds = spanned_call(
+        value.span(),
+        "holds",
+        quote_spanned!(value.span()=> #cache_at_value, ::core::marker::PhantomData::<#value>),
+    );
+    let holds = quote!(#holds;);
 
     let move_token = moves.then(|| quote!(move));
     let body = typed_body(func, moves);
@@ -209,14 +241,18 @@ fn invalidates(func: &ItemFn, cache_expr: &syn::Expr, key: &Key<'_>) -> TokenStr
     let private = private_path(Span::call_site());
     let cache = local("__cache");
     let key_local = local("__key");
-    let outcome = local("__outcome");
-    let bind_cache = bind_cache(&private, cache_expr, &cache);
-    let bind_key = bind_key(&private, key, &cache, &key_local);
+    // Located at the return type, so a type that cannot tell success is reported there.
+    let outcome = match &func.sig.output {
+        ReturnType::Default => local("__outcome"),
+        ReturnType::Type(_, ty) => local_at("__outcome", ty.span()),
+    };
+    let bind_cache = bind_cache(cache_expr, &cache);
+    let bind_key = bind_key(key, &cache, &key_local);
     let body = typed_body(func, false);
     let succeeded = match &func.sig.output {
         ReturnType::Default => quote!(#private::cached::succeeded(&#outcome)),
         ReturnType::Type(_, ty) => {
-            quote_spanned!(ty.span()=> #private::cached::succeeded(&#outcome))
+            spanned_call(ty.span(), "succeeded", quote_spanned!(ty.span()=> &#outcome))
         }
     };
     let invalidate = match key {
