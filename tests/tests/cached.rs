@@ -204,7 +204,11 @@ async fn a_second_call_is_a_hit(caches: Caches) {
     let db = Db::with(&[(1, "Ada")]);
     let first = within(SECOND, "first call", load_profile(&caches, &db, 1)).await;
     assert_eq!(first, Ok(Some(profile("Ada"))));
-    assert_eq!(caches.plain().get(&1).await, Some(profile("Ada")), "stored by the call");
+    assert_eq!(
+        caches.plain().get(&1).await,
+        Some(profile("Ada")),
+        "stored by the call"
+    );
     db.put(1, "changed in the database");
     let second = within(SECOND, "second call", load_profile(&caches, &db, 1)).await;
     assert_eq!(second, Ok(Some(profile("Ada"))), "answered by the cache");
@@ -253,8 +257,17 @@ async fn not_found_is_remembered_for_negative_ttl(caches: Caches) {
     assert_eq!(db.reads(), 3);
 
     tokio::time::sleep(2 * SECOND + Duration::from_millis(200)).await;
-    let later = within(SECOND, "after negative_ttl", load_remembered(&caches, &db, 7)).await;
-    assert_eq!(later, Ok(Some(profile("added later"))), "forgotten after 2 s");
+    let later = within(
+        SECOND,
+        "after negative_ttl",
+        load_remembered(&caches, &db, 7),
+    )
+    .await;
+    assert_eq!(
+        later,
+        Ok(Some(profile("added later"))),
+        "forgotten after 2 s"
+    );
 }
 
 async fn a_failing_body_is_answered_from_the_stale_entry(caches: Caches) {
@@ -264,7 +277,11 @@ async fn a_failing_body_is_answered_from_the_stale_entry(caches: Caches) {
     assert_eq!(caches.safe().get(&1).await, None, "stale: a miss for get");
     db.fail(true);
     let got = within(SECOND, "failing call", load_safe(&caches, &db, 1)).await;
-    assert_eq!(got, Ok(profile("Ada")), "the stale value instead of the error");
+    assert_eq!(
+        got,
+        Ok(profile("Ada")),
+        "the stale value instead of the error"
+    );
     assert_eq!(db.reads(), 2, "the body ran, and failed");
 }
 
@@ -338,23 +355,35 @@ async fn invalidates_every_key_of_an_iterator(caches: Caches) {
     ];
 
     db.fail(true);
-    let failed = within(SECOND, "failing update", update_profiles(&caches, &db, users)).await;
+    let failed = within(
+        SECOND,
+        "failing update",
+        update_profiles(&caches, &db, users),
+    )
+    .await;
     assert_eq!(failed, Err(DbError));
     assert_eq!(cache.get(&1).await, Some(profile("x")), "kept after Err");
 
     db.fail(false);
-    let users = vec![User {
-        id: 1,
-        name: "a".into(),
-    }, User {
-        id: 2,
-        name: "b".into(),
-    }];
+    let users = vec![
+        User {
+            id: 1,
+            name: "a".into(),
+        },
+        User {
+            id: 2,
+            name: "b".into(),
+        },
+    ];
     let updated = within(SECOND, "update", update_profiles(&caches, &db, users)).await;
     assert_eq!(updated, Ok(2));
     assert_eq!(cache.get(&1).await, None);
     assert_eq!(cache.get(&2).await, None);
-    assert_eq!(cache.get(&3).await, Some(profile("x")), "not in the iterator");
+    assert_eq!(
+        cache.get(&3).await,
+        Some(profile("x")),
+        "not in the iterator"
+    );
 
     // More keys than one batch holds: every one goes.
     let ids: Vec<i64> = (1000..1250).collect();
@@ -362,7 +391,12 @@ async fn invalidates_every_key_of_an_iterator(caches: Caches) {
         let entries: HashMap<i64, Profile> = batch.iter().map(|id| (*id, profile("y"))).collect();
         assert!(cache.mset(&entries).await.unwrap());
     }
-    within(SECOND, "forget 250 keys", forget_profiles(&caches, ids.clone())).await;
+    within(
+        SECOND,
+        "forget 250 keys",
+        forget_profiles(&caches, ids.clone()),
+    )
+    .await;
     let left = cache.mget(&ids[..100]).await.unwrap();
     assert!(left.values().all(Option::is_none), "first batch removed");
     assert_eq!(cache.get(&1249).await, None, "last batch removed");
@@ -428,7 +462,10 @@ mod global {
 
     impl Db {
         async fn user_profile(&self, id: i64) -> Result<Option<UserProfile>, DbError> {
-            Ok(self.profile(id).await?.map(|p| UserProfile { name: p.name }))
+            Ok(self
+                .profile(id)
+                .await?
+                .map(|p| UserProfile { name: p.name }))
         }
     }
 

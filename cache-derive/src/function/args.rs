@@ -104,10 +104,7 @@ fn parse_one(
         }
     };
     if !meta.input.peek(syn::Token![=]) {
-        return Err(meta.error(format_args!(
-            "`{name}` needs a value: `{}`",
-            example(&name)
-        )));
+        return Err(meta.error(format_args!("`{name}` needs a value: `{}`", example(&name))));
     }
     let expr: Expr = meta.value()?.parse()?;
     if slot.is_some() {

@@ -20,10 +20,7 @@ pub(crate) fn expand(which: Which, args: TokenStream, item: TokenStream) -> Toke
         Err(_) => {
             cx.error_at(
                 Span::call_site(),
-                format_args!(
-                    "`{}` goes on an `async fn` with a body",
-                    which.name()
-                ),
+                format_args!("`{}` goes on an `async fn` with a body", which.name()),
             );
             return fallback(cx, item);
         }
@@ -169,7 +166,12 @@ fn typed_body(func: &ItemFn, moves: bool) -> TokenStream {
 
 /// The body of a `#[cached]` function: the original body is the loader of
 /// `get_or_load`.
-fn cached(func: &ItemFn, cache_expr: &syn::Expr, key: &Key<'_>, returns: &Returns<'_>) -> TokenStream {
+fn cached(
+    func: &ItemFn,
+    cache_expr: &syn::Expr,
+    key: &Key<'_>,
+    returns: &Returns<'_>,
+) -> TokenStream {
     let private = private_path(Span::call_site());
     let cache = local("__cache");
     let key_local = local("__key");
@@ -251,9 +253,11 @@ fn invalidates(func: &ItemFn, cache_expr: &syn::Expr, key: &Key<'_>) -> TokenStr
     let body = typed_body(func, false);
     let succeeded = match &func.sig.output {
         ReturnType::Default => quote!(#private::cached::succeeded(&#outcome)),
-        ReturnType::Type(_, ty) => {
-            spanned_call(ty.span(), "succeeded", quote_spanned!(ty.span()=> &#outcome))
-        }
+        ReturnType::Type(_, ty) => spanned_call(
+            ty.span(),
+            "succeeded",
+            quote_spanned!(ty.span()=> &#outcome),
+        ),
     };
     let invalidate = match key {
         Key::One(_) => quote! {

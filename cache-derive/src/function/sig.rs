@@ -142,10 +142,19 @@ mod tests {
     #[test]
     fn return_shapes_are_told_by_their_last_segment() {
         let cases = [
-            ("async fn f() -> Result<Option<User>, DbError>", Some("result-option")),
-            ("async fn f() -> anyhow::Result<Option<User>>", Some("result-option")),
+            (
+                "async fn f() -> Result<Option<User>, DbError>",
+                Some("result-option"),
+            ),
+            (
+                "async fn f() -> anyhow::Result<Option<User>>",
+                Some("result-option"),
+            ),
             ("async fn f() -> Result<User, DbError>", Some("result")),
-            ("async fn f() -> std::io::Result<core::option::Option<User>>", Some("result-option")),
+            (
+                "async fn f() -> std::io::Result<core::option::Option<User>>",
+                Some("result-option"),
+            ),
             ("async fn f() -> Option<User>", Some("option")),
             ("async fn f() -> User", None),
             ("async fn f() -> Vec<User>", None),
@@ -159,15 +168,26 @@ mod tests {
 
     #[test]
     fn borrowed_arguments_are_references_lifetimes_and_ref_self() {
-        let borrowed = |src: &str| {
-            first_borrowed(&sig(src)).map(|arg| arg.to_token_stream().to_string())
-        };
+        let borrowed =
+            |src: &str| first_borrowed(&sig(src)).map(|arg| arg.to_token_stream().to_string());
         assert_eq!(borrowed("async fn f(id: i64, db: Arc<Db>)"), None);
         assert_eq!(borrowed("async fn f(self: Arc<Self>, id: i64)"), None);
         assert_eq!(borrowed("async fn f(self, id: i64)"), None);
-        assert_eq!(borrowed("async fn f(id: i64, db: &Db)").as_deref(), Some("db : & Db"));
-        assert_eq!(borrowed("async fn f(&self, id: i64)").as_deref(), Some("& self"));
-        assert_eq!(borrowed("async fn f(rows: Rows<'_>)").as_deref(), Some("rows : Rows < '_ >"));
-        assert_eq!(borrowed("async fn f(ids: Vec<&str>)").as_deref(), Some("ids : Vec < & str >"));
+        assert_eq!(
+            borrowed("async fn f(id: i64, db: &Db)").as_deref(),
+            Some("db : & Db")
+        );
+        assert_eq!(
+            borrowed("async fn f(&self, id: i64)").as_deref(),
+            Some("& self")
+        );
+        assert_eq!(
+            borrowed("async fn f(rows: Rows<'_>)").as_deref(),
+            Some("rows : Rows < '_ >")
+        );
+        assert_eq!(
+            borrowed("async fn f(ids: Vec<&str>)").as_deref(),
+            Some("ids : Vec < & str >")
+        );
     }
 }
