@@ -118,6 +118,16 @@ impl Db {
     }
 }
 
+/// Users with these ids.
+fn users(ids: &[i64]) -> Vec<User> {
+    ids.iter()
+        .map(|id| User {
+            id: *id,
+            name: format!("user {id}"),
+        })
+        .collect()
+}
+
 fn profile(name: &str) -> Profile {
     Profile {
         name: name.to_owned(),
@@ -343,39 +353,24 @@ async fn invalidates_every_key_of_an_iterator(caches: Caches) {
     for id in 1..=3 {
         assert!(cache.set(&id, &profile("x")).await.unwrap());
     }
-    let users = vec![
-        User {
-            id: 1,
-            name: "a".into(),
-        },
-        User {
-            id: 2,
-            name: "b".into(),
-        },
-    ];
 
     db.fail(true);
     let failed = within(
         SECOND,
         "failing update",
-        update_profiles(&caches, &db, users),
+        update_profiles(&caches, &db, users(&[1, 2])),
     )
     .await;
     assert_eq!(failed, Err(DbError));
     assert_eq!(cache.get(&1).await, Some(profile("x")), "kept after Err");
 
     db.fail(false);
-    let users = vec![
-        User {
-            id: 1,
-            name: "a".into(),
-        },
-        User {
-            id: 2,
-            name: "b".into(),
-        },
-    ];
-    let updated = within(SECOND, "update", update_profiles(&caches, &db, users)).await;
+    let updated = within(
+        SECOND,
+        "update",
+        update_profiles(&caches, &db, users(&[1, 2])),
+    )
+    .await;
     assert_eq!(updated, Ok(2));
     assert_eq!(cache.get(&1).await, None);
     assert_eq!(cache.get(&2).await, None);

@@ -7,6 +7,7 @@ use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
 use syn::{Expr, Path};
 
+use crate::attr::skip_value;
 use crate::ctxt::Ctxt;
 
 /// Which attribute is being expanded.
@@ -126,18 +127,6 @@ fn example(name: &str) -> &'static str {
 
 fn duplicate(cx: &Ctxt, path: &Path, name: &str) {
     cx.error_spanned_by(path, format_args!("duplicate `{name}`; give it once"));
-}
-
-/// Consumes `= value` or `(...)` after an unknown argument so parsing can go on.
-fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
-    if meta.input.peek(syn::Token![=]) {
-        meta.value()?.parse::<Expr>()?;
-    } else if meta.input.peek(syn::token::Paren) {
-        let content;
-        syn::parenthesized!(content in meta.input);
-        content.parse::<TokenStream>()?;
-    }
-    Ok(())
 }
 
 /// What every use needs: a cache, and exactly one of `key` and `keys`.
