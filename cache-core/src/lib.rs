@@ -17,6 +17,7 @@
 pub mod admin;
 mod backend;
 mod cache;
+mod cached;
 pub mod codec;
 mod config;
 mod error;
@@ -57,6 +58,11 @@ pub mod __private {
 
     pub use crate::codec;
     pub use crate::{Cache, CacheInfo, SingleFlight, TypedCache};
+
+    /// What `#[cached]` and `#[invalidates]` expand to.
+    pub mod cached {
+        pub use crate::cached::*;
+    }
 
     /// Implemented by `#[derive(Cache)]` beside [`Cache`], and only there: a
     /// declaration's settings (its fingerprint, its first level, what its loads need)

@@ -288,8 +288,9 @@ fn parse_entry(cx: &Ctxt, out: &mut Attrs, meta: ParseNestedMeta<'_>) -> syn::Re
     (key.parse)(&entry, out)
 }
 
-/// Consumes `= value` or `(...)` after an unknown key so parsing can go on.
-fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+/// Consumes `= value` or `(...)` after an unknown key so parsing can go on; the
+/// function attributes' parser skips unknown arguments with it too.
+pub(crate) fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
     if meta.input.peek(syn::Token![=]) {
         meta.value()?.parse::<Expr>()?;
     } else if meta.input.peek(syn::token::Paren) {

@@ -30,6 +30,11 @@ impl Ctxt {
         self.errors.borrow_mut().push(error);
     }
 
+    /// Whether any error was recorded.
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.errors.borrow().is_empty()
+    }
+
     /// All recorded errors combined into one, if any.
     pub(crate) fn check(self) -> syn::Result<()> {
         let mut errors = self.errors.into_inner().into_iter();

@@ -79,6 +79,71 @@
 //! # }
 //! ```
 //!
+//! # Caching a function
+//!
+//! `#[cached]` turns an `async fn` into a read-through: its body becomes the loader of
+//! [`get_or_load`](TypedCache::get_or_load), so single flight, fail-safe, the soft
+//! timeout, refresh ahead and negative caching all apply, and the signature does not
+//! change. `#[invalidates]` removes a key (or `keys = ...`, an iterator) after a body
+//! that succeeded.
+//!
+//! ```
+//! use cache_manager::{cache_registry, cached, invalidates, Cache};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Cache)]
+//! #[cache(namespace = "user:profile", key = i64)]
+//! pub struct UserProfile {
+//!     pub name: String,
+//! }
+//!
+//! cache_registry! {
+//!     pub struct CacheManager {
+//!         profiles: UserProfileCache,
+//!     }
+//! }
+//!
+//! # #[derive(Default)]
+//! # pub struct Db(std::sync::Mutex<std::collections::HashMap<i64, String>>);
+//! # #[derive(Debug)]
+//! # pub struct DbError;
+//! # pub struct User { id: i64, name: String }
+//! # impl Db {
+//! #     async fn profile(&self, id: i64) -> Result<Option<UserProfile>, DbError> {
+//! #         Ok(self.0.lock().unwrap().get(&id).map(|name| UserProfile { name: name.clone() }))
+//! #     }
+//! #     async fn update(&self, user: &User) -> Result<(), DbError> {
+//! #         self.0.lock().unwrap().insert(user.id, user.name.clone());
+//! #         Ok(())
+//! #     }
+//! # }
+//! #[cached(cache = CacheManager::global().profiles(), key = user_id)]
+//! async fn load_profile(db: &Db, user_id: i64) -> Result<Option<UserProfile>, DbError> {
+//!     db.profile(user_id).await
+//! }
+//!
+//! #[invalidates(cache = CacheManager::global().profiles(), key = user.id)]
+//! async fn update_profile(db: &Db, user: &User) -> Result<(), DbError> {
+//!     db.update(user).await
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! CacheManager::global().connect("memory://").await?;
+//! let db = Db::default();
+//! let ada = User { id: 1, name: "Ada".into() };
+//! update_profile(&db, &ada).await.unwrap();
+//! let profile = load_profile(&db, 1).await.unwrap(); // loaded, and cached
+//! assert_eq!(CacheManager::global().profiles().get(&1).await, profile);
+//! update_profile(&db, &User { id: 1, name: "Ada L.".into() }).await.unwrap();
+//! assert_eq!(CacheManager::global().profiles().get(&1).await, None); // invalidated
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See [`cached`] and [`invalidates`] for the return types each supports and what a
+//! cache whose loads run in the background asks of the arguments.
+//!
 //! # Declaring caches
 //!
 //! `#[derive(Cache)]` reads one `#[cache(...)]` attribute, either on a unit struct that
@@ -169,6 +234,89 @@ pub use cache_core::{
 };
 /// Declares a cache; see the [crate documentation](crate) for the `#[cache(...)]` keys.
 pub use cache_derive::Cache;
+/// Caches an `async fn`: `#[cached(cache = EXPR, key = EXPR)]`.
+///
+/// The body becomes the loader of [`TypedCache::get_or_load`] on the cache `cache`
+/// names (any expression yielding a handle: `CacheManager::global().profiles()`, or a
+/// manager passed as an argument, as axum state is), for the key `key` computes from the
+/// arguments; its type must be the cache's key type. The key is computed, and copied,
+/// before the body runs, so the body may consume the arguments it was made of. Single
+/// flight, fail-safe, the soft timeout, refresh ahead and negative caching apply as the
+/// cache declares them; the function's signature does not change.
+///
+/// | the function returns | the body's value is | when the body fails and a stale entry exists (`fail_safe`) |
+/// | --- | --- | --- |
+/// | `Result<Option<V>, E>` | `Ok(Some(v))` cached; `Ok(None)` "not found", remembered with `negative_ttl`; `Err` returned, not cached | `Ok(Some(stale))` |
+/// | `Result<V, E>` | `Ok(v)` cached; `Err` returned, not cached. It cannot say "not found": if the cache remembers an absence (another caller's), the body runs, uncached | `Ok(stale)` |
+/// | `Option<V>` | `Some(v)` cached; `None` "not found", remembered with `negative_ttl` | the body cannot fail; with `load_timeout_ms`, a slow body is answered `Some(stale)` |
+///
+/// `V` must be the cache's value type; any other return type is a compile error that
+/// lists these three (`Result` may be an alias such as `std::io::Result<T>`).
+///
+/// For a cache with `load_timeout_ms` or `refresh_ahead`, a load may outlive the call,
+/// so the body must be `Send + 'static`: the arguments it uses are moved into it, and a
+/// borrowed argument (`db: &Db`, `&self`) is a compile error pointing at it; take
+/// `db: Arc<Db>` or `self: Arc<Self>`. Other caches run the body in the caller, and it may
+/// borrow.
+///
+/// ```
+/// # use cache_manager::{cache_registry, cached, Cache};
+/// # #[derive(Cache)]
+/// # #[cache(namespace = "user:name", key = i64, value = String, negative_ttl = 30)]
+/// # pub struct UserNameCache;
+/// cache_registry! { pub struct Caches { names: UserNameCache } }
+///
+/// /// A handle passed as an argument, as axum state is; `None` is remembered for 30 s.
+/// #[cached(cache = caches.names(), key = id)]
+/// async fn name(caches: &Caches, id: i64) -> Option<String> {
+///     (id == 1).then(|| "Ada".to_owned())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cache_manager::CacheError> {
+/// let caches = Caches::new();
+/// caches.connect("memory://").await?;
+/// assert_eq!(name(&caches, 1).await.as_deref(), Some("Ada"));
+/// assert_eq!(caches.names().get(&1).await.as_deref(), Some("Ada"));
+/// assert_eq!(name(&caches, 2).await, None);
+/// # Ok(())
+/// # }
+/// ```
+pub use cache_derive::cached;
+/// Invalidates after an `async fn` succeeded: `#[invalidates(cache = EXPR, key = EXPR)]`
+/// or `#[invalidates(cache = EXPR, keys = EXPR)]`.
+///
+/// The body runs first; when it returns `Ok` (any `Result<T, E>`, aliases included) or
+/// returns nothing, the key is invalidated with [`TypedCache::invalidate`], or every key
+/// of the iterator `keys` yields (keys or references to them) with
+/// [`TypedCache::minvalidate`], in batches of [`MAX_BATCH`]. After `Err` nothing is
+/// invalidated. Like every cache call, the invalidation cannot fail the function: with
+/// Redis down it is logged. The key or keys are computed before the body runs, so the
+/// body may consume the arguments they were made of (write `keys = &ids` to keep `ids`).
+///
+/// ```
+/// # use cache_manager::{cache_registry, invalidates, Cache};
+/// # #[derive(Cache)]
+/// # #[cache(namespace = "user:name", key = i64, value = String)]
+/// # pub struct UserNameCache;
+/// cache_registry! { pub struct Caches { names: UserNameCache } }
+///
+/// #[invalidates(cache = caches.names(), keys = &ids)]
+/// async fn rename_all(caches: &Caches, ids: Vec<i64>) -> Result<usize, std::io::Error> {
+///     Ok(ids.len()) // the database's update
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let caches = Caches::new();
+/// caches.connect("memory://").await?;
+/// caches.names().set(&1, &"Ada".to_owned()).await?;
+/// assert_eq!(rename_all(&caches, vec![1, 2]).await?, 2);
+/// assert_eq!(caches.names().get(&1).await, None);
+/// # Ok(())
+/// # }
+/// ```
+pub use cache_derive::invalidates;
 
 /// What the macros expand to. Not public API: no stability promise.
 #[doc(hidden)]

@@ -1,4 +1,5 @@
-//! Compile-fail and compile-pass cases of `#[derive(Cache)]` and `cache_registry!`.
+//! Compile-fail and compile-pass cases of `#[derive(Cache)]`, `cache_registry!`,
+//! `#[cached]` and `#[invalidates]`.
 //!
 //! Each `ui/<group>/<case>.rs` holds one mistake, and its `.stderr` the diagnostics a user
 //! sees. Regenerate the snapshots with `TRYBUILD=overwrite cargo test --test ui` and
@@ -17,6 +18,8 @@ fn ui() {
         "registry",
         "local",
         "readthrough",
+        "cached",
+        "invalidates",
     ] {
         t.compile_fail(format!("ui/{group}/*.rs"));
     }
