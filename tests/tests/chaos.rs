@@ -185,8 +185,9 @@ impl Injector for Standalone {
             .collect()
     }
 
-    fn delete_behind(&mut self, key: &str) {
-        self.command::<()>(redis::cmd("DEL").arg(key));
+    fn reads(&mut self) -> u64 {
+        let stats: String = self.command(redis::cmd("INFO").arg("commandstats"));
+        chaos_common::reads_in(&stats)
     }
 }
 

@@ -114,13 +114,16 @@ impl Injector for Cluster {
             .collect()
     }
 
-    fn delete_behind(&mut self, key: &str) {
-        // Only the key's master accepts it; the others answer MOVED.
-        for node in 0..self.cluster.nodes().len() {
-            if let Ok(mut raw) = self.raw(node) {
-                let _: redis::RedisResult<u64> = redis::cmd("DEL").arg(key).query(&mut raw);
-            }
-        }
+    fn reads(&mut self) -> u64 {
+        (0..self.cluster.nodes().len())
+            .filter_map(|node| {
+                redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query::<String>(&mut self.raw(node).ok()?)
+                    .ok()
+            })
+            .map(|stats| chaos_common::reads_in(&stats))
+            .sum()
     }
 }
 

@@ -906,6 +906,29 @@ async fn corrupt_entry_is_logged_at_error_level_with_its_namespace() {
         "{}",
         errors[1]
     );
+    // The line names the Redis key, so an operator can inspect or delete it...
+    let key = manager.uuid_to_id().redis_key(&id);
+    assert!(
+        errors[0].contains(&format!("key=\"{key}\"")),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].contains("key=\"counter:visits:5\""),
+        "{}",
+        errors[1]
+    );
+    // ...and is logged inside the call's `cache` span, with the cache and the operation.
+    assert!(
+        errors[0].contains("cache{namespace=\"user:uuid_to_id\" operation=\"get\"}"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].contains("cache{namespace=\"counter:visits\" operation=\"mget\"}"),
+        "{}",
+        errors[1]
+    );
 }
 
 /// Polls `check` until it holds, for at most 10 s.

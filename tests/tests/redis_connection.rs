@@ -535,3 +535,65 @@ async fn killed_redis_logs_the_outage_once_and_no_password() {
     );
     assert!(!logs.text().contains(PASSWORD), "{}", logs.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnection_attempts_back_off_exponentially_up_to_the_cap() {
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    // Something that accepts connections and closes them at once: every attempt fails
+    // fast, so the gaps between attempts are the backoff alone.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let seen = Arc::clone(&attempts);
+    let watching = Instant::now();
+    let acceptor = std::thread::spawn(move || {
+        while watching.elapsed() < Duration::from_millis(2_500) {
+            match listener.accept() {
+                Ok((socket, _)) => {
+                    seen.lock().unwrap().push(Instant::now());
+                    drop(socket);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    });
+
+    let (min, max) = (Duration::from_millis(20), Duration::from_millis(160));
+    let manager = CacheManager::new();
+    let config = cache_manager::CacheConfig::new().with_backoff(min, max);
+    manager
+        .connect_with(&format!("redis://127.0.0.1:{port}/0"), &config)
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || acceptor.join().unwrap())
+        .await
+        .unwrap();
+    manager.disconnect().await;
+
+    let attempts = attempts.lock().unwrap().clone();
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("{} attempts in 2.5 s, gaps: {gaps:?}", attempts.len());
+    // Growth: with waits of 20, 40, 80, 160, 160... ms (each jittered to between half
+    // and all of it), 2.5 s hold about 17 attempts; without backoff there would be
+    // hundreds, without the cap a handful.
+    assert!(
+        (8..=30).contains(&attempts.len()),
+        "{} attempts in 2.5 s",
+        attempts.len()
+    );
+    // The cap: no wait is longer than the maximum backoff (plus scheduling slack).
+    assert!(
+        gaps.iter().all(|g| *g < max + Duration::from_millis(60)),
+        "a wait beyond the 160 ms cap: {gaps:?}"
+    );
+    // Growth: the first wait is around the minimum, the last ones at least half the cap.
+    assert!(gaps[0] < Duration::from_millis(60), "{gaps:?}");
+    let late = &gaps[gaps.len() - 4..];
+    assert!(
+        late.iter().all(|g| *g >= max / 2),
+        "the waits did not grow to the cap: {gaps:?}"
+    );
+}

@@ -463,7 +463,10 @@ impl<C: Cache> TypedCache<C> {
                 }
                 self.counters.hits(1);
                 if let (Some(local), Some((generation, asked))) = (self.local(), generation) {
-                    let keep_for = fresh_for.map(|f| f.saturating_sub(asked.elapsed()));
+                    // PTTL counts whole milliseconds, rounded down from what the entry
+                    // has left: a millisecond less keeps the copy inside it.
+                    let keep_for = fresh_for
+                        .map(|f| f.saturating_sub(asked.elapsed() + Duration::from_millis(1)));
                     local.insert_if_current(redis_key.to_owned(), &value, generation, keep_for);
                 }
                 Ok(Lookup::Fresh { value, fresh_for })
