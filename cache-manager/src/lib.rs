@@ -163,7 +163,7 @@
 
 pub use cache_core::{
     Breaker, Cache, CacheConfig, CacheError, CacheInfo, CacheKey, CacheStats, Codec, CodecError,
-    Health, HealthStatus, MAX_BATCH, NodeHealth, SingleFlight, TypedCache, codec,
+    Health, HealthStatus, MAX_BATCH, NodeHealth, SentinelHealth, SingleFlight, TypedCache, codec,
 };
 /// Declares a cache; see the [crate documentation](crate) for the `#[cache(...)]` keys.
 pub use cache_derive::Cache;
