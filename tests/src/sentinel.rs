@@ -181,6 +181,38 @@ impl SentinelGroup {
         }
     }
 
+    /// Makes every sentinel monitor the server on `port` as the master (`SENTINEL
+    /// REMOVE` + `MONITOR`), with a down-after of a minute so they leave it alone
+    /// meanwhile: to see what a client does when the sentinels name a replica.
+    pub fn monitor(&self, port: u16) {
+        for sentinel in &self.sentinels {
+            let run = |cmd: &mut redis::Cmd| {
+                sentinel
+                    .command::<()>(cmd)
+                    .unwrap_or_else(|e| panic!("sentinel {}: {e}", sentinel.port))
+            };
+            run(redis::cmd("SENTINEL").arg("REMOVE").arg(MASTER_NAME));
+            run(redis::cmd("SENTINEL")
+                .arg("MONITOR")
+                .arg(MASTER_NAME)
+                .arg("127.0.0.1")
+                .arg(port)
+                .arg(2));
+            run(redis::cmd("SENTINEL")
+                .arg("SET")
+                .arg(MASTER_NAME)
+                .arg("down-after-milliseconds")
+                .arg(60_000));
+            if let Some(password) = &self.password {
+                run(redis::cmd("SENTINEL")
+                    .arg("SET")
+                    .arg(MASTER_NAME)
+                    .arg("auth-pass")
+                    .arg(password));
+            }
+        }
+    }
+
     /// Kills every sentinel (SIGKILL).
     pub fn kill_sentinels(&mut self) {
         for sentinel in &mut self.sentinels {

@@ -311,6 +311,75 @@ async fn a_killed_master_fails_over_under_load_without_wrong_reads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_announcement_ends_the_reconnection_wait() {
+    let _watchdog = Watchdog::start("the announcement test", Duration::from_secs(90));
+    let mut group = SentinelGroup::start();
+    // A reconnection backoff far longer than the failover: only the sentinels'
+    // `+switch-master` can bring the connection back in time.
+    let backoff = Duration::from_secs(20);
+    let config = CacheConfig::new().with_backoff(backoff, backoff);
+    let caches = Caches::new();
+    caches.connect_with(&group.url(), &config).await.unwrap();
+    assert!(caches.items().set(&1, &"one".to_owned()).await.unwrap());
+
+    let replica_port = group.replica.port();
+    tokio::task::block_in_place(|| group.master.kill());
+    let killed_at = Instant::now();
+    // The first call after the kill opens the breaker; the attempt that follows finds
+    // the old master gone and waits.
+    let _ = caches.items().set(&1, &"lost".to_owned()).await;
+    let promoted_at = tokio::task::block_in_place(|| {
+        group.wait_for_master(replica_port, Duration::from_secs(30));
+        Instant::now()
+    });
+    within(
+        "a write on the promoted replica",
+        Duration::from_secs(5),
+        async || caches.items().set(&1, &"two".to_owned()).await.unwrap(),
+    )
+    .await;
+    let resumed = killed_at.elapsed();
+    assert!(
+        resumed < (promoted_at - killed_at) + Duration::from_secs(1),
+        "writes resumed {resumed:?} after the kill, the promotion was seen after {:?}",
+        promoted_at - killed_at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_server_that_is_not_a_master_is_never_used() {
+    let _watchdog = Watchdog::start("the ROLE test", Duration::from_secs(60));
+    let group = SentinelGroup::start();
+    let master = group.master.raw().await;
+    wire::set(&master, "sentinel:item:1", b"one").await;
+    let replica = group.replica.raw().await;
+    within("replication of key 1", Duration::from_secs(5), async || {
+        wire::get(&replica, "sentinel:item:1").await.is_some()
+    })
+    .await;
+    // The sentinels now name the replica: out of date, as after a failover not yet seen.
+    tokio::task::block_in_place(|| group.monitor(group.replica.port()));
+    wire::reset_stats(&replica).await;
+
+    let caches = connected(&group.url()).await;
+    assert_eq!(quick("get", caches.items().get(&1)).await, None);
+    assert!(
+        !quick("set", caches.items().set(&2, &"x".to_owned()))
+            .await
+            .unwrap()
+    );
+    let health = quick("health", caches.health()).await;
+    assert_eq!(health.status, HealthStatus::Degraded, "{health:?}");
+    let error = health.error.unwrap_or_default();
+    assert!(error.contains("not a master"), "{error}");
+    let calls = wire::command_calls(&replica).await;
+    assert!(
+        !calls.contains_key("get"),
+        "the replica served a get: {calls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_sentinel_answering_calls_degrade_and_health_says_why() {
     let _watchdog = Watchdog::start("the sentinels-down test", Duration::from_secs(60));
     let mut group = SentinelGroup::start();
