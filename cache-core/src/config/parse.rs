@@ -41,7 +41,7 @@ pub(crate) struct RedisSettings {
 /// before it is parsed, and is never echoed.
 const MAX_URL_LEN: usize = 16 * 1024;
 
-const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `fail_safe_throttle_ms`, `single_flight_wait_ms`, `background_timeout_ms`, `max_value_bytes`, `prefix`, `coalesce`, `ca_file`, and on a sentinel URL `sentinel_username`, `sentinel_password`";
+const QUERY_OPTIONS: &str = "`response_timeout_ms`, `connect_timeout_ms`, `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`, `summary_interval_ms`, `fail_safe_throttle_ms`, `single_flight_wait_ms`, `background_timeout_ms`, `max_value_bytes`, `prefix`, `coalesce`, `ca_file`";
 
 /// Settings of a Redis Cluster: where to learn its slot map, and how to reach any node.
 pub(crate) struct ClusterSettings {
@@ -258,8 +258,10 @@ fn misplaced_at(kind: &str) -> String {
 struct Hosts {
     /// `cluster`, `sentinel`: the URL as messages name it (`the cluster URL`).
     kind: &'static str,
-    /// `cluster node`, `sentinel`: one of its hosts.
+    /// `node`, `sentinel`: one of its hosts (`names an empty node`).
     member: &'static str,
+    /// `cluster node`, `sentinel`: one of its hosts, named alone (`cluster node `h:x``).
+    label: &'static str,
     /// The port of a host written without one.
     default_port: u16,
     /// A URL to show as an example of what is expected.
@@ -290,6 +292,14 @@ impl Hosts {
             Some((userinfo, rest)) => (Some(userinfo), rest),
             None => (None, rest),
         };
+        // A `/`, `?` or `#` there means the last `@` was not the userinfo's (one in an
+        // option), or the password needs percent-encoding: the rest would be misread.
+        if userinfo.is_some_and(|u| u.contains(['/', '?', '#'])) {
+            return Err(CacheError::config(misplaced_at(&format!(
+                "{} URL",
+                self.kind
+            ))));
+        }
         let (rest, query) = match rest.split_once('?') {
             Some((rest, query)) => (rest, Some(query)),
             None => (rest, None),
@@ -335,7 +345,7 @@ impl Hosts {
         nodes: &NodeTemplate,
         config: &CacheConfig,
     ) -> Result<Vec<NodeAddr>, CacheError> {
-        let (kind, member, example) = (self.kind, self.member, &self.example);
+        let (kind, member, label, example) = (self.kind, self.member, self.label, &self.example);
         let scheme = nodes.url.scheme();
         let mut addrs = Vec::new();
         for host in hosts.split(',') {
@@ -346,7 +356,7 @@ impl Hosts {
             }
             let url = Url::parse(&format!("{scheme}://{host}")).map_err(|e| {
                 CacheError::config(format!(
-                    "{member} `{}` is not a host:port ({e}); expected {example}",
+                    "{label} `{}` is not a host:port ({e}); expected {example}",
                     shown(host)
                 ))
             })?;
@@ -356,7 +366,7 @@ impl Hosts {
                 }
                 _ => {
                     return Err(CacheError::config(format!(
-                        "{member} `{}` is not a host:port; expected {example}",
+                        "{label} `{}` is not a host:port; expected {example}",
                         shown(host)
                     )));
                 }
@@ -394,7 +404,8 @@ fn parse_cluster(
     let node_scheme = if tls { "rediss" } else { "redis" };
     let hosts = Hosts {
         kind: "cluster",
-        member: "cluster node",
+        member: "node",
+        label: "cluster node",
         default_port: 6379,
         example: format!("`{scheme}://:password@10.0.0.1:6379,10.0.0.2:6379`"),
     };
@@ -457,6 +468,7 @@ fn parse_sentinel(
     let hosts = Hosts {
         kind: "sentinel",
         member: "sentinel",
+        label: "sentinel",
         default_port: SENTINEL_PORT,
         example: format!("`{scheme}://:password@10.0.0.1:26379,10.0.0.2:26379/mymaster/0`"),
     };
@@ -623,6 +635,12 @@ fn apply_options<'a>(
                     "option `{other}` applies to `redis+sentinel://` and `rediss+sentinel://` URLs only"
                 )));
             }
+            other if other.starts_with("sentinel_") => {
+                return Err(CacheError::config(format!(
+                    "unknown option `{}`; the sentinels' credentials are `sentinel_username` and `sentinel_password`",
+                    shown(other)
+                )));
+            }
             other => {
                 return Err(CacheError::config(format!(
                     "unknown option `{}` in the Redis URL query; expected one of {QUERY_OPTIONS}",
@@ -766,6 +784,108 @@ mod tests {
         assert!(config_error("redis+cluster://h1:1#insecure").contains("fragment"));
         let msg = config_error("redis+cluster://:s3cret@h1:1,h2:x");
         assert!(msg.contains("`h2:x`") && !msg.contains("s3cret"), "{msg}");
+    }
+
+    #[test]
+    fn sentinel_urls_name_sentinels_master_and_db_and_hide_both_passwords() {
+        let url = "redis+sentinel://app:data%2Fpw@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/3?sentinel_username=watcher&sentinel_password=sent%2Bpw&prefix=staging&response_timeout_ms=80";
+        let Ok(Target::Sentinel(s)) = parse(url, &CacheConfig::default()) else {
+            panic!("sentinel URL rejected");
+        };
+        let sentinels: Vec<String> = s.sentinels.iter().map(NodeAddr::to_string).collect();
+        assert_eq!(
+            sentinels,
+            ["10.0.0.1:26379", "10.0.0.2:26379", "[::1]:26380"]
+        );
+        assert_eq!(s.master_name, "mymaster");
+        assert_eq!(
+            s.redacted,
+            "redis+sentinel://app:***@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/3"
+        );
+        assert_eq!(s.config.key_prefix.as_deref(), Some("staging"));
+        assert_eq!(s.config.response_timeout, Duration::from_millis(80));
+        // The master's connection: the data nodes' credentials and database.
+        let master = s
+            .nodes
+            .settings(&NodeAddr::new("10.0.0.9", 6380), &s.config)
+            .unwrap();
+        assert_eq!(master.redacted, "redis://app:***@10.0.0.9:6380/3");
+        let info = master.client.get_connection_info().redis_settings().clone();
+        assert_eq!(info.password(), Some("data/pw"));
+        assert_eq!(info.db(), 3);
+        // A sentinel's connection: the sentinels' own credentials, database 0.
+        let sentinel = s
+            .sentinel_nodes
+            .settings(&s.sentinels[0], &s.config)
+            .unwrap();
+        let info = sentinel
+            .client
+            .get_connection_info()
+            .redis_settings()
+            .clone();
+        assert_eq!(info.username(), Some("watcher"));
+        assert_eq!(info.password(), Some("sent+pw"));
+        assert_eq!(info.db(), 0);
+        // Either password, in any form, is scrubbed from any text.
+        let secret = s.nodes.secret().unwrap();
+        let text = secret.scrub("data/pw data%2Fpw sent+pw sent%2Bpw".to_owned());
+        assert_eq!(text, "*** *** *** ***");
+        for shown in [format!("{secret:?}"), s.redacted.clone(), master.redacted] {
+            assert!(!shown.contains("pw"), "{shown}");
+        }
+
+        let Ok(Target::Sentinel(s)) = parse("REDISS+SENTINEL://h/m", &CacheConfig::default())
+        else {
+            panic!("a minimal TLS sentinel URL rejected");
+        };
+        assert_eq!(s.redacted, "rediss+sentinel://h/m/0");
+        assert_eq!(s.sentinels[0].port, SENTINEL_PORT);
+    }
+
+    #[test]
+    fn bad_sentinel_urls_say_what_is_wrong_without_either_password() {
+        for (url, expected) in [
+            ("redis+sentinel://:s3cret@h:1", "names no master"),
+            ("redis+sentinel://:s3cret@h:1//0", "names no master"),
+            ("redis+sentinel:///m", "names an empty sentinel"),
+            ("redis+sentinel://:s3cret@h:1,/m", "names an empty sentinel"),
+            (
+                "redis+sentinel://:s3cret@h:x/m",
+                "sentinel `h:x` is not a host:port",
+            ),
+            ("redis+sentinel://:s3cret@h:1/m/0/1", "`/MASTER_NAME/db`"),
+            ("redis+sentinel://:s3cret@h:1/m/99999", "`/MASTER_NAME/db`"),
+            (
+                "redis+sentinel://:s3cret@h:1/m%20x",
+                "may hold only ASCII letters",
+            ),
+            (
+                "redis+sentinel://:s3cret@h:1/m?tiemout=1",
+                "unknown option `tiemout`",
+            ),
+            ("redis+sentinel://:s3cret@h:1/m#x", "fragment"),
+            ("redis+sentinel://:8/s3cret@h:1/m", "percent-encode"),
+            (
+                "redis+sentinel://:s3cret@h:1/m?ca_file=/x@h9:2",
+                "percent-encode",
+            ),
+            (
+                "redis+sentinel://:s3cret@h:1/m?sentinel_password=s3cret2&coalesce=maybe",
+                "`true` or `false`",
+            ),
+            (
+                "redis://:s3cret@h/0?sentinel_password=s3cret2",
+                "rediss+sentinel://` URLs only",
+            ),
+            (
+                "redis+cluster://h:1?sentinel_username=u",
+                "rediss+sentinel://` URLs only",
+            ),
+        ] {
+            let msg = config_error(url);
+            assert!(msg.contains(expected), "{url}: {msg}");
+            assert!(!msg.contains("s3cret"), "{url}: {msg}");
+        }
     }
 
     #[test]
