@@ -13,6 +13,7 @@ use crate::server::{
     answers_ping, forget_child, free_port, percent_encode, read_log, remember_child,
     unique_temp_dir,
 };
+use crate::tls::TestPki;
 
 /// The name the sentinels monitor the master under.
 pub const MASTER_NAME: &str = "mymaster";
@@ -28,9 +29,19 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct SentinelGroupBuilder {
     password: Option<String>,
     sentinel_password: Option<String>,
+    tls: bool,
 }
 
 impl SentinelGroupBuilder {
+    /// Every node and sentinel also serves TLS with a certificate of a [`TestPki`] CA,
+    /// the sentinels monitor and announce the TLS ports, and replication runs over TLS;
+    /// [`url`](SentinelGroup::url) is then `rediss+sentinel://` to the sentinels' TLS
+    /// ports. The plaintext ports stay open for the harness's own checks.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// The master and the replica require `password` (and replicate with it).
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
@@ -48,8 +59,16 @@ impl SentinelGroupBuilder {
     ///
     /// Panics when that takes more than 20 s.
     pub fn start(self) -> SentinelGroup {
-        let data_node = |extra: &[String]| {
+        let pki = self.tls.then(TestPki::generate);
+        let tls_ports = pki.as_ref().map(|_| (free_port(), free_port()));
+        let data_node = |extra: &[String], tls_port: Option<u16>| {
             let mut builder = RedisServer::builder();
+            if let (Some(pki), Some(port)) = (&pki, tls_port) {
+                builder = pki
+                    .serve_tls(builder, port)
+                    .arg("--tls-replication")
+                    .arg("yes");
+            }
             if let Some(password) = &self.password {
                 builder = builder.password(password).arg("--masterauth").arg(password);
             }
@@ -58,18 +77,25 @@ impl SentinelGroupBuilder {
             }
             builder.start()
         };
-        let master = data_node(&[]);
-        let replica = data_node(&[
-            "--replicaof".to_owned(),
-            "127.0.0.1".to_owned(),
-            master.port().to_string(),
-        ]);
+        let master = data_node(&[], tls_ports.map(|p| p.0));
+        // The sentinels and the replica reach the master where it is named: its TLS port
+        // with TLS.
+        let master_named = tls_ports.map_or(master.port(), |p| p.0);
+        let replica = data_node(
+            &[
+                "--replicaof".to_owned(),
+                "127.0.0.1".to_owned(),
+                master_named.to_string(),
+            ],
+            tls_ports.map(|p| p.1),
+        );
         let sentinels = (0..3)
             .map(|_| {
                 Sentinel::start(
-                    master.port(),
+                    master_named,
                     self.password.as_deref(),
                     self.sentinel_password.as_deref(),
+                    pki.as_ref(),
                 )
             })
             .collect();
@@ -79,6 +105,8 @@ impl SentinelGroupBuilder {
             sentinels,
             password: self.password,
             sentinel_password: self.sentinel_password,
+            tls_ports,
+            pki,
         };
         group.wait_ready();
         group
@@ -95,9 +123,27 @@ pub struct SentinelGroup {
     sentinels: Vec<Sentinel>,
     password: Option<String>,
     sentinel_password: Option<String>,
+    /// With TLS: the master's and the replica's TLS ports, which the sentinels name.
+    tls_ports: Option<(u16, u16)>,
+    pki: Option<TestPki>,
 }
 
 impl SentinelGroup {
+    /// The port the sentinels name for the initial master: its TLS port with TLS.
+    pub fn master_named_port(&self) -> u16 {
+        self.tls_ports.map_or(self.master.port(), |p| p.0)
+    }
+
+    /// The port the sentinels name for the replica once promoted.
+    pub fn replica_named_port(&self) -> u16 {
+        self.tls_ports.map_or(self.replica.port(), |p| p.1)
+    }
+
+    /// The certificates, with TLS.
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_ref()
+    }
+
     /// Starts a deployment without passwords.
     pub fn start() -> Self {
         Self::builder().start()
@@ -108,9 +154,12 @@ impl SentinelGroup {
         SentinelGroupBuilder::default()
     }
 
-    /// The sentinels' ports.
+    /// The sentinels' ports clients use: their TLS ports with TLS.
     pub fn sentinel_ports(&self) -> Vec<u16> {
-        self.sentinels.iter().map(|s| s.port).collect()
+        self.sentinels
+            .iter()
+            .map(|s| s.tls_port.unwrap_or(s.port))
+            .collect()
     }
 
     /// `redis+sentinel://[:password@]127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3/mymaster/0`,
@@ -125,12 +174,25 @@ impl SentinelGroup {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        let query = match &self.sentinel_password {
-            Some(password) => format!("?sentinel_password={}", percent_encode(password)),
-            None => String::new(),
+        let mut options = Vec::new();
+        if let Some(password) = &self.sentinel_password {
+            options.push(format!("sentinel_password={}", percent_encode(password)));
+        }
+        if let Some(pki) = &self.pki {
+            options.push(format!("ca_file={}", pki.ca_file().display()));
+        }
+        let query = if options.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", options.join("&"))
+        };
+        let scheme = if self.pki.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
         };
         format!(
-            "redis+sentinel://{userinfo}{}/{MASTER_NAME}/0{query}",
+            "{scheme}://{userinfo}{}/{MASTER_NAME}/0{query}",
             hosts.join(",")
         )
     }
@@ -280,14 +342,21 @@ impl SentinelGroup {
 struct Sentinel {
     process: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     dir: PathBuf,
     password: Option<String>,
 }
 
 impl Sentinel {
-    fn start(master_port: u16, auth_pass: Option<&str>, password: Option<&str>) -> Self {
+    fn start(
+        master_port: u16,
+        auth_pass: Option<&str>,
+        password: Option<&str>,
+        pki: Option<&TestPki>,
+    ) -> Self {
         let dir = unique_temp_dir();
         let port = free_port();
+        let tls_port = pki.map(|_| free_port());
         let mut conf = format!(
             "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {log}\n\
              sentinel resolve-hostnames no\n\
@@ -307,6 +376,17 @@ impl Sentinel {
                 "requirepass {password}\nsentinel sentinel-pass {password}\n"
             ));
         }
+        if let (Some(pki), Some(tls_port)) = (pki, tls_port) {
+            // Sentinels talk TLS to the nodes and to each other, and tell each other
+            // their TLS port.
+            conf.push_str(&format!(
+                "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-auth-clients no\ntls-replication yes\nsentinel announce-port {tls_port}\n",
+                pki.cert_file().display(),
+                pki.key_file().display(),
+                pki.ca_file().display(),
+            ));
+        }
         let conf_path = dir.join("sentinel.conf");
         fs::write(&conf_path, conf).expect("write sentinel.conf");
         let child = Command::new("redis-server")
@@ -321,6 +401,7 @@ impl Sentinel {
         let mut sentinel = Sentinel {
             process: Some(child),
             port,
+            tls_port,
             dir,
             password: password.map(str::to_owned),
         };

@@ -566,6 +566,74 @@ async fn the_first_level_is_emptied_on_a_switch_and_stays_coherent() {
     assert_eq!(health.sentinel.unwrap().switches, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_sentinel_connects_and_follows_a_failover_over_tls() {
+    let _watchdog = Watchdog::start("the TLS sentinel test", Duration::from_secs(90));
+    let mut group = SentinelGroup::builder()
+        .tls()
+        .password(DATA_PASSWORD)
+        .start();
+    let url = group.url();
+    assert!(url.starts_with("rediss+sentinel://"), "{url}");
+    let caches = connected(&url).await;
+    assert!(
+        quick("set", caches.items().set(&1, &"one".to_owned()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        quick("get", caches.items().get(&1)).await.as_deref(),
+        Some("one")
+    );
+    let health = caches.health().await;
+    assert!(health.healthy, "{health:?}");
+    let master = format!("127.0.0.1:{}", group.master_named_port());
+    assert_eq!(
+        health.sentinel.unwrap().master.as_deref(),
+        Some(master.as_str())
+    );
+    // The cache's connections (its data connection and its first level's listener; not
+    // the sentinels', which are named, nor the replica's link) came in on the TLS port.
+    let raw = group.master.raw().await;
+    let clients = wire::clients(&raw).await;
+    let ours = clients
+        .iter()
+        .filter(|c| {
+            c.contains(&format!("laddr={master} "))
+                && c.contains(" name= ")
+                && !c.contains(" flags=S ")
+        })
+        .count();
+    assert_eq!(ours, 2, "{clients:?}");
+
+    // Without the CA, the sentinels' certificates are refused: degraded, and health
+    // says why.
+    let untrusting =
+        connected(&url[..url.find("&ca_file").or(url.find("?ca_file")).unwrap()]).await;
+    assert!(
+        !quick("set", untrusting.items().set(&2, &"x".to_owned()))
+            .await
+            .unwrap()
+    );
+    let error = untrusting.health().await.error.unwrap_or_default();
+    assert!(error.contains("certificate"), "{error}");
+
+    let promoted = group.replica_named_port();
+    tokio::task::block_in_place(|| group.master.kill());
+    tokio::task::block_in_place(|| group.wait_for_master(promoted, Duration::from_secs(30)));
+    within(
+        "a write over TLS on the promoted replica",
+        Duration::from_secs(5),
+        async || caches.items().set(&3, &"three".to_owned()).await.unwrap(),
+    )
+    .await;
+    let health = caches.health().await;
+    assert_eq!(
+        health.sentinel.unwrap().master.as_deref(),
+        Some(format!("127.0.0.1:{promoted}").as_str())
+    );
+}
+
 /// Reads `key` into `caches`' level and checks it is held there (see
 /// [`wire::assert_held`]).
 async fn hold(caches: &Caches, raw: &MultiplexedConnection, key: u64, expected: &str) {
