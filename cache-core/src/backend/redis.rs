@@ -568,7 +568,7 @@ impl RedisBackend {
         };
         let sentinels = async {
             match &inner.sentinels {
-                Some(sentinels) => Some(sentinels.health().await),
+                Some(sentinels) => Some(sentinels.health(inner.master().as_ref()).await),
                 None => None,
             }
         };
@@ -678,9 +678,12 @@ pub(super) fn set_command(key: &str, value: &[u8], ttl: Duration) -> redis::Cmd 
 }
 
 impl Inner {
-    /// The master followed, with sentinels.
+    /// The master the connection goes to, with sentinels (`None` before one was found).
     fn master(&self) -> Option<NodeAddr> {
-        self.sentinels.as_ref().and_then(|s| s.master())
+        self.target
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.address.clone())
     }
 
     /// A connection to the server; with sentinels, to the master they name, asked before
@@ -734,16 +737,14 @@ impl Inner {
 
     /// Makes `server`, at `addr`, the target from now on, unless it already is.
     fn follow(&self, sentinels: &Sentinels, server: Server, addr: &NodeAddr) {
-        let current = self
-            .target
-            .borrow()
-            .as_ref()
-            .and_then(|s| s.address.clone());
+        let current = self.master();
         if current.as_ref() == Some(addr) {
             return;
         }
         self.target.send_replace(Some(Arc::new(server)));
-        if sentinels.followed(addr) {
+        // Not the first master found: a switch.
+        if current.is_some() {
+            sentinels.record_switch();
             // Another server: what the levels hold was read from the old one.
             self.locals.forget_all();
             tracing::warn!(
@@ -763,13 +764,8 @@ impl Inner {
         let Ok(masters) = sentinels.locate().await else {
             return;
         };
-        let current = self
-            .target
-            .borrow()
-            .as_ref()
-            .and_then(|s| s.address.clone());
         if let (Some(named), Some(conn)) = (masters.first(), self.conn.load_full())
-            && current.as_ref() != Some(named)
+            && self.master().as_ref() != Some(named)
         {
             self.open_breaker(
                 &conn,

@@ -37,7 +37,7 @@ const RECHECK_EVERY: Duration = Duration::from_secs(5);
 /// The channel on which sentinels announce a failover's new master.
 const SWITCH_CHANNEL: &str = "+switch-master";
 
-/// The sentinels of one URL, what they last said, and how to reach the master they name.
+/// The sentinels of one URL, the switches followed, and how to reach the master they name.
 pub(crate) struct Sentinels {
     addrs: Vec<NodeAddr>,
     /// How to connect to a sentinel.
@@ -49,15 +49,14 @@ pub(crate) struct Sentinels {
     /// Woken by a `+switch-master` for this master, and when a subscription starts (an
     /// announcement may have been missed before).
     switched: Notify,
-    state: Mutex<Followed>,
+    switches: Mutex<Switches>,
 }
 
-/// The master followed so far.
+/// The switches from one master to another followed since `connect`.
 #[derive(Default)]
-struct Followed {
-    master: Option<NodeAddr>,
-    last_switch: Option<SystemTime>,
-    switches: u64,
+struct Switches {
+    last: Option<SystemTime>,
+    count: u64,
 }
 
 /// What one sentinel said of the master: its address, no such master, or no answer.
@@ -72,17 +71,12 @@ impl Sentinels {
             master_name: settings.master_name,
             config: settings.config,
             switched: Notify::new(),
-            state: Mutex::default(),
+            switches: Mutex::default(),
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, Followed> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The master followed now, if one was found.
-    pub(crate) fn master(&self) -> Option<NodeAddr> {
-        self.state().master.clone()
+    fn switches(&self) -> std::sync::MutexGuard<'_, Switches> {
+        self.switches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How to connect to the master at `addr`.
@@ -90,17 +84,11 @@ impl Sentinels {
         self.nodes.settings(addr, &self.config)
     }
 
-    /// Records that the connection now goes to `addr`: `true` when that is a switch from
-    /// another master (not the first one found).
-    pub(crate) fn followed(&self, addr: &NodeAddr) -> bool {
-        let mut state = self.state();
-        let previous = state.master.replace(addr.clone());
-        let switched = previous.is_some_and(|p| p != *addr);
-        if switched {
-            state.last_switch = Some(SystemTime::now());
-            state.switches += 1;
-        }
-        switched
+    /// Records that the connection moved from one master to another, now.
+    pub(crate) fn record_switch(&self) {
+        let mut switches = self.switches();
+        switches.last = Some(SystemTime::now());
+        switches.count += 1;
     }
 
     /// Waits until the master may have moved: an announcement, or the periodic check.
@@ -169,10 +157,11 @@ impl Sentinels {
         Ok(found.map(|(host, port)| NodeAddr::new(&host, port)))
     }
 
-    /// What health shows: the master followed, which sentinels answer now, the last switch.
-    pub(crate) async fn health(&self) -> SentinelHealth {
+    /// What health shows: the master followed (`master`), which sentinels answer now,
+    /// the last switch.
+    pub(crate) async fn health(&self, master: Option<&NodeAddr>) -> SentinelHealth {
         let answers = self.ask_all().await;
-        let state = self.state();
+        let switches = self.switches();
         let mut answered = Vec::new();
         let mut unreachable = Vec::new();
         for (sentinel, answer) in answers {
@@ -183,13 +172,13 @@ impl Sentinels {
         }
         SentinelHealth {
             master_name: self.master_name.clone(),
-            master: state.master.as_ref().map(NodeAddr::to_string),
+            master: master.map(NodeAddr::to_string),
             answered,
             unreachable,
-            last_switch_unix_ms: state
-                .last_switch
+            last_switch_unix_ms: switches
+                .last
                 .map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64),
-            switches: state.switches,
+            switches: switches.count,
         }
     }
 }
