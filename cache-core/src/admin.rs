@@ -15,6 +15,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::backend::cluster::topology::{ask_slots, master_addr};
 use crate::backend::redis::scan_unlink;
+use crate::backend::sentinel::{Sentinels, verify_master};
 use crate::config::{self, CacheConfig, NodeAddr, RedisSettings, Secret, Target};
 use crate::error::CacheError;
 
@@ -48,7 +49,8 @@ pub fn clear_patterns(
         .collect())
 }
 
-/// The servers a cache URL names: one Redis server, or the masters of a Redis Cluster.
+/// The servers a cache URL names: one Redis server, the master the sentinels of a
+/// `redis+sentinel://` URL name, or the masters of a Redis Cluster.
 ///
 /// Parsed like `connect` parses (every scheme but `memory://`, which holds nothing
 /// outside its process).
@@ -61,6 +63,7 @@ pub struct Servers {
 
 enum ServerTarget {
     One(Box<RedisSettings>),
+    Sentinel(Box<Sentinels>),
     Cluster(Box<config::ClusterSettings>),
 }
 
@@ -73,8 +76,8 @@ impl std::fmt::Debug for Servers {
 }
 
 impl Servers {
-    /// Parses a cache URL (`redis://`, `rediss://`, `redis+cluster://`,
-    /// `rediss+cluster://`). `password` is used when the URL carries none, as
+    /// Parses a cache URL (`redis://`, `rediss://`, `redis+sentinel://`,
+    /// `rediss+sentinel://`, `redis+cluster://`, `rediss+cluster://`). `password` is used when the URL carries none, as
     /// `CACHECTL_PASSWORD` is.
     ///
     /// # Errors
@@ -98,6 +101,12 @@ impl Servers {
                 secret: settings.secret.clone(),
                 prefix: settings.config.key_prefix.clone(),
                 target: ServerTarget::One(settings),
+            }),
+            Target::Sentinel(settings) => Ok(Servers {
+                redacted: settings.redacted.clone(),
+                secret: settings.nodes.secret().cloned(),
+                prefix: settings.config.key_prefix.clone(),
+                target: ServerTarget::Sentinel(Box::new(Sentinels::new(*settings))),
             }),
             Target::Cluster(settings) => Ok(Servers {
                 redacted: settings.redacted.clone(),
@@ -127,9 +136,10 @@ impl Servers {
         }
     }
 
-    /// Connects to every server that holds keys: the one server, or every master of the
-    /// cluster, learned with `CLUSTER SLOTS` from the first of the URL's nodes that
-    /// answers. Each connection waits at most `command_timeout` for a reply.
+    /// Connects to every server that holds keys: the one server, the master the
+    /// sentinels name (checked with `ROLE`), or every master of the cluster, learned with
+    /// `CLUSTER SLOTS` from the first of the URL's nodes that answers. Each connection
+    /// waits at most `command_timeout` for a reply.
     ///
     /// # Errors
     ///
@@ -152,6 +162,39 @@ impl Servers {
                 )
                 .await?;
                 Ok(vec![server])
+            }
+            ServerTarget::Sentinel(sentinels) => {
+                let mut errors = Vec::new();
+                for addr in sentinels.locate().await.map_err(|e| self.scrub(&e))? {
+                    let settings = sentinels.settings(&addr)?;
+                    let address = addr.to_string();
+                    let opened = open(
+                        &settings,
+                        &address,
+                        false,
+                        self.prefix.clone(),
+                        connect_timeout,
+                        command_timeout,
+                    )
+                    .await;
+                    let mut server = match opened {
+                        Ok(server) => server,
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    };
+                    match verify_master(&mut server.connection).await {
+                        Ok(true) => return Ok(vec![server]),
+                        Ok(false) => errors.push(format!("{address}: not a master (ROLE)")),
+                        Err(e) => errors.push(format!("{address}: {}", self.scrub(&e.to_string()))),
+                    }
+                }
+                Err(format!(
+                    "the master the sentinels of {} name cannot be used ({})",
+                    self.redacted,
+                    errors.join("; ")
+                ))
             }
             ServerTarget::Cluster(cluster) => {
                 let mut errors = Vec::new();

@@ -40,7 +40,7 @@ pub struct Health {
     pub healthy: bool,
     /// The circuit breaker's state.
     pub breaker: Breaker,
-    /// `"redis"`, `"redis-cluster"`, `"memory"` or `"none"`.
+    /// `"redis"`, `"redis-sentinel"`, `"redis-cluster"`, `"memory"` or `"none"`.
     pub backend: &'static str,
     /// The URL connected to, with any password replaced by `***`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,6 +63,31 @@ pub struct Health {
     /// (and not serialized) otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeHealth>,
+    /// With `redis+sentinel://`: the master followed, the sentinels that answered, the
+    /// last switch. `None` (and not serialized) otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelHealth>,
+}
+
+/// What the sentinels of a `redis+sentinel://` URL say, as [`Health::sentinel`] shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct SentinelHealth {
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// `host:port` of the master connected to, as the sentinels name it; `None` until
+    /// one was found.
+    pub master: Option<String>,
+    /// The sentinels that answered just now (`host:port`).
+    pub answered: Vec<String>,
+    /// The sentinels that did not, each with why (password removed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
+    /// When the manager last followed the master to another server (a failover), in
+    /// milliseconds since the Unix epoch; `None` before the first switch.
+    pub last_switch_unix_ms: Option<u64>,
+    /// How many times it did since `connect`.
+    pub switches: u64,
 }
 
 /// The health of one master of a Redis Cluster, as [`Health::nodes`] lists it.
@@ -120,6 +145,7 @@ impl Health {
             down_for_ms: None,
             degraded_calls: 0,
             nodes: Vec::new(),
+            sentinel: None,
         }
     }
 
@@ -207,6 +233,7 @@ impl Health {
             down_for_ms: nodes.iter().filter_map(|n| n.down_for_ms).max(),
             degraded_calls: unrouted + nodes.iter().map(|n| n.degraded_calls).sum::<u64>(),
             nodes,
+            sentinel: None,
         }
     }
 }

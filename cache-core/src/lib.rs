@@ -41,7 +41,7 @@ pub use codec::Codec;
 pub use config::CacheConfig;
 pub use error::{CacheError, CodecError};
 pub use handle::TypedCache;
-pub use health::{Breaker, Health, HealthStatus, NodeHealth};
+pub use health::{Breaker, Health, HealthStatus, NodeHealth, SentinelHealth};
 pub use key::CacheKey;
 pub use stats::CacheStats;
 

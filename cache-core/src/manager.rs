@@ -29,7 +29,7 @@ impl fmt::Debug for ManagerCore {
         let backend = match &*self.shared.backend() {
             Backend::Disconnected => "none",
             Backend::Memory(_) => "memory",
-            Backend::Redis(_) => "redis",
+            Backend::Redis(r) => r.kind(),
             Backend::Cluster(_) => "redis-cluster",
         };
         f.debug_struct("ManagerCore")
@@ -107,6 +107,10 @@ impl ManagerCore {
                 self.shared.set_config(settings.config.clone());
                 // Readable again once the new connection hears invalidations.
                 Backend::Redis(RedisBackend::start(*settings, Arc::clone(locals)).await)
+            }
+            Target::Sentinel(settings) => {
+                self.shared.set_config(settings.config.clone());
+                Backend::Redis(RedisBackend::start_sentinel(*settings, Arc::clone(locals)).await)
             }
             Target::Cluster(settings) => {
                 self.shared.set_config(settings.config.clone());

@@ -36,7 +36,8 @@
 //! assert_eq!(manager.uuid_to_id().set(&id, &42).await?, false);
 //!
 //! // or "redis://:password@127.0.0.1:6379/0", "rediss://...?ca_file=/etc/redis/ca.pem",
-//! // "redis+cluster://:password@10.0.0.1:6379,10.0.0.2:6379"
+//! // "redis+cluster://:password@10.0.0.1:6379,10.0.0.2:6379",
+//! // "redis+sentinel://:password@10.0.0.1:26379,10.0.0.2:26379/mymaster/0"
 //! manager.connect("memory://").await?;
 //! assert!(manager.uuid_to_id().set(&id, &42).await?);
 //! assert_eq!(manager.uuid_to_id().get(&id).await, Some(42));
@@ -230,7 +231,7 @@
 
 pub use cache_core::{
     Breaker, Cache, CacheConfig, CacheError, CacheInfo, CacheKey, CacheStats, Codec, CodecError,
-    Health, HealthStatus, MAX_BATCH, NodeHealth, SingleFlight, TypedCache, codec,
+    Health, HealthStatus, MAX_BATCH, NodeHealth, SentinelHealth, SingleFlight, TypedCache, codec,
 };
 /// Declares a cache; see the [crate documentation](crate) for the `#[cache(...)]` keys.
 pub use cache_derive::Cache;
@@ -410,6 +411,10 @@ macro_rules! cache_registry {
             /// - `redis+cluster://[user][:password@]host:port,host:port,...[?options]`: a
             ///   Redis Cluster, whose slot map is learned from any of the nodes listed;
             /// - `rediss+cluster://...`, a Redis Cluster over TLS;
+            /// - `redis+sentinel://[user][:password@]host:port,host:port/MASTER_NAME[/db][?options]`:
+            ///   the master the sentinels listed name, followed across failovers; the
+            ///   password is the data nodes', `?sentinel_password=` the sentinels' own;
+            /// - `rediss+sentinel://...`, the same over TLS;
             /// - `memory://`: an in-process store with the same semantics, for tests and for
             ///   running without Redis.
             ///
@@ -426,7 +431,8 @@ macro_rules! cache_registry {
             }
 
             /// Connects like `connect` (same schemes: `redis://`, `rediss://`,
-            /// `redis+cluster://`, `rediss+cluster://`, `memory://`), with explicit
+            /// `redis+cluster://`, `rediss+cluster://`, `redis+sentinel://`,
+            /// `rediss+sentinel://`, `memory://`), with explicit
             /// timeouts, breaker, backoff, coalescing and TLS trust settings. Options in the
             /// URL's query string override the config.
             ///

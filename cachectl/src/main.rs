@@ -31,7 +31,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
     about = "Operator commands for the Redis behind the caches"
 )]
 struct Cli {
-    /// The Redis URL: redis://[:password@]host[:port][/db].
+    /// The Redis URL, as the caches use it: redis://[:password@]host[:port][/db],
+    /// rediss://..., redis+cluster://host:port,..., or
+    /// redis+sentinel://[:password@]host:port,.../MASTER_NAME[/db].
     #[arg(
         long,
         env = "REDIS_URL",
@@ -105,7 +107,8 @@ impl Target {
         self.servers.url()
     }
 
-    /// Every server holding keys: the one server, or each master of a cluster.
+    /// Every server holding keys: the one server, the master the sentinels name, or
+    /// each master of a cluster.
     async fn connect(&self) -> Result<Vec<Server>, Failure> {
         self.servers
             .connect(CONNECT_TIMEOUT, COMMAND_TIMEOUT)

@@ -1,8 +1,9 @@
 //! `cachectl` run as a process against a real `redis-server`: health, stats, clear with
 //! and without confirmation, and passwords taken from the URL or the environment and
 //! never printed; then the URLs the caches use besides `redis://`: a three-master
-//! cluster (every master reported, scanned and cleared), TLS with a private CA, and a
-//! hash-tagged cache's `{namespace}:*` keys.
+//! cluster (every master reported, scanned and cleared), TLS with a private CA, a
+//! hash-tagged cache's `{namespace}:*` keys, and a `redis+sentinel://` URL (the master
+//! the sentinels name, before and after a failover).
 
 use std::process::{Command, Output, Stdio};
 
@@ -289,6 +290,46 @@ fn every_master_of_a_cluster_is_reported_scanned_and_cleared() {
     for node in cluster.nodes() {
         assert_eq!(count(&mut conn(&node.url()), "*"), 0);
     }
+}
+
+#[test]
+fn the_master_the_sentinels_name_is_reported_and_cleared() {
+    use cache_tests::sentinel::SentinelGroup;
+    use std::time::Duration;
+
+    let mut group = SentinelGroup::builder()
+        .password("Sent1nel-data")
+        .sentinel_password("Sent1nel-own")
+        .start();
+    let url = group.url();
+    fill(&mut conn(&group.master.url()), "user:name", 30, Some(600));
+
+    let out = cachectl(&url, &["health", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    for secret in ["Sent1nel-data", "Sent1nel-own"] {
+        assert!(!text(&out).contains(secret), "{}", text(&out));
+    }
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["role"], "master", "{report}");
+    assert_eq!(report["keys"], 30, "{report}");
+    let master = format!("127.0.0.1:{}", group.master.port());
+    assert_eq!(report["nodes"][0]["address"], master.as_str(), "{report}");
+
+    // After a failover, the promoted replica is the one reported and cleared.
+    group.master.kill();
+    let promoted = group.replica.port();
+    group.wait_for_master(promoted, Duration::from_secs(30));
+    let out = cachectl(&url, &["clear", "user:name", "--yes"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("removed 30 keys"), "{}", text(&out));
+    assert_eq!(count(&mut conn(&group.replica.url()), "user:name:*"), 0);
+    let out = cachectl(&url, &["health", "--json"], &[]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["nodes"][0]["address"],
+        format!("127.0.0.1:{promoted}").as_str(),
+        "{report}"
+    );
 }
 
 /// `CLUSTER SLOTS` as `(first slot, last slot, master port)`.

@@ -10,10 +10,11 @@
 pub mod cluster;
 mod logs;
 mod proxy;
+pub mod sentinel;
 mod server;
 pub mod tls;
 pub mod wire;
 
 pub use logs::LogCapture;
 pub use proxy::RoundTripProxy;
-pub use server::{RedisServer, RedisServerBuilder, free_port};
+pub use server::{RedisServer, RedisServerBuilder, Watchdog, free_port};

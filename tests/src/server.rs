@@ -137,6 +137,7 @@ impl RedisServer {
         if let Some(mut child) = self.process.take() {
             let _ = child.kill();
             let _ = child.wait();
+            forget_child(child.id());
         }
     }
 
@@ -202,6 +203,7 @@ impl RedisServer {
             Err(e) if e.kind() == ErrorKind::NotFound => panic!("{NOT_INSTALLED}"),
             Err(e) => panic!("cannot run redis-server: {e}"),
         };
+        remember_child(child.id());
         let child = self.process.insert(child);
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -235,9 +237,63 @@ impl Drop for RedisServer {
     }
 }
 
+/// The processes the harness started and has not reaped: what a [`Watchdog`] kills
+/// before it ends a hung test.
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+pub(crate) fn remember_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+
+pub(crate) fn forget_child(pid: u32) {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|&p| p != pid);
+}
+
+/// Ends a test that runs past its limit, from a thread of its own, so it fires even
+/// when the test's runtime is stuck: it kills every server the harness started (no
+/// process outlives the test binary) and aborts. Disarmed when dropped.
+#[derive(Debug)]
+#[must_use = "the watchdog is disarmed when dropped"]
+pub struct Watchdog {
+    disarm: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    /// Starts watching: `what` is named in the message if `limit` passes.
+    pub fn start(what: &str, limit: Duration) -> Self {
+        let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+        let what = what.to_owned();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
+                eprintln!(
+                    "watchdog: {what} still running after {limit:?}; killing its servers and aborting"
+                );
+                for pid in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                }
+                std::process::abort();
+            }
+        });
+        Watchdog {
+            disarm: Some(disarm),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(disarm) = self.disarm.take() {
+            let _ = disarm.send(());
+        }
+    }
+}
+
 /// Whether something on `port` answers an inline `PING` like Redis: `+PONG`, or
 /// `-NOAUTH` from a server that requires a password.
-fn answers_ping(port: u16) -> bool {
+pub(crate) fn answers_ping(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
@@ -277,7 +333,7 @@ pub(crate) fn unique_temp_dir() -> PathBuf {
     dir
 }
 
-fn read_log(path: &Path) -> String {
+pub(crate) fn read_log(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| format!("(no log at {}: {e})", path.display()))
 }
 

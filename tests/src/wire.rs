@@ -88,3 +88,43 @@ pub async fn clients(conn: &MultiplexedConnection) -> Vec<String> {
 pub async fn config_set(conn: &MultiplexedConnection, name: &str, value: &str) {
     run::<()>(conn, redis::cmd("CONFIG").arg("SET").arg(name).arg(value)).await
 }
+
+/// Connections with tracking on (`t` in `CLIENT LIST`'s flags): the first-level listeners.
+pub async fn tracking_clients(conn: &MultiplexedConnection) -> usize {
+    clients(conn)
+        .await
+        .iter()
+        .filter(|line| {
+            let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="));
+            flags.is_some_and(|f| f.contains('t'))
+        })
+        .count()
+}
+
+/// Checks that `read` (a cache's `get` of `key`) returns `expected` and is served by the
+/// first level: a second read sends no `GET` or `MGET` to the server behind `conn`. A
+/// write made just before may still have its invalidation on the way (Redis tells every
+/// tracking connection, the writer's own too), which drops the copy when it lands; so the
+/// check is repeated until it holds, for at most a second.
+pub async fn assert_held<F: AsyncFnMut() -> Option<String>>(
+    conn: &MultiplexedConnection,
+    key: &str,
+    expected: &str,
+    mut read: F,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        assert_eq!(read().await.as_deref(), Some(expected));
+        reset_stats(conn).await;
+        assert_eq!(read().await.as_deref(), Some(expected));
+        let calls = command_calls(conn).await;
+        if !calls.contains_key("get") && !calls.contains_key("mget") {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "the copy of {key} was not held in the level: {calls:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

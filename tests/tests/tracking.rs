@@ -40,18 +40,6 @@ async fn instance_with(url: &str, config: &CacheConfig) -> Caches {
     caches
 }
 
-/// Connections with tracking on (`t` in `CLIENT LIST`'s flags).
-async fn tracking_clients(raw: &MultiplexedConnection) -> usize {
-    wire::clients(raw)
-        .await
-        .iter()
-        .filter(|line| {
-            let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="));
-            flags.is_some_and(|f| f.contains('t'))
-        })
-        .count()
-}
-
 /// Polls `check` until it holds, for up to `limit`; how long it took.
 async fn within<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut check: F) -> Duration {
     let started = Instant::now();
@@ -69,26 +57,13 @@ async fn eventually<F: AsyncFnMut() -> bool>(what: &str, check: F) {
     within(what, Duration::from_secs(5), check).await;
 }
 
-/// Reads `key` into `caches`' level and checks that it is held there: a second read sends
-/// nothing to Redis. A write made just before may still have its invalidation on the way
-/// (Redis tells every tracking connection, this instance's own too), which drops the copy
-/// when it lands; so the check is repeated until it holds, for at most a second.
+/// Reads `key` into `caches`' level and checks that it is held there (see
+/// [`wire::assert_held`]).
 async fn hold(caches: &Caches, raw: &MultiplexedConnection, key: u64, expected: &str) {
-    let started = Instant::now();
-    loop {
-        assert_eq!(caches.items().get(&key).await.as_deref(), Some(expected));
-        wire::reset_stats(raw).await;
-        assert_eq!(caches.items().get(&key).await.as_deref(), Some(expected));
-        let calls = wire::command_calls(raw).await;
-        if !calls.contains_key("get") && !calls.contains_key("mget") {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "the copy of {key} was not held in the level: {calls:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wire::assert_held(raw, &key.to_string(), expected, async || {
+        caches.items().get(&key).await
+    })
+    .await;
 }
 
 async fn set_raw(raw: &MultiplexedConnection, key: &str, value: &str) {
@@ -101,7 +76,7 @@ async fn another_clients_set_del_and_flush_reach_the_level() {
     let raw = server.raw().await;
     let a = instance(&server.url()).await;
     eventually("the listener's tracking", async || {
-        tracking_clients(&raw).await == 1
+        wire::tracking_clients(&raw).await == 1
     })
     .await;
     let key = a.items().redis_key(&1);
@@ -144,7 +119,7 @@ async fn expiries_reach_the_level() {
     let raw = server.raw().await;
     let (a, b) = (instance(&server.url()).await, instance(&server.url()).await);
     eventually("the listeners' tracking", async || {
-        tracking_clients(&raw).await == 2
+        wire::tracking_clients(&raw).await == 2
     })
     .await;
 
@@ -243,7 +218,7 @@ async fn an_eviction_reaches_the_level() {
     wire::config_set(&raw, "maxmemory-policy", "allkeys-lru").await;
     let a = instance(&server.url()).await;
     eventually("the listener's tracking", async || {
-        tracking_clients(&raw).await == 1
+        wire::tracking_clients(&raw).await == 1
     })
     .await;
     let key = a.items().redis_key(&1);
@@ -280,7 +255,7 @@ async fn a_thousand_local_hits_send_nothing_and_writes_publish_nothing() {
     let raw = server.raw().await;
     let (a, b) = (instance(&server.url()).await, instance(&server.url()).await);
     eventually("the listeners' tracking", async || {
-        tracking_clients(&raw).await == 2
+        wire::tracking_clients(&raw).await == 2
     })
     .await;
     a.items().set(&1, &"one".to_owned()).await.unwrap();
@@ -342,7 +317,7 @@ async fn without_tracking_or_resp3_writes_publish_and_levels_stay_coherent() {
                 == 2
         })
         .await;
-        assert_eq!(tracking_clients(&raw).await, 0, "{what}");
+        assert_eq!(wire::tracking_clients(&raw).await, 0, "{what}");
         a.items().set(&1, &"one".to_owned()).await.unwrap();
         hold(&b, &raw, 1, "one").await;
         wire::reset_stats(&raw).await;
@@ -366,7 +341,7 @@ async fn a_raw_write_reaches_the_level_over_tls() {
     let config = CacheConfig::new().with_tls_ca_file(server.pki().ca_file());
     let a = instance_with(&server.url(), &config).await;
     eventually("the listener's tracking", async || {
-        tracking_clients(&raw).await == 1
+        wire::tracking_clients(&raw).await == 1
     })
     .await;
     let key = a.items().redis_key(&1);
@@ -558,7 +533,7 @@ async fn no_read_is_older_than_the_last_completed_write() {
     let raw = server.raw().await;
     let (a, b) = (instance(&server.url()).await, instance(&server.url()).await);
     eventually("the listeners' tracking", async || {
-        tracking_clients(&raw).await == 2
+        wire::tracking_clients(&raw).await == 2
     })
     .await;
     let stale = model(Arc::new(a), Arc::new(b), move |_| raw.clone(), seed()).await;
@@ -581,7 +556,7 @@ async fn no_read_is_older_than_the_last_completed_write_on_a_cluster() {
     // Every master tracks its own keys: one listener per master and manager.
     for raw in &raws {
         eventually("every master's tracking", async || {
-            tracking_clients(raw).await == 2
+            wire::tracking_clients(raw).await == 2
         })
         .await;
     }

@@ -9,6 +9,7 @@ mod coalesce;
 pub(crate) mod memory;
 mod outage;
 pub(crate) mod redis;
+pub(crate) mod sentinel;
 
 use std::time::Duration;
 
@@ -31,7 +32,8 @@ pub(crate) enum Backend {
     Disconnected,
     /// `memory://`.
     Memory(memory::MemoryStore),
-    /// `redis://`, `rediss://`.
+    /// `redis://`, `rediss://`, and `redis+sentinel://`, `rediss+sentinel://` (one
+    /// master at a time, the one the sentinels name).
     Redis(redis::RedisBackend),
     /// `redis+cluster://`, `rediss+cluster://`.
     Cluster(cluster::ClusterBackend),

@@ -13,6 +13,10 @@
 //! - one supervisor task then reconnects with capped, jittered exponential backoff, and
 //!   closes the breaker only after the new connection answered a `PING` and `ROLE`
 //!   named a primary.
+//!
+//! With `redis+sentinel://` the server is not fixed: the supervisor asks the sentinels
+//! where the master is before every attempt, checks `ROLE`, follows announced
+//! failovers, and the listener moves with it (see `sentinel.rs`).
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -22,13 +26,14 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, PushInfo, RedisError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::coalesce::{self, Coalescer};
 use super::outage::{ConnectFailure, Outage};
+use super::sentinel::{self, Sentinels};
 use super::{Timed, Unavailable, Write, remaining_from_pttl};
-use crate::config::{CacheConfig, RedisSettings, Secret};
+use crate::config::{CacheConfig, NodeAddr, RedisSettings, Secret, SentinelSettings};
 use crate::health::{Breaker, Health};
 use crate::local::{self, LocalLevels};
 
@@ -41,12 +46,45 @@ pub(crate) struct RedisBackend {
     /// Whether its listener also hears the ends of other instances' loads (one per
     /// manager: pub/sub messages reach every node of a cluster).
     designated: bool,
+    /// With sentinels: the task hearing their announcements of a new master.
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
-struct Inner {
+/// The server a connection goes to.
+struct Server {
     client: redis::Client,
     /// The same server over RESP3, which carries the pushes a listener hears.
     tracking_client: redis::Client,
+    /// The master's address as the sentinels name it; `None` for a fixed server.
+    address: Option<NodeAddr>,
+}
+
+impl Server {
+    fn new(client: redis::Client, address: Option<NodeAddr>) -> Self {
+        Server {
+            tracking_client: resp3(&client),
+            client,
+            address,
+        }
+    }
+}
+
+/// How a connection starts, besides its first levels.
+struct Start {
+    /// The server, or `None` with sentinels until they name the master.
+    server: Option<Server>,
+    url: String,
+    secret: Option<Secret>,
+    config: CacheConfig,
+    topology_changed: Option<Arc<Notify>>,
+    sentinels: Option<Arc<Sentinels>>,
+    listen: bool,
+}
+
+struct Inner {
+    /// Where connections go: the URL's server (fixed), or the master the sentinels name.
+    /// The listener reconnects whenever it changes.
+    target: watch::Sender<Option<Arc<Server>>>,
     redis_config: AsyncConnectionConfig,
     config: CacheConfig,
     url: String,
@@ -63,12 +101,17 @@ struct Inner {
     /// In a cluster: woken when a reply says the slot map changed (`MOVED`, `ASK`,
     /// `CLUSTERDOWN`), so the cluster refreshes it.
     topology_changed: Option<Arc<Notify>>,
+    /// With `redis+sentinel://`: who names the master to connect to.
+    sentinels: Option<Arc<Sentinels>>,
 }
 
 impl Drop for RedisBackend {
     fn drop(&mut self) {
         self.supervisor.abort();
         self.dispatcher.abort();
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
         if let Some((listener, id)) = &self.listener {
             listener.abort();
             self.inner.locals.release(*id);
@@ -80,7 +123,34 @@ impl RedisBackend {
     /// Connects, or starts degraded when Redis cannot be reached; either way the
     /// supervisor keeps the connection up from now on.
     pub(crate) async fn start(settings: RedisSettings, locals: Arc<LocalLevels>) -> Self {
-        Self::start_with(settings, locals, None, true).await
+        let start = Start {
+            server: Some(Server::new(settings.client, None)),
+            url: settings.redacted,
+            secret: settings.secret,
+            config: settings.config,
+            topology_changed: None,
+            sentinels: None,
+            listen: true,
+        };
+        Self::start_with(start, locals).await
+    }
+
+    /// [`start`](Self::start) on the master the sentinels name, following it across
+    /// failovers; starts degraded when no sentinel answers or the master does not.
+    pub(crate) async fn start_sentinel(
+        settings: SentinelSettings,
+        locals: Arc<LocalLevels>,
+    ) -> Self {
+        let start = Start {
+            server: None,
+            url: settings.redacted.clone(),
+            secret: settings.nodes.secret().cloned(),
+            config: settings.config.clone(),
+            topology_changed: None,
+            sentinels: Some(Arc::new(Sentinels::new(settings))),
+            listen: true,
+        };
+        Self::start_with(start, locals).await
     }
 
     /// [`start`](Self::start) for one node of a cluster: replies that say the slot map
@@ -94,41 +164,59 @@ impl RedisBackend {
         locals: Arc<LocalLevels>,
         listen: bool,
     ) -> Self {
-        Self::start_with(settings, locals, Some(topology_changed), listen).await
+        let start = Start {
+            server: Some(Server::new(settings.client, None)),
+            url: settings.redacted,
+            secret: settings.secret,
+            config: settings.config,
+            topology_changed: Some(topology_changed),
+            sentinels: None,
+            listen,
+        };
+        Self::start_with(start, locals).await
     }
 
-    async fn start_with(
-        settings: RedisSettings,
-        locals: Arc<LocalLevels>,
-        topology_changed: Option<Arc<Notify>>,
-        listen: bool,
-    ) -> Self {
-        let config = settings.config;
+    async fn start_with(start: Start, locals: Arc<LocalLevels>) -> Self {
+        let config = start.config;
+        let listen = start.listen;
         let redis_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));
         let channels = local::Channels::for_prefix(config.key_prefix.as_deref());
-        let tracking_client = resp3(&settings.client);
+        let (backend, subject) = match start.sentinels {
+            Some(_) => ("redis-sentinel", "redis master"),
+            None => ("redis", "redis"),
+        };
         let inner = Arc::new(Inner {
             channels,
-            tracking_client,
-            client: settings.client,
+            target: watch::Sender::new(start.server.map(Arc::new)),
             redis_config,
             config,
-            url: settings.redacted,
-            secret: settings.secret,
+            url: start.url,
+            secret: start.secret,
             conn: ArcSwapOption::empty(),
             wake: Notify::new(),
             timeouts_in_a_row: AtomicU32::new(0),
-            outage: Outage::new("redis", "redis"),
+            outage: Outage::new(backend, subject),
             coalescer: Coalescer::default(),
             locals,
-            topology_changed,
+            topology_changed: start.topology_changed,
+            sentinels: start.sentinels,
         });
-        match inner.open().await {
+        // Heard before the first attempt, so a failover during it is not missed.
+        let watcher = inner
+            .sentinels
+            .as_ref()
+            .map(|s| tokio::spawn(sentinel::watch(Arc::clone(s))));
+        match inner.connect().await {
             Ok(conn) => {
                 inner.conn.store(Some(Arc::new(conn)));
-                tracing::info!(backend = "redis", url = %inner.url, "cache connected");
+                tracing::info!(
+                    backend,
+                    url = %inner.url,
+                    master = %inner.master().map(|m| m.to_string()).unwrap_or_default(),
+                    "cache connected"
+                );
             }
             // Not an error for `connect`: the outage is logged once and the supervisor
             // keeps trying.
@@ -169,6 +257,16 @@ impl RedisBackend {
             dispatcher,
             listener,
             designated: listen && needed,
+            watcher,
+        }
+    }
+
+    /// What health and `Debug` call this backend: `redis`, or `redis-sentinel`.
+    pub(crate) fn kind(&self) -> &'static str {
+        if self.inner.sentinels.is_some() {
+            "redis-sentinel"
+        } else {
+            "redis"
         }
     }
 
@@ -456,17 +554,26 @@ impl RedisBackend {
 
     pub(crate) async fn health(&self) -> Health {
         let inner = &self.inner;
-        let ping = match inner.conn.load_full() {
-            None => Err(()),
-            Some(conn) => {
-                let started = Instant::now();
-                let result = redis::cmd("PING")
-                    .query_async::<()>(&mut (*conn).clone())
-                    .await;
-                let rtt = started.elapsed();
-                inner.settle(&conn, result).map(|()| rtt).map_err(drop)
+        let ping = async {
+            match inner.conn.load_full() {
+                None => Err(()),
+                Some(conn) => {
+                    let started = Instant::now();
+                    let result = redis::cmd("PING")
+                        .query_async::<()>(&mut (*conn).clone())
+                        .await;
+                    let rtt = started.elapsed();
+                    inner.settle(&conn, result).map(|()| rtt).map_err(drop)
+                }
             }
         };
+        let sentinels = async {
+            match &inner.sentinels {
+                Some(sentinels) => Some(sentinels.health(inner.master().as_ref()).await),
+                None => None,
+            }
+        };
+        let (ping, sentinel) = tokio::join!(ping, sentinels);
         let (error, down_for) = inner.outage.report();
         let breaker = if inner.conn.load().is_some() {
             Breaker::Closed
@@ -474,7 +581,7 @@ impl RedisBackend {
             Breaker::Open
         };
         let degraded = inner.outage.degraded_total();
-        match ping {
+        let mut health = match ping {
             Ok(rtt) => Health::redis_up(&inner.url, rtt, degraded),
             Err(()) => Health::redis_down(
                 &inner.url,
@@ -483,7 +590,12 @@ impl RedisBackend {
                 down_for,
                 degraded,
             ),
+        };
+        if sentinel.is_some() {
+            health.backend = self.kind();
+            health.sentinel = sentinel;
         }
+        health
     }
 }
 
@@ -567,29 +679,137 @@ pub(super) fn set_command(key: &str, value: &[u8], ttl: Duration) -> redis::Cmd 
 }
 
 impl Inner {
-    /// One connection attempt, closed only once the server answered a `PING` (a paused
-    /// server accepts TCP connections it never serves) and said it is a primary: a
-    /// replica, such as a master demoted by a failover, answers writes with `READONLY`,
-    /// so the breaker stays open until it is promoted. A server that refuses `ROLE` (an
-    /// ACL) is taken at its `PING`.
-    async fn open(&self) -> Result<MultiplexedConnection, ConnectFailure> {
+    /// The master the connection goes to, with sentinels (`None` before one was found).
+    fn master(&self) -> Option<NodeAddr> {
+        self.target
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.address.clone())
+    }
+
+    /// A connection to the server; with sentinels, to the master they name, asked before
+    /// every attempt, so a reconnection never goes back to a demoted master. When they
+    /// name another master than before, the connection (and with it the listener) moves
+    /// there and the first levels start over.
+    async fn connect(&self) -> Result<MultiplexedConnection, ConnectFailure> {
+        let Some(sentinels) = &self.sentinels else {
+            let server = self.target.borrow().clone();
+            return match server {
+                Some(server) => self.open(&server).await,
+                None => Err(ConnectFailure {
+                    text: "no server to connect to".to_owned(),
+                    refused: false,
+                }),
+            };
+        };
+        let masters = sentinels.locate().await.map_err(|text| ConnectFailure {
+            text: self.scrubbed(text),
+            refused: false,
+        })?;
+        let mut failures = Vec::new();
+        let mut refused = true;
+        for addr in masters {
+            let server = match sentinels.settings(&addr) {
+                Ok(settings) => Server::new(settings.client, Some(addr.clone())),
+                Err(text) => {
+                    failures.push(text);
+                    continue;
+                }
+            };
+            match self.open(&server).await {
+                Ok(conn) => {
+                    self.follow(sentinels, server, &addr);
+                    return Ok(conn);
+                }
+                Err(failure) => {
+                    refused &= failure.refused;
+                    failures.push(format!("{addr}: {}", failure.text));
+                }
+            }
+        }
+        Err(ConnectFailure {
+            text: format!(
+                "the master the sentinels name cannot be used ({})",
+                failures.join("; ")
+            ),
+            refused,
+        })
+    }
+
+    /// Makes `server`, at `addr`, the target from now on, unless it already is.
+    fn follow(&self, sentinels: &Sentinels, server: Server, addr: &NodeAddr) {
+        let current = self.master();
+        if current.as_ref() == Some(addr) {
+            return;
+        }
+        self.target.send_replace(Some(Arc::new(server)));
+        // Not the first master found: a switch.
+        if current.is_some() {
+            sentinels.record_switch();
+            // Another server: what the levels hold was read from the old one.
+            self.locals.forget_all();
+            tracing::warn!(
+                backend = "redis-sentinel",
+                url = %self.url,
+                from = %current.map(|c| c.to_string()).unwrap_or_default(),
+                to = %addr,
+                "redis master switched; the cache follows it"
+            );
+        }
+    }
+
+    /// While connected with sentinels: asks them whether the master moved, and leaves the
+    /// current one when most name another; the supervisor then connects to it. With no
+    /// sentinel answering, the master in use stays.
+    async fn check_master(&self, sentinels: &Sentinels) {
+        let Ok(masters) = sentinels.locate().await else {
+            return;
+        };
+        if let (Some(named), Some(conn)) = (masters.first(), self.conn.load_full())
+            && self.master().as_ref() != Some(named)
+        {
+            self.open_breaker(
+                &conn,
+                format!("the sentinels name {named} as the master now"),
+            );
+        }
+    }
+
+    /// One connection attempt to `server`, closed only once it answered a `PING` (a paused
+    /// server accepts TCP connections it never serves) and `ROLE` did not name a replica:
+    /// a replica, such as a master demoted by a failover, answers writes with `READONLY`,
+    /// so the breaker stays open until it is promoted. Without sentinels, a server that
+    /// refuses `ROLE` (an ACL) is taken at its `PING`; with sentinels, `ROLE` must say
+    /// master.
+    async fn open(&self, server: &Server) -> Result<MultiplexedConnection, ConnectFailure> {
         let attempt = async {
-            let mut conn = self
+            let mut conn = server
                 .client
                 .get_multiplexed_async_connection_with_config(&self.redis_config)
                 .await?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            let role = redis::cmd("ROLE")
-                .query_async::<redis::Value>(&mut conn)
-                .await;
-            Ok::<_, RedisError>((conn, replica(role)))
+            if self.sentinels.is_none() {
+                redis::cmd("PING").query_async::<()>(&mut conn).await?;
+                let role = redis::cmd("ROLE")
+                    .query_async::<redis::Role>(&mut conn)
+                    .await;
+                if matches!(role, Ok(redis::Role::Replica { .. })) {
+                    return Ok(None);
+                }
+            } else if !sentinel::verify_master(&mut conn).await? {
+                return Ok(None);
+            }
+            Ok::<_, RedisError>(Some(conn))
         };
         match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok((conn, false))) => Ok(conn),
-            Ok(Ok((_, true))) => Err(ConnectFailure {
+            Ok(Ok(Some(conn))) => Ok(conn),
+            Ok(Ok(None)) if self.sentinels.is_none() => Err(ConnectFailure {
                 text: "the server is a replica (read-only); waiting for it to become a primary"
                     .to_owned(),
                 refused: true,
+            }),
+            Ok(Ok(None)) => Err(ConnectFailure {
+                text: "not a master (ROLE); the sentinels' answer is out of date".to_owned(),
+                refused: false,
             }),
             Ok(Err(e)) => Err(ConnectFailure {
                 text: self.describe(&e),
@@ -622,7 +842,11 @@ impl Inner {
 
     /// The error's text with the password scrubbed, in case a server echoes it.
     fn describe(&self, error: &RedisError) -> String {
-        let text = error.to_string();
+        self.scrubbed(error.to_string())
+    }
+
+    /// `text` with the password scrubbed.
+    fn scrubbed(&self, text: String) -> String {
         match &self.secret {
             Some(secret) => secret.scrub(text),
             None => text,
@@ -699,18 +923,6 @@ impl Inner {
     }
 }
 
-/// Whether a `ROLE` reply names a replica. A refused or unreadable `ROLE` is not one.
-fn replica(role: Result<redis::Value, RedisError>) -> bool {
-    let Ok(redis::Value::Array(fields)) = role else {
-        return false;
-    };
-    match fields.first() {
-        Some(redis::Value::BulkString(name)) => name == b"slave",
-        Some(redis::Value::SimpleString(name)) => name == "slave",
-        _ => false,
-    }
-}
-
 /// Errors after which the connection cannot be trusted: I/O, a dropped socket, or a
 /// server that is loading its data or no longer a primary.
 fn must_reconnect(error: &RedisError) -> bool {
@@ -732,6 +944,37 @@ fn resp3(client: &redis::Client) -> redis::Client {
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
     redis::Client::open(info.set_redis_settings(redis)).unwrap_or_else(|_| client.clone())
+}
+
+/// Sends `cmd` on a connection of its own to the server of `settings`, connecting and
+/// answering within `timeout`; errors as text, with the password scrubbed. For the
+/// questions asked before there is a connection to keep: a cluster's slot map, where a
+/// sentinel says the master is.
+pub(crate) async fn ask_once<T: FromRedisValue>(
+    settings: &RedisSettings,
+    cmd: &redis::Cmd,
+    timeout: Duration,
+) -> Result<T, String> {
+    let redis_config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let attempt = async {
+        let mut conn = settings
+            .client
+            .get_multiplexed_async_connection_with_config(&redis_config)
+            .await?;
+        cmd.query_async::<T>(&mut conn).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(match &settings.secret {
+            Some(secret) => secret.scrub(e.to_string()),
+            None => e.to_string(),
+        }),
+        Err(_) => Err(format!(
+            "no answer within the connect timeout ({timeout:?})"
+        )),
+    }
 }
 
 /// Between half and all of `wait`, so many instances do not reconnect in lockstep.
@@ -761,15 +1004,23 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
     let mut backoff = first;
     // Whether the server answers RESP3; learned on the first refusal of `HELLO 3`.
     let mut resp3 = true;
+    let mut target = inner.target.subscribe();
     loop {
+        let Some(server) = target.borrow_and_update().clone() else {
+            // With sentinels, until they name a master.
+            if target.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
         let lost = Arc::new(Notify::new());
         let heard = if resp3 {
-            let started = inner.hear(&lost, designated);
+            let started = inner.hear(&server, &lost, designated);
             match tokio::time::timeout(inner.config.connect_timeout, started).await {
                 Ok(Ok(conn)) => {
                     inner.locals.heard(id, true);
                     backoff = first;
-                    inner.keep_hearing(conn, &lost).await;
+                    inner.keep_hearing(conn, &lost, &mut target).await;
                     true
                 }
                 Ok(Err(e)) if no_resp3(&e) => {
@@ -785,13 +1036,19 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
                 _ => false,
             }
         } else {
-            let subscribed = inner.subscribe(designated);
+            let subscribed = inner.subscribe(&server, designated);
             match tokio::time::timeout(inner.config.connect_timeout, subscribed).await {
                 Ok(Ok(pubsub)) => {
                     inner.locals.heard(id, true);
                     backoff = first;
                     let mut messages = pubsub.into_on_message();
-                    while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+                    loop {
+                        let message = tokio::select! {
+                            message = futures_util::StreamExt::next(&mut messages) => message,
+                            // The master moved: hear the new one.
+                            _ = target.changed() => None,
+                        };
+                        let Some(message) = message else { break };
                         let channel = message.get_channel_name().to_owned();
                         if let Ok(payload) = message.get_payload::<String>() {
                             inner.heard_message(&channel, &payload);
@@ -806,7 +1063,11 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
         };
         inner.locals.heard(id, false);
         if !heard {
-            tokio::time::sleep(jittered(backoff)).await;
+            // A new master ends the wait: it may answer where the old one did not.
+            tokio::select! {
+                () = tokio::time::sleep(jittered(backoff)) => {}
+                _ = target.changed() => {}
+            }
             backoff = (backoff * 2).min(longest);
         }
     }
@@ -836,6 +1097,7 @@ impl Inner {
     /// server has it, pub/sub otherwise; pushes reach [`heard_push`].
     async fn hear(
         self: &Arc<Self>,
+        server: &Server,
         lost: &Arc<Notify>,
         designated: bool,
     ) -> Result<MultiplexedConnection, RedisError> {
@@ -852,7 +1114,7 @@ impl Inner {
             .set_connection_timeout(Some(self.config.connect_timeout))
             .set_response_timeout(Some(self.config.response_timeout))
             .set_push_sender(on_push);
-        let mut conn = self
+        let mut conn = server
             .tracking_client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
@@ -897,8 +1159,12 @@ impl Inner {
     }
 
     /// Opens a listener's RESP2 pub/sub connection, for a server without RESP3.
-    async fn subscribe(&self, designated: bool) -> Result<redis::aio::PubSub, RedisError> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
+    async fn subscribe(
+        &self,
+        server: &Server,
+        designated: bool,
+    ) -> Result<redis::aio::PubSub, RedisError> {
+        let mut pubsub = server.client.get_async_pubsub().await?;
         let levels = self.locals.any();
         let channels = self.channels(levels, designated);
         if !channels.is_empty() {
@@ -923,11 +1189,18 @@ impl Inner {
         channels
     }
 
-    /// Waits until a listener's connection is lost, or stops answering a `PING`.
-    async fn keep_hearing(&self, mut conn: MultiplexedConnection, lost: &Notify) {
+    /// Waits until a listener's connection is lost, stops answering a `PING`, or goes to
+    /// a server that is no longer the target (the sentinels named another master).
+    async fn keep_hearing(
+        &self,
+        mut conn: MultiplexedConnection,
+        lost: &Notify,
+        target: &mut watch::Receiver<Option<Arc<Server>>>,
+    ) {
         loop {
             tokio::select! {
                 () = lost.notified() => return,
+                _ = target.changed() => return,
                 () = tokio::time::sleep(HEARTBEAT) => {}
             }
             let ping = redis::cmd("PING");
@@ -990,10 +1263,16 @@ async fn supervise(inner: Arc<Inner>) {
     let mut backoff = first;
     loop {
         if inner.conn.load().is_some() {
-            inner.wake.notified().await;
+            match &inner.sentinels {
+                None => inner.wake.notified().await,
+                Some(sentinels) => tokio::select! {
+                    () = inner.wake.notified() => {}
+                    () = sentinels.may_have_moved() => inner.check_master(sentinels).await,
+                },
+            }
             continue;
         }
-        match inner.open().await {
+        match inner.connect().await {
             Ok(conn) => {
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 inner.conn.store(Some(Arc::new(conn)));
@@ -1005,7 +1284,15 @@ async fn supervise(inner: Arc<Inner>) {
                 inner
                     .outage
                     .still_down(&inner.url, inner.config.summary_interval);
-                tokio::time::sleep(jittered(backoff)).await;
+                let pause = tokio::time::sleep(jittered(backoff));
+                match &inner.sentinels {
+                    None => pause.await,
+                    // A new master announced ends the wait: it is there now.
+                    Some(sentinels) => tokio::select! {
+                        () = pause => {}
+                        () = sentinels.announced() => {}
+                    },
+                }
                 backoff = (backoff * 2).min(longest);
             }
         }

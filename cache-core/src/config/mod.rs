@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use crate::error::CacheError;
 
-pub(crate) use parse::{ClusterSettings, NodeAddr, NodeTemplate, RedisSettings, Target, parse};
+pub(crate) use parse::{
+    ClusterSettings, NodeAddr, NodeTemplate, RedisSettings, SentinelSettings, Target, parse,
+};
 pub(crate) use secret::Secret;
 
 /// How a manager talks to Redis: deadlines, the circuit breaker, reconnection backoff.

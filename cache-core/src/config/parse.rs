@@ -1,7 +1,9 @@
-//! `connect` URLs: `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://` and
-//! `memory://`, with their query options, parsed into what a backend starts from.
+//! `connect` URLs: `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`,
+//! `redis+sentinel://`, `rediss+sentinel://` and `memory://`, with their query options,
+//! parsed into what a backend starts from.
 //! Errors name the faulty part and never echo the password.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +20,7 @@ pub(crate) enum Target {
     Memory,
     Redis(Box<RedisSettings>),
     Cluster(Box<ClusterSettings>),
+    Sentinel(Box<SentinelSettings>),
 }
 
 /// Settings of a standalone Redis connection.
@@ -49,6 +52,23 @@ pub(crate) struct ClusterSettings {
     /// The URL with its password replaced, for logs and health.
     pub redacted: String,
     /// Timeouts, breaker and backoff, shared by every node connection.
+    pub config: CacheConfig,
+}
+
+/// Settings of a master found through Redis Sentinel: where to ask, and how to reach
+/// the master the sentinels name.
+pub(crate) struct SentinelSettings {
+    /// The sentinels the URL names, all asked at once.
+    pub sentinels: Vec<NodeAddr>,
+    /// How to connect to a sentinel: scheme, the sentinels' own credentials, trusted CA.
+    pub sentinel_nodes: NodeTemplate,
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// How to connect to the master they name: credentials, database, trusted CA.
+    pub nodes: NodeTemplate,
+    /// The URL with its password replaced and its options left out, for logs and health.
+    pub redacted: String,
+    /// Timeouts, breaker and backoff.
     pub config: CacheConfig,
 }
 
@@ -87,8 +107,8 @@ pub(crate) struct NodeTemplate {
 }
 
 impl NodeTemplate {
-    /// The password every node connection carries, if any.
-    #[cfg(feature = "admin")]
+    /// The password every node connection carries, if any (for a sentinel URL, both the
+    /// data nodes' and the sentinels').
     pub fn secret(&self) -> Option<&Secret> {
         self.secret.as_ref()
     }
@@ -117,9 +137,16 @@ pub(crate) fn parse(input: &str, config: &CacheConfig) -> Result<Target, CacheEr
     // `host:port,host:port` is not a URL authority, so cluster URLs are split by hand.
     if let Some((scheme, rest)) = input.split_once("://") {
         let scheme = scheme.to_ascii_lowercase();
-        if let "redis+cluster" | "rediss+cluster" = scheme.as_str() {
-            let settings = parse_cluster(&scheme, rest, config.clone())?;
-            return Ok(Target::Cluster(Box::new(settings)));
+        match scheme.as_str() {
+            "redis+cluster" | "rediss+cluster" => {
+                let settings = parse_cluster(&scheme, rest, config.clone())?;
+                return Ok(Target::Cluster(Box::new(settings)));
+            }
+            "redis+sentinel" | "rediss+sentinel" => {
+                let settings = parse_sentinel(&scheme, rest, config.clone())?;
+                return Ok(Target::Sentinel(Box::new(settings)));
+            }
+            _ => {}
         }
     }
     let url = Url::parse(input).map_err(|e| {
@@ -143,7 +170,7 @@ pub(crate) fn parse(input: &str, config: &CacheConfig) -> Result<Target, CacheEr
         }
         "redis" | "rediss" => parse_redis(url, config.clone()).map(|s| Target::Redis(Box::new(s))),
         other => Err(CacheError::config(format!(
-            "unknown URL scheme `{}`; expected `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://` or `memory://`",
+            "unknown URL scheme `{}`; expected `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`, `redis+sentinel://`, `rediss+sentinel://` or `memory://`",
             shown(other)
         ))),
     }
@@ -227,6 +254,146 @@ fn misplaced_at(kind: &str) -> String {
     )
 }
 
+/// How a URL naming several servers (`host:port,host:port`) calls them in messages.
+struct Hosts {
+    /// `cluster`, `sentinel`: the URL as messages name it (`the cluster URL`).
+    kind: &'static str,
+    /// `node`, `sentinel`: one of its hosts (`names an empty node`).
+    member: &'static str,
+    /// `cluster node`, `sentinel`: one of its hosts, named alone (`cluster node `h:x``).
+    label: &'static str,
+    /// The port of a host written without one.
+    default_port: u16,
+    /// A URL to show as an example of what is expected.
+    example: String,
+}
+
+/// A URL naming several servers, `scheme://[userinfo@]host:port,host:port[/path][?query]`,
+/// cut into its parts by hand: `host:port,host:port` is not a URL authority.
+struct MultiHost<'a> {
+    userinfo: Option<&'a str>,
+    hosts: &'a str,
+    /// Without its leading `/`.
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+impl Hosts {
+    fn split<'a>(&self, rest: &'a str) -> Result<MultiHost<'a>, CacheError> {
+        if rest.contains('#') {
+            return Err(CacheError::config(format!(
+                "the {} URL has a `#...` fragment; remove it (certificate checks cannot be turned off)",
+                self.kind
+            )));
+        }
+        // The userinfo first, up to the last `@`: a password may hold an unencoded `/` or
+        // `?`, and splitting the path or query off before would echo part of it in errors.
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => (Some(userinfo), rest),
+            None => (None, rest),
+        };
+        // A `/`, `?` or `#` there means the last `@` was not the userinfo's (one in an
+        // option), or the password needs percent-encoding: the rest would be misread.
+        if userinfo.is_some_and(|u| u.contains(['/', '?', '#'])) {
+            return Err(CacheError::config(misplaced_at(&format!(
+                "{} URL",
+                self.kind
+            ))));
+        }
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+        Ok(MultiHost {
+            userinfo,
+            hosts,
+            path,
+            query,
+        })
+    }
+
+    /// The URL every connection of `scheme` starts from: `scheme://[userinfo@]127.0.0.1/db`,
+    /// the host and port replaced per server.
+    fn template(&self, scheme: &str, userinfo: Option<&str>, db: u16) -> Result<Url, CacheError> {
+        let at = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        let template = Url::parse(&format!("{scheme}://{at}127.0.0.1/{db}")).map_err(|e| {
+            CacheError::config(format!(
+                "the user name or password of the {} URL does not parse ({e}); percent-encode it",
+                self.kind
+            ))
+        })?;
+        // The userinfo ends at the last `@`: with one in the query, or a `/`, `?` or `#` in
+        // the password, the split misread the URL, and the template shows it.
+        if template.host_str() != Some("127.0.0.1")
+            || template.path() != format!("/{db}")
+            || template.query().is_some()
+        {
+            return Err(CacheError::config(misplaced_at(&format!(
+                "{} URL",
+                self.kind
+            ))));
+        }
+        Ok(template)
+    }
+
+    /// The addresses of `hosts`, each checked to make a usable connection of `nodes`;
+    /// duplicates dropped.
+    fn addresses(
+        &self,
+        hosts: &str,
+        nodes: &NodeTemplate,
+        config: &CacheConfig,
+    ) -> Result<Vec<NodeAddr>, CacheError> {
+        let (kind, member, label, example) = (self.kind, self.member, self.label, &self.example);
+        let scheme = nodes.url.scheme();
+        let mut addrs = Vec::new();
+        for host in hosts.split(',') {
+            if host.is_empty() {
+                return Err(CacheError::config(format!(
+                    "the {kind} URL names an empty {member}; expected {example}"
+                )));
+            }
+            let url = Url::parse(&format!("{scheme}://{host}")).map_err(|e| {
+                CacheError::config(format!(
+                    "{label} `{}` is not a host:port ({e}); expected {example}",
+                    shown(host)
+                ))
+            })?;
+            let addr = match url.host_str() {
+                Some(h) if !h.is_empty() && matches!(url.path(), "" | "/") => {
+                    NodeAddr::new(h, url.port().unwrap_or(self.default_port))
+                }
+                _ => {
+                    return Err(CacheError::config(format!(
+                        "{label} `{}` is not a host:port; expected {example}",
+                        shown(host)
+                    )));
+                }
+            };
+            nodes.settings(&addr, config).map_err(CacheError::config)?;
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        Ok(addrs)
+    }
+}
+
+/// The userinfo of `template` as a redacted URL shows it: `user:***@`, `user@` or nothing.
+fn shown_userinfo(userinfo: Option<&str>, template: &Url) -> String {
+    match userinfo {
+        None => String::new(),
+        Some(_) => {
+            let user = template.username();
+            match template.password() {
+                Some(_) => format!("{user}:***@"),
+                None => format!("{user}@"),
+            }
+        }
+    }
+}
+
 /// `redis[s]+cluster://[user][:password@]host:port,host:port[/0][?options]`.
 fn parse_cluster(
     scheme: &str,
@@ -235,48 +402,27 @@ fn parse_cluster(
 ) -> Result<ClusterSettings, CacheError> {
     let tls = scheme == "rediss+cluster";
     let node_scheme = if tls { "rediss" } else { "redis" };
-    let example = format!("`{scheme}://:password@10.0.0.1:6379,10.0.0.2:6379`");
-    if rest.contains('#') {
-        return Err(CacheError::config(
-            "the cluster URL has a `#...` fragment; remove it (certificate checks cannot be turned off)",
-        ));
-    }
-    // The userinfo first, up to the last `@`: a password may hold an unencoded `/` or
-    // `?`, and splitting the path or query off before would echo part of it in errors.
-    let (userinfo, rest) = match rest.rsplit_once('@') {
-        Some((userinfo, rest)) => (Some(userinfo), rest),
-        None => (None, rest),
+    let hosts = Hosts {
+        kind: "cluster",
+        member: "node",
+        label: "cluster node",
+        default_port: 6379,
+        example: format!("`{scheme}://:password@10.0.0.1:6379,10.0.0.2:6379`"),
     };
-    let (rest, query) = match rest.split_once('?') {
-        Some((rest, query)) => (rest, Some(query)),
-        None => (rest, None),
-    };
-    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let parts = hosts.split(rest)?;
+    let path = parts.path;
     if !matches!(path.trim_end_matches('/'), "" | "0") {
         return Err(CacheError::config(format!(
             "a Redis Cluster has only database 0; remove the path `/{}` from the cluster URL",
             shown(path)
         )));
     }
-    if let Some(query) = query {
+    if let Some(query) = parts.query {
         apply_options(url::form_urlencoded::parse(query.as_bytes()), &mut config)?;
     }
     config.validate()?;
 
-    let at = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-    let template = Url::parse(&format!("{node_scheme}://{at}127.0.0.1/0")).map_err(|e| {
-        CacheError::config(format!(
-            "the user name or password of the cluster URL does not parse ({e}); percent-encode it"
-        ))
-    })?;
-    // The userinfo ends at the last `@`: with one in the query, or a `/`, `?` or `#` in
-    // the password, the split above misread the URL, and the template shows it.
-    if template.host_str() != Some("127.0.0.1")
-        || template.path() != "/0"
-        || template.query().is_some()
-    {
-        return Err(CacheError::config(misplaced_at("cluster URL")));
-    }
+    let template = hosts.template(node_scheme, parts.userinfo, 0)?;
     let secret = template.password().map(Secret::from_url);
     let ca = trusted_ca(tls, &config)?;
     let nodes = NodeTemplate {
@@ -284,47 +430,8 @@ fn parse_cluster(
         ca,
         secret,
     };
+    let seeds = hosts.addresses(parts.hosts, &nodes, &config)?;
 
-    let mut seeds = Vec::new();
-    for host in hosts.split(',') {
-        if host.is_empty() {
-            return Err(CacheError::config(format!(
-                "the cluster URL names an empty node; expected {example}"
-            )));
-        }
-        let url = Url::parse(&format!("{node_scheme}://{host}")).map_err(|e| {
-            CacheError::config(format!(
-                "cluster node `{}` is not a host:port ({e}); expected {example}",
-                shown(host)
-            ))
-        })?;
-        let addr = match url.host_str() {
-            Some(h) if !h.is_empty() && matches!(url.path(), "" | "/") => {
-                NodeAddr::new(h, url.port().unwrap_or(6379))
-            }
-            _ => {
-                return Err(CacheError::config(format!(
-                    "cluster node `{}` is not a host:port; expected {example}",
-                    shown(host)
-                )));
-            }
-        };
-        nodes.settings(&addr, &config).map_err(CacheError::config)?;
-        if !seeds.contains(&addr) {
-            seeds.push(addr);
-        }
-    }
-
-    let shown_userinfo = match userinfo {
-        None => String::new(),
-        Some(_) => {
-            let user = nodes.url.username();
-            match nodes.url.password() {
-                Some(_) => format!("{user}:***@"),
-                None => format!("{user}@"),
-            }
-        }
-    };
     let shown_path = if path.is_empty() {
         String::new()
     } else {
@@ -332,15 +439,145 @@ fn parse_cluster(
     };
     Ok(ClusterSettings {
         seeds,
-        redacted: format!("{scheme}://{shown_userinfo}{hosts}{shown_path}"),
+        redacted: format!(
+            "{scheme}://{}{}{shown_path}",
+            shown_userinfo(parts.userinfo, &nodes.url),
+            parts.hosts
+        ),
+        nodes,
+        config,
+    })
+}
+
+/// The port of a sentinel written without one.
+const SENTINEL_PORT: u16 = 26379;
+
+/// The options only a sentinel URL takes: the sentinels' own credentials.
+const SENTINEL_OPTIONS: [&str; 2] = ["sentinel_username", "sentinel_password"];
+
+/// `redis[s]+sentinel://[user][:password@]host:port,host:port/MASTER_NAME[/db][?options]`:
+/// the hosts are sentinels, the userinfo is the data nodes', and `sentinel_username` /
+/// `sentinel_password` are the sentinels' own.
+fn parse_sentinel(
+    scheme: &str,
+    rest: &str,
+    mut config: CacheConfig,
+) -> Result<SentinelSettings, CacheError> {
+    let tls = scheme == "rediss+sentinel";
+    let node_scheme = if tls { "rediss" } else { "redis" };
+    let hosts = Hosts {
+        kind: "sentinel",
+        member: "sentinel",
+        label: "sentinel",
+        default_port: SENTINEL_PORT,
+        example: format!("`{scheme}://:password@10.0.0.1:26379,10.0.0.2:26379/mymaster/0`"),
+    };
+    let parts = hosts.split(rest)?;
+    let mut segments = parts.path.trim_end_matches('/').splitn(2, '/');
+    let master_name = segments.next().unwrap_or_default();
+    if master_name.is_empty() {
+        return Err(CacheError::config(format!(
+            "the sentinel URL names no master; expected the name the sentinels monitor it under after the sentinels, e.g. {}",
+            hosts.example
+        )));
+    }
+    if let Some(bad) = master_name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(*c)))
+    {
+        return Err(CacheError::config(format!(
+            "the master name `{}` of the sentinel URL holds `{}`; a master name may hold only ASCII letters, digits and `- _ . :`",
+            shown(master_name),
+            bad.escape_debug()
+        )));
+    }
+    let db = match segments.next() {
+        None | Some("") => 0,
+        Some(db) => db.parse::<u16>().map_err(|_| {
+            CacheError::config(format!(
+                "the sentinel URL path must be `/MASTER_NAME` or `/MASTER_NAME/db` with a database number like `/mymaster/0`, not `/{}`",
+                shown(parts.path)
+            ))
+        })?,
+    };
+
+    // The sentinels' credentials are taken out before the other options apply.
+    let mut sentinel_user = None;
+    let mut sentinel_secret = None;
+    if let Some(query) = parts.query {
+        let pairs = url::form_urlencoded::parse(query.as_bytes());
+        apply_options(
+            pairs.filter(|(name, _)| !SENTINEL_OPTIONS.contains(&name.as_ref())),
+            &mut config,
+        )?;
+        // Piece by piece, to keep each password as written too, for scrubbing.
+        for piece in query.split('&') {
+            let raw_value = piece.split_once('=').map_or("", |(_, v)| v);
+            for (name, value) in url::form_urlencoded::parse(piece.as_bytes()) {
+                match name.as_ref() {
+                    "sentinel_username" => sentinel_user = Some(value.into_owned()),
+                    "sentinel_password" => {
+                        sentinel_secret = Some((Secret::from_option(&value, raw_value), value));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    config.validate()?;
+
+    let template = hosts.template(node_scheme, parts.userinfo, db)?;
+    let data_secret = template.password().map(Secret::from_url);
+    let secret = Secret::join(
+        data_secret.as_ref(),
+        sentinel_secret.as_ref().map(|(s, _)| s),
+    );
+    let ca = trusted_ca(tls, &config)?;
+    let mut sentinel_url = Url::parse(&format!("{node_scheme}://127.0.0.1/0"))
+        .map_err(|e| CacheError::config(format!("the sentinel URL does not parse ({e})")))?;
+    let credentials_refused = |what: &str| {
+        CacheError::config(format!(
+            "option `{what}` cannot be used in a sentinel URL; percent-encode it"
+        ))
+    };
+    if let Some(user) = &sentinel_user {
+        sentinel_url
+            .set_username(user)
+            .map_err(|()| credentials_refused("sentinel_username"))?;
+    }
+    if let Some((_, password)) = &sentinel_secret {
+        sentinel_url
+            .set_password(Some(password))
+            .map_err(|()| credentials_refused("sentinel_password"))?;
+    }
+    let sentinel_nodes = NodeTemplate {
+        url: sentinel_url,
+        ca: ca.clone(),
+        secret: secret.clone(),
+    };
+    let sentinels = hosts.addresses(parts.hosts, &sentinel_nodes, &config)?;
+    let nodes = NodeTemplate {
+        url: template,
+        ca,
+        secret,
+    };
+    Ok(SentinelSettings {
+        sentinels,
+        sentinel_nodes,
+        master_name: master_name.to_owned(),
+        redacted: format!(
+            "{scheme}://{}{}/{master_name}/{db}",
+            shown_userinfo(parts.userinfo, &nodes.url),
+            parts.hosts
+        ),
         nodes,
         config,
     })
 }
 
 /// Applies the URL's query options over `config`.
-fn apply_options(
-    pairs: url::form_urlencoded::Parse<'_>,
+fn apply_options<'a>(
+    pairs: impl IntoIterator<Item = (Cow<'a, str>, Cow<'a, str>)>,
     config: &mut CacheConfig,
 ) -> Result<(), CacheError> {
     for (name, value) in pairs {
@@ -393,6 +630,17 @@ fn apply_options(
                 ));
             }
             "ca_file" => config.tls_ca_file = Some(PathBuf::from(&*value)),
+            other if SENTINEL_OPTIONS.contains(&other) => {
+                return Err(CacheError::config(format!(
+                    "option `{other}` applies to `redis+sentinel://` and `rediss+sentinel://` URLs only"
+                )));
+            }
+            other if other.starts_with("sentinel_") => {
+                return Err(CacheError::config(format!(
+                    "unknown option `{}`; the sentinels' credentials are `sentinel_username` and `sentinel_password`",
+                    shown(other)
+                )));
+            }
             other => {
                 return Err(CacheError::config(format!(
                     "unknown option `{}` in the Redis URL query; expected one of {QUERY_OPTIONS}",
@@ -536,6 +784,108 @@ mod tests {
         assert!(config_error("redis+cluster://h1:1#insecure").contains("fragment"));
         let msg = config_error("redis+cluster://:s3cret@h1:1,h2:x");
         assert!(msg.contains("`h2:x`") && !msg.contains("s3cret"), "{msg}");
+    }
+
+    #[test]
+    fn sentinel_urls_name_sentinels_master_and_db_and_hide_both_passwords() {
+        let url = "redis+sentinel://app:data%2Fpw@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/3?sentinel_username=watcher&sentinel_password=sent%2Bpw&prefix=staging&response_timeout_ms=80";
+        let Ok(Target::Sentinel(s)) = parse(url, &CacheConfig::default()) else {
+            panic!("sentinel URL rejected");
+        };
+        let sentinels: Vec<String> = s.sentinels.iter().map(NodeAddr::to_string).collect();
+        assert_eq!(
+            sentinels,
+            ["10.0.0.1:26379", "10.0.0.2:26379", "[::1]:26380"]
+        );
+        assert_eq!(s.master_name, "mymaster");
+        assert_eq!(
+            s.redacted,
+            "redis+sentinel://app:***@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/3"
+        );
+        assert_eq!(s.config.key_prefix.as_deref(), Some("staging"));
+        assert_eq!(s.config.response_timeout, Duration::from_millis(80));
+        // The master's connection: the data nodes' credentials and database.
+        let master = s
+            .nodes
+            .settings(&NodeAddr::new("10.0.0.9", 6380), &s.config)
+            .unwrap();
+        assert_eq!(master.redacted, "redis://app:***@10.0.0.9:6380/3");
+        let info = master.client.get_connection_info().redis_settings().clone();
+        assert_eq!(info.password(), Some("data/pw"));
+        assert_eq!(info.db(), 3);
+        // A sentinel's connection: the sentinels' own credentials, database 0.
+        let sentinel = s
+            .sentinel_nodes
+            .settings(&s.sentinels[0], &s.config)
+            .unwrap();
+        let info = sentinel
+            .client
+            .get_connection_info()
+            .redis_settings()
+            .clone();
+        assert_eq!(info.username(), Some("watcher"));
+        assert_eq!(info.password(), Some("sent+pw"));
+        assert_eq!(info.db(), 0);
+        // Either password, in any form, is scrubbed from any text.
+        let secret = s.nodes.secret().unwrap();
+        let text = secret.scrub("data/pw data%2Fpw sent+pw sent%2Bpw".to_owned());
+        assert_eq!(text, "*** *** *** ***");
+        for shown in [format!("{secret:?}"), s.redacted.clone(), master.redacted] {
+            assert!(!shown.contains("pw"), "{shown}");
+        }
+
+        let Ok(Target::Sentinel(s)) = parse("REDISS+SENTINEL://h/m", &CacheConfig::default())
+        else {
+            panic!("a minimal TLS sentinel URL rejected");
+        };
+        assert_eq!(s.redacted, "rediss+sentinel://h/m/0");
+        assert_eq!(s.sentinels[0].port, SENTINEL_PORT);
+    }
+
+    #[test]
+    fn bad_sentinel_urls_say_what_is_wrong_without_either_password() {
+        for (url, expected) in [
+            ("redis+sentinel://:s3cret@h:1", "names no master"),
+            ("redis+sentinel://:s3cret@h:1//0", "names no master"),
+            ("redis+sentinel:///m", "names an empty sentinel"),
+            ("redis+sentinel://:s3cret@h:1,/m", "names an empty sentinel"),
+            (
+                "redis+sentinel://:s3cret@h:x/m",
+                "sentinel `h:x` is not a host:port",
+            ),
+            ("redis+sentinel://:s3cret@h:1/m/0/1", "`/MASTER_NAME/db`"),
+            ("redis+sentinel://:s3cret@h:1/m/99999", "`/MASTER_NAME/db`"),
+            (
+                "redis+sentinel://:s3cret@h:1/m%20x",
+                "may hold only ASCII letters",
+            ),
+            (
+                "redis+sentinel://:s3cret@h:1/m?tiemout=1",
+                "unknown option `tiemout`",
+            ),
+            ("redis+sentinel://:s3cret@h:1/m#x", "fragment"),
+            ("redis+sentinel://:8/s3cret@h:1/m", "percent-encode"),
+            (
+                "redis+sentinel://:s3cret@h:1/m?ca_file=/x@h9:2",
+                "percent-encode",
+            ),
+            (
+                "redis+sentinel://:s3cret@h:1/m?sentinel_password=s3cret2&coalesce=maybe",
+                "`true` or `false`",
+            ),
+            (
+                "redis://:s3cret@h/0?sentinel_password=s3cret2",
+                "rediss+sentinel://` URLs only",
+            ),
+            (
+                "redis+cluster://h:1?sentinel_username=u",
+                "rediss+sentinel://` URLs only",
+            ),
+        ] {
+            let msg = config_error(url);
+            assert!(msg.contains(expected), "{url}: {msg}");
+            assert!(!msg.contains("s3cret"), "{url}: {msg}");
+        }
     }
 
     #[test]

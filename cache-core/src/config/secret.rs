@@ -5,22 +5,37 @@ use std::fmt;
 
 use url::Url;
 
-/// A password; `Debug` never shows it.
+/// A password, or the passwords of one URL (a sentinel URL carries the data nodes' and
+/// the sentinels'); `Debug` never shows them.
 #[derive(Clone)]
 pub(crate) struct Secret {
-    /// As sent to the server (percent-decoded).
-    decoded: String,
-    /// As written in the URL.
-    raw: String,
+    /// Each password as sent to the server (decoded) and as written in the URL.
+    forms: Vec<String>,
 }
 
 impl Secret {
-    /// The password as a URL holds it.
+    /// The password as a URL's userinfo holds it.
     pub(crate) fn from_url(raw: &str) -> Self {
         Secret {
-            decoded: percent_decode(raw),
-            raw: raw.to_owned(),
+            forms: vec![percent_decode(raw), raw.to_owned()],
         }
+    }
+
+    /// A password given as a query option: `decoded` as sent, `raw` as written.
+    pub(crate) fn from_option(decoded: &str, raw: &str) -> Self {
+        Secret {
+            forms: vec![decoded.to_owned(), raw.to_owned(), percent_decode(raw)],
+        }
+    }
+
+    /// Both passwords, so scrubbing with the result hides either.
+    pub(crate) fn join(first: Option<&Secret>, second: Option<&Secret>) -> Option<Secret> {
+        let forms: Vec<String> = first
+            .into_iter()
+            .chain(second)
+            .flat_map(|s| s.forms.iter().cloned())
+            .collect();
+        (!forms.is_empty()).then_some(Secret { forms })
     }
 }
 
@@ -34,7 +49,10 @@ impl Secret {
     /// Replaces every occurrence of the secret in `text`.
     pub fn scrub(&self, text: String) -> String {
         let mut text = text;
-        for form in [&self.decoded, &self.raw] {
+        // Longest first: a password containing the other is replaced whole.
+        let mut forms: Vec<&String> = self.forms.iter().collect();
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        for form in forms {
             if !form.is_empty() && text.contains(form.as_str()) {
                 text = text.replace(form.as_str(), "***");
             }
@@ -97,5 +115,18 @@ mod tests {
         assert_eq!(s.scrub("auth p@ss+1 failed".into()), "auth *** failed");
         assert_eq!(s.scrub("url :p%40ss+1@h".into()), "url :***@h");
         assert_eq!(percent_decode("p%40ss+1"), "p@ss+1");
+    }
+
+    #[test]
+    fn joined_secrets_scrub_both_passwords() {
+        let data = Secret::from_url("data%2Fpw");
+        let sentinel = Secret::from_option("sent pw", "sent+pw");
+        let both = Secret::join(Some(&data), Some(&sentinel)).unwrap();
+        assert_eq!(
+            both.scrub("data/pw and sent pw and sent+pw".into()),
+            "*** and *** and ***"
+        );
+        assert!(Secret::join(None, None).is_none());
+        assert!(!format!("{both:?}").contains("pw"));
     }
 }

@@ -17,7 +17,7 @@ pub(super) fn trusted_ca(tls: bool, config: &CacheConfig) -> Result<Option<Vec<u
     };
     if !tls {
         return Err(CacheError::config(format!(
-            "a CA file (`ca_file`, {}) applies to TLS only; use a `rediss://` or `rediss+cluster://` URL",
+            "a CA file (`ca_file`, {}) applies to TLS only; use a `rediss://`, `rediss+cluster://` or `rediss+sentinel://` URL",
             shown(&path.to_string_lossy())
         )));
     }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::slot::{SLOTS, slot};
 use super::{Cluster, RedisBackend};
-use crate::backend::redis::jittered;
+use crate::backend::redis::{ask_once, jittered};
 use crate::config::{NodeAddr, RedisSettings};
 
 /// Marks a slot no master serves.
@@ -219,30 +219,9 @@ pub(crate) async fn ask_slots(
     settings: &RedisSettings,
     timeout: Duration,
 ) -> Result<Vec<SlotRange>, String> {
-    let scrub = |text: String| match &settings.secret {
-        Some(s) => s.scrub(text),
-        None => text,
-    };
-    let redis_config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    let attempt = async {
-        let mut conn = settings
-            .client
-            .get_multiplexed_async_connection_with_config(&redis_config)
-            .await?;
-        redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async::<Value>(&mut conn)
-            .await
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(reply)) => parse_slots(reply),
-        Ok(Err(e)) => Err(scrub(e.to_string())),
-        Err(_) => Err(format!(
-            "no answer within the connect timeout ({timeout:?})"
-        )),
-    }
+    ask_once::<Value>(settings, redis::cmd("CLUSTER").arg("SLOTS"), timeout)
+        .await
+        .and_then(parse_slots)
 }
 
 /// The master of a slot range: an empty host is the node that was `asked`; `?` is an
