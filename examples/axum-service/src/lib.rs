@@ -1,8 +1,10 @@
-//! The Python service ported to axum: users in SQLite, behind typed caches.
+//! The Python service ported to axum: users in SQLite or PostgreSQL, behind typed caches.
 //!
 //! The manager is connected at start-up and held in the app state; a data-access layer
 //! tries the cache, loads from the database on a miss and populates both directions;
-//! updates invalidate both directions. Redis going away costs latency, never an answer.
+//! updates invalidate both directions. Redis going away costs latency, never an answer;
+//! a stalled database costs at most the soft timeout of a read whose entry is stale
+//! (`fail_safe`), which is answered with the stale value.
 //!
 //! | route | answers |
 //! | --- | --- |
@@ -16,10 +18,10 @@
 //! | `GET /metrics` | Prometheus text |
 #![deny(missing_docs)]
 
+mod db;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -31,18 +33,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cache_manager::{Cache, MAX_BATCH, cache_registry};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
+pub use db::{Db, DbError, PostgresOptions, UserUpdate};
+
 /// The most UUIDs one `POST /users/batch` may carry.
 pub const MAX_BATCH_REQUEST: usize = 1000;
 
-/// A user's UUID to its id.
+/// A user's UUID to its id. Kept an hour past its TTL: a stalled database is answered
+/// with the stale id after 100 ms.
 #[derive(Cache)]
-#[cache(namespace = "user:uuid_to_id", ttl = 600, key = Uuid, value = i64)]
+#[cache(namespace = "user:uuid_to_id", ttl = 600, key = Uuid, value = i64,
+        fail_safe = 3600, load_timeout_ms = 100)]
 pub struct UserUuidToIdCache;
 
 /// A user's id to its UUID.
@@ -50,9 +55,10 @@ pub struct UserUuidToIdCache;
 #[cache(namespace = "user:id_to_uuid", ttl = 600, key = i64, value = Uuid)]
 pub struct UserIdToUuidCache;
 
-/// A user, as stored in the database; cached by id in `UserCache`.
+/// A user, as stored in the database; cached by id in `UserCache`, kept an hour past
+/// its TTL as a fallback for a failing or stalled database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Cache)]
-#[cache(namespace = "user:record", ttl = 300, key = i64)]
+#[cache(namespace = "user:record", ttl = 300, key = i64, fail_safe = 3600, load_timeout_ms = 100)]
 pub struct User {
     /// The database id.
     pub id: i64,
@@ -74,192 +80,6 @@ cache_registry! {
         /// Users by id.
         users: UserCache,
     }
-}
-
-/// A database call that failed (the database, unlike the cache, is not optional).
-#[derive(Debug)]
-pub struct DbError(String);
-
-impl std::fmt::Display for DbError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for DbError {}
-
-impl From<rusqlite::Error> for DbError {
-    fn from(e: rusqlite::Error) -> Self {
-        DbError(e.to_string())
-    }
-}
-
-/// The users table in an SQLite file, with a count of the queries it ran.
-#[derive(Clone)]
-pub struct Db {
-    conn: Arc<Mutex<Connection>>,
-    queries: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for Db {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db")
-            .field("queries", &self.queries())
-            .finish_non_exhaustive()
-    }
-}
-
-const USER_COLUMNS: &str = "id, uuid, name, email";
-
-fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
-    let uuid: String = row.get(1)?;
-    Ok(User {
-        id: row.get(0)?,
-        uuid: uuid.parse().map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
-        })?,
-        name: row.get(2)?,
-        email: row.get(3)?,
-    })
-}
-
-impl Db {
-    /// Opens (creating when missing) the database at `path` and seeds `seed_users`
-    /// users when its table is empty.
-    pub fn open(path: &Path, seed_users: u32) -> Result<Self, DbError> {
-        let mut conn = Connection::open(path)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE IF NOT EXISTS users (
-                 id INTEGER PRIMARY KEY,
-                 uuid TEXT NOT NULL UNIQUE,
-                 name TEXT NOT NULL,
-                 email TEXT NOT NULL
-             );",
-        )?;
-        let existing: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
-        if existing == 0 && seed_users > 0 {
-            let tx = conn.transaction()?;
-            {
-                let mut insert = tx
-                    .prepare("INSERT INTO users (id, uuid, name, email) VALUES (?1, ?2, ?3, ?4)")?;
-                for id in 1..=i64::from(seed_users) {
-                    insert.execute((
-                        id,
-                        Uuid::new_v4().to_string(),
-                        format!("User {id}"),
-                        format!("user{id}@example.com"),
-                    ))?;
-                }
-            }
-            tx.commit()?;
-            tracing::info!(path = %path.display(), users = seed_users, "database created and seeded");
-        }
-        Ok(Db {
-            conn: Arc::new(Mutex::new(conn)),
-            queries: Arc::default(),
-        })
-    }
-
-    /// How many queries the database has run: a cache hit runs none.
-    pub fn queries(&self) -> u64 {
-        self.queries.load(Ordering::Relaxed)
-    }
-
-    /// Runs `f` on the connection on a blocking thread: SQLite calls block.
-    async fn call<T, F>(&self, f: F) -> Result<T, DbError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
-    {
-        self.queries.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|e| DbError(format!("database task failed: {e}")))?
-    }
-
-    /// The user with this UUID.
-    pub async fn by_uuid(&self, uuid: Uuid) -> Result<Option<User>, DbError> {
-        self.call(move |c| {
-            let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE uuid = ?1");
-            Ok(c.prepare_cached(&sql)?
-                .query_row([uuid.to_string()], user_from_row)
-                .optional()?)
-        })
-        .await
-    }
-
-    /// The user with this id.
-    pub async fn by_id(&self, id: i64) -> Result<Option<User>, DbError> {
-        self.call(move |c| {
-            let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1");
-            Ok(c.prepare_cached(&sql)?
-                .query_row([id], user_from_row)
-                .optional()?)
-        })
-        .await
-    }
-
-    /// The users with these UUIDs (those that exist), in queries of at most 100.
-    pub async fn by_uuids(&self, uuids: Vec<Uuid>) -> Result<Vec<User>, DbError> {
-        let texts: Vec<String> = uuids.iter().map(Uuid::to_string).collect();
-        self.select_in("uuid", texts).await
-    }
-
-    /// The users with these ids (those that exist), in queries of at most 100.
-    pub async fn by_ids(&self, ids: Vec<i64>) -> Result<Vec<User>, DbError> {
-        self.select_in("id", ids).await
-    }
-
-    async fn select_in<T>(&self, column: &'static str, values: Vec<T>) -> Result<Vec<User>, DbError>
-    where
-        T: rusqlite::ToSql + Send + 'static,
-    {
-        self.call(move |c| {
-            let mut users = Vec::with_capacity(values.len());
-            for chunk in values.chunks(MAX_BATCH) {
-                let marks = vec!["?"; chunk.len()].join(",");
-                let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {column} IN ({marks})");
-                let mut stmt = c.prepare(&sql)?;
-                let rows = stmt.query_map(params_from_iter(chunk.iter()), user_from_row)?;
-                for row in rows {
-                    users.push(row?);
-                }
-            }
-            Ok(users)
-        })
-        .await
-    }
-
-    /// Changes a user's name and/or e-mail; the updated user, or `None` when unknown.
-    pub async fn update(&self, id: i64, change: UserUpdate) -> Result<Option<User>, DbError> {
-        self.call(move |c| {
-            let changed = c.execute(
-                "UPDATE users SET name = COALESCE(?2, name), email = COALESCE(?3, email) WHERE id = ?1",
-                (id, change.name, change.email),
-            )?;
-            if changed == 0 {
-                return Ok(None);
-            }
-            let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1");
-            Ok(c.query_row(&sql, [id], user_from_row).optional()?)
-        })
-        .await
-    }
-}
-
-/// The body of `PUT /users/{id}`: the fields to change.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserUpdate {
-    /// A new display name.
-    pub name: Option<String>,
-    /// A new e-mail address.
-    pub email: Option<String>,
 }
 
 /// What every handler shares: the caches, the database and the metrics exporter.
@@ -361,13 +181,15 @@ impl AppState {
 
     /// The user with this id.
     pub async fn user_by_id(&self, id: i64) -> Result<Option<User>, DbError> {
+        // A load may outlive this call (the soft timeout), so it owns what it uses.
+        let state = self.clone();
         self.caches
             .users()
-            .get_or_load(&id, || async {
-                let user = self.db.by_id(id).await?;
+            .get_or_load(&id, move || async move {
+                let user = state.db.by_id(id).await?;
                 if let Some(user) = &user {
-                    let _ = self.caches.uuid_to_id().set(&user.uuid, &user.id).await;
-                    let _ = self.caches.id_to_uuid().set(&user.id, &user.uuid).await;
+                    let _ = state.caches.uuid_to_id().set(&user.uuid, &user.id).await;
+                    let _ = state.caches.id_to_uuid().set(&user.id, &user.uuid).await;
                 }
                 Ok(user)
             })
@@ -376,47 +198,52 @@ impl AppState {
 
     /// The user with this UUID.
     pub async fn user_by_uuid(&self, uuid: Uuid) -> Result<Option<User>, DbError> {
-        let mut loaded = None;
-        let slot = &mut loaded;
+        // The row a load read, so a miss needs no second lookup; shared with the load,
+        // which may finish after this call returned a stale id.
+        let loaded: Arc<Mutex<Option<User>>> = Arc::default();
+        let (state, slot) = (self.clone(), Arc::clone(&loaded));
         let id = self
             .caches
             .uuid_to_id()
             .get_or_load(&uuid, move || async move {
-                let user = self.db.by_uuid(uuid).await?;
+                let user = state.db.by_uuid(uuid).await?;
                 if let Some(user) = &user {
-                    self.remember(user).await;
+                    state.remember(user).await;
                 }
                 let id = user.as_ref().map(|u| u.id);
-                *slot = user;
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = user;
                 Ok::<_, DbError>(id)
             })
             .await?;
+        let loaded = loaded.lock().unwrap_or_else(|p| p.into_inner()).take();
         match (loaded, id) {
             // Just read from the database: no second lookup.
-            (Some(user), _) => Ok(Some(user)),
-            (None, Some(id)) => self.user_by_id(id).await,
-            (None, None) => Ok(None),
+            (Some(user), Some(id)) if user.id == id => Ok(Some(user)),
+            (_, Some(id)) => self.user_by_id(id).await,
+            (_, None) => Ok(None),
         }
     }
 
     /// The users with these UUIDs that exist, by UUID. Reads and writes the caches in
     /// batches of at most [`MAX_BATCH`].
     pub async fn users_by_uuids(&self, uuids: &[Uuid]) -> Result<HashMap<Uuid, User>, DbError> {
+        let state = self.clone();
         let ids = self
             .caches
             .uuid_to_id()
-            .mget_or_load(uuids, |missing| async move {
-                let users = self.db.by_uuids(missing).await?;
-                self.remember_many(&users).await;
+            .mget_or_load(uuids, move |missing| async move {
+                let users = state.db.by_uuids(missing).await?;
+                state.remember_many(&users).await;
                 Ok::<_, DbError>(users.iter().map(|u| (u.uuid, u.id)).collect())
             })
             .await?;
         let wanted: Vec<i64> = ids.values().copied().collect();
+        let state = self.clone();
         let by_id = self
             .caches
             .users()
-            .mget_or_load(&wanted, |missing| async move {
-                let users = self.db.by_ids(missing).await?;
+            .mget_or_load(&wanted, move |missing| async move {
+                let users = state.db.by_ids(missing).await?;
                 Ok::<_, DbError>(users.into_iter().map(|u| (u.id, u)).collect())
             })
             .await?;

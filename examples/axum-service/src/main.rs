@@ -1,14 +1,17 @@
 //! `cargo run -p axum-service`: the users service on `127.0.0.1:3000`.
 //!
-//! Environment: `REDIS_URL` (unset: the in-process `memory://` backend), `DATABASE_PATH`
-//! (default `users.db`, created and seeded on first run), `BIND_ADDR` (default
-//! `127.0.0.1:3000`), `SEED_USERS` (default 1000), `RUST_LOG`.
+//! Environment: `REDIS_URL` (unset: the in-process `memory://` backend), `DATABASE_URL`
+//! (`postgres://user:password@host:port/dbname`: users on a PostgreSQL server, the schema
+//! migrated at start; unset: SQLite), `DATABASE_PATH` (SQLite's file, default `users.db`,
+//! created on first run), `SEED_USERS` (users inserted when the table is empty, default
+//! 1000), `DATABASE_POOL_SIZE` (PostgreSQL connections, default 8), `BIND_ADDR` (default
+//! `127.0.0.1:3000`), `RUST_LOG`.
 //! `cargo run -p axum-service -- --manifest` prints the cache registry as JSON and exits.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum_service::{AppState, Caches, Db, manifest, serve};
+use axum_service::{AppState, Caches, Db, PostgresOptions, manifest, serve};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -23,12 +26,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let path = PathBuf::from(std::env::var("DATABASE_PATH").unwrap_or_else(|_| "users.db".into()));
     let seed: u32 = match std::env::var("SEED_USERS") {
         Ok(n) => n.parse()?,
         Err(_) => 1000,
     };
-    let db = Db::open(&path, seed)?;
+    let db = open_database(seed).await?;
 
     // The lifespan: connect at start-up, disconnect after the last request.
     let caches = Arc::new(Caches::new());
@@ -44,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let addr = std::env::var("BIND_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, database = %path.display(), "serving");
+    tracing::info!(addr = %listener.local_addr()?, database = %db.describe(), "serving");
     serve(
         listener,
         AppState::new(Arc::clone(&caches), db),
@@ -55,6 +57,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     caches.disconnect().await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// PostgreSQL when `DATABASE_URL` is set, else the SQLite file at `DATABASE_PATH`.
+async fn open_database(seed: u32) -> Result<Db, Box<dyn std::error::Error>> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let mut options = PostgresOptions::default().seed_users(seed);
+            if let Ok(n) = std::env::var("DATABASE_POOL_SIZE") {
+                options = options.pool_size(n.parse()?);
+            }
+            Ok(Db::connect_postgres(&url, options).await?)
+        }
+        // Not echoed: the URL may carry a password.
+        Ok(_) => Err("DATABASE_URL must start with postgres:// or postgresql://; unset it to use SQLite (DATABASE_PATH)".into()),
+        Err(_) => {
+            let path =
+                PathBuf::from(std::env::var("DATABASE_PATH").unwrap_or_else(|_| "users.db".into()));
+            Ok(Db::open(&path, seed)?)
+        }
+    }
 }
 
 /// Ctrl-C, or SIGTERM on Unix (what `docker stop` and systemd send).

@@ -1,14 +1,26 @@
-//! The service over real HTTP on loopback, against a real `redis-server` and a temporary
-//! SQLite file: the data-access layer's misses and hits, invalidation on update, the
+//! The service over real HTTP on loopback, against a real `redis-server` and each
+//! database: a temporary SQLite file, and a throwaway PostgreSQL server
+//! (`support/postgres.rs`). Every behaviour test runs on both (`sqlite::…`,
+//! `postgres::…`): the data-access layer's misses and hits, invalidation on update, the
 //! batch route, every error status, and Redis killed with every request still answered.
+//! PostgreSQL alone: the start-up migration run twice at once, passwords kept out of
+//! errors and `Debug`, and a paused server answered from stale entries within the soft
+//! timeout.
+
+#[path = "support/postgres.rs"]
+mod postgres_server;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use axum_service::{AppState, Caches, Db, User, serve};
+use axum_service::{
+    AppState, Caches, Db, PostgresOptions, User, UserCache, UserUuidToIdCache, serve,
+};
+use cache_manager::Cache;
 use cache_tests::{RedisServer, wire};
+use postgres_server::PostgresServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -49,13 +61,61 @@ struct Service {
     http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
-    _db: TempDb,
+    database: Backing,
+}
+
+/// The database a test runs on.
+#[derive(Debug, Clone, Copy)]
+enum Database {
+    Sqlite,
+    Postgres,
+}
+
+/// What keeps a test's database alive: removed (SQLite) or stopped (PostgreSQL) on drop.
+enum Backing {
+    Sqlite(#[allow(dead_code)] TempDb),
+    Postgres(PostgresServer),
+}
+
+/// How long one PostgreSQL call may take in these tests: short, so a paused server
+/// fails a request without a miss in seconds, yet well past the soft timeout (100 ms).
+const PG_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Database {
+    /// A fresh database with `SEEDED` users.
+    async fn open(self) -> (Db, Backing) {
+        match self {
+            Database::Sqlite => {
+                let file = TempDb::new();
+                let db = Db::open(&file.0, SEEDED as u32).expect("open the database");
+                (db, Backing::Sqlite(file))
+            }
+            Database::Postgres => {
+                let server = tokio::task::spawn_blocking(PostgresServer::start)
+                    .await
+                    .unwrap();
+                let options = PostgresOptions::default()
+                    .seed_users(SEEDED as u32)
+                    .timeout(PG_TIMEOUT);
+                let db = Db::connect_postgres(&server.url(), options)
+                    .await
+                    .expect("connect to postgres");
+                (db, Backing::Postgres(server))
+            }
+        }
+    }
 }
 
 impl Service {
-    async fn start(cache_url: &str) -> Self {
-        let db_file = TempDb::new();
-        let db = Db::open(&db_file.0, SEEDED as u32).expect("open the database");
+    async fn start(cache_url: &str, database: Database) -> Self {
+        let (db, backing) = database.open().await;
+        assert_eq!(
+            db.backend(),
+            match database {
+                Database::Sqlite => "sqlite",
+                Database::Postgres => "postgres",
+            }
+        );
         let caches = Arc::new(Caches::new());
         caches.connect(cache_url).await.expect("connect");
         let state = AppState::new(caches, db);
@@ -76,7 +136,15 @@ impl Service {
             http,
             stop: Some(stop),
             task: Some(task),
-            _db: db_file,
+            database: backing,
+        }
+    }
+
+    /// The PostgreSQL server under a `Database::Postgres` service.
+    fn postgres(&mut self) -> &mut PostgresServer {
+        match &mut self.database {
+            Backing::Postgres(server) => server,
+            Backing::Sqlite(_) => panic!("not a PostgreSQL service"),
         }
     }
 
@@ -142,6 +210,39 @@ impl Service {
     }
 }
 
+/// One `#[tokio::test]` per behaviour and database: `sqlite::name` and `postgres::name`
+/// both run `name(Database::…)`.
+macro_rules! on_each_database {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Database::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Database::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_each_database!(
+    a_miss_reads_the_database_and_populates_both_directions_then_hits_do_not,
+    an_update_changes_the_row_and_invalidates_both_directions,
+    the_batch_route_resolves_in_chunks_of_the_batch_limit,
+    bad_input_gets_the_right_status_and_a_json_error,
+    health_metrics_and_manifest_routes,
+    with_redis_killed_every_request_is_answered_from_the_database,
+    runs_on_the_in_process_backend_without_redis,
+);
+
 fn user_json(user: &User) -> Value {
     serde_json::to_value(user).unwrap()
 }
@@ -154,10 +255,11 @@ fn assert_error(status: StatusCode, body: &Value, expected: StatusCode) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_miss_reads_the_database_and_populates_both_directions_then_hits_do_not() {
+async fn a_miss_reads_the_database_and_populates_both_directions_then_hits_do_not(
+    database: Database,
+) {
     let server = RedisServer::new();
-    let service = Service::start(&server.url()).await;
+    let service = Service::start(&server.url(), database).await;
     let user = service.user(2).await;
     let raw = server.raw().await;
     let before = service.queries();
@@ -204,10 +306,9 @@ async fn a_miss_reads_the_database_and_populates_both_directions_then_hits_do_no
     service.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_update_changes_the_row_and_invalidates_both_directions() {
+async fn an_update_changes_the_row_and_invalidates_both_directions(database: Database) {
     let server = RedisServer::new();
-    let service = Service::start(&server.url()).await;
+    let service = Service::start(&server.url(), database).await;
     let user = service.user(5).await;
     let raw = server.raw().await;
     assert_eq!(
@@ -246,10 +347,9 @@ async fn an_update_changes_the_row_and_invalidates_both_directions() {
     service.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_batch_route_resolves_in_chunks_of_the_batch_limit() {
+async fn the_batch_route_resolves_in_chunks_of_the_batch_limit(database: Database) {
     let server = RedisServer::new();
-    let service = Service::start(&server.url()).await;
+    let service = Service::start(&server.url(), database).await;
     let known: Vec<User> = service.state.db.by_ids((1..=250).collect()).await.unwrap();
     assert_eq!(known.len(), 250);
     let unknown: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
@@ -295,10 +395,9 @@ async fn the_batch_route_resolves_in_chunks_of_the_batch_limit() {
     service.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_the_right_status_and_a_json_error() {
+async fn bad_input_gets_the_right_status_and_a_json_error(database: Database) {
     let server = RedisServer::new();
-    let service = Service::start(&server.url()).await;
+    let service = Service::start(&server.url(), database).await;
 
     let (s, b) = service.get("/users/not-a-uuid").await;
     assert_error(s, &b, StatusCode::BAD_REQUEST);
@@ -336,10 +435,9 @@ async fn bad_input_gets_the_right_status_and_a_json_error() {
     service.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_metrics_and_manifest_routes() {
+async fn health_metrics_and_manifest_routes(database: Database) {
     let server = RedisServer::new();
-    let service = Service::start(&server.url()).await;
+    let service = Service::start(&server.url(), database).await;
     let (status, health) = service.get("/cache/health").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["healthy"], true);
@@ -379,10 +477,9 @@ async fn health_metrics_and_manifest_routes() {
     service.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_redis_killed_every_request_is_answered_from_the_database() {
+async fn with_redis_killed_every_request_is_answered_from_the_database(database: Database) {
     let mut server = RedisServer::new();
-    let service = Service::start(&server.url()).await;
+    let service = Service::start(&server.url(), database).await;
     let warm = service.user(7).await;
     assert_eq!(
         service.get(&format!("/users/{}", warm.uuid)).await.0,
@@ -441,9 +538,8 @@ async fn with_redis_killed_every_request_is_answered_from_the_database() {
     service.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_on_the_in_process_backend_without_redis() {
-    let service = Service::start("memory://").await;
+async fn runs_on_the_in_process_backend_without_redis(database: Database) {
+    let service = Service::start("memory://", database).await;
     let user = service.user(1).await;
     let before = service.queries();
     for _ in 0..2 {
@@ -456,4 +552,178 @@ async fn runs_on_the_in_process_backend_without_redis() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["backend"], "memory");
     service.shut_down().await;
+}
+
+/// Makes the cached entries of `user` stale: past their TTL, within their fail-safe
+/// window, as they would be `ttl` seconds after they were written.
+async fn make_stale(raw: &mut redis::aio::MultiplexedConnection, caches: &Caches, user: &User) {
+    let keys = [
+        (
+            caches.uuid_to_id().redis_key(&user.uuid),
+            UserUuidToIdCache::FAIL_SAFE,
+        ),
+        (caches.users().redis_key(&user.id), UserCache::FAIL_SAFE),
+    ];
+    for (key, fail_safe) in keys {
+        assert!(
+            !fail_safe.is_zero(),
+            "the service's caches keep stale entries"
+        );
+        let left = fail_safe.as_millis() as i64 - 60_000;
+        let set: i64 = redis::cmd("PEXPIRE")
+            .arg(&key)
+            .arg(left)
+            .query_async(raw)
+            .await
+            .unwrap();
+        assert_eq!(set, 1, "{key} is cached");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_paused_is_answered_from_stale_entries_within_the_soft_timeout() {
+    let server = RedisServer::new();
+    let mut service = Service::start(&server.url(), Database::Postgres).await;
+    let mut warm = Vec::new();
+    for id in 1..=5 {
+        let user = service.user(id).await;
+        let (status, body) = service.get(&format!("/users/{}", user.uuid)).await;
+        assert_eq!((status, body), (StatusCode::OK, user_json(&user)));
+        warm.push(user);
+    }
+    let cold = service.user(6).await;
+    let mut raw = server.raw().await;
+    for user in &warm {
+        make_stale(&mut raw, &service.state.caches, user).await;
+    }
+
+    service.postgres().pause();
+    // Each request waits at most the soft timeout of its two stale reads (uuid to id,
+    // then the record), not the database's deadline (PG_TIMEOUT).
+    let bound = Duration::from_millis(1500);
+    for user in &warm {
+        for path in [
+            format!("/users/{}", user.uuid),
+            format!("/users/by-id/{}", user.id),
+        ] {
+            let started = Instant::now();
+            let (status, body) = service.get(&path).await;
+            let took = started.elapsed();
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert_eq!(body, user_json(user), "{path}: the stale value");
+            assert!(
+                took < bound,
+                "{path} took {took:?} with the database paused"
+            );
+        }
+    }
+    // Nothing stale to answer with: an error once the database's deadline passes,
+    // never a hang.
+    let started = Instant::now();
+    let (status, body) = service.get(&format!("/users/{}", cold.uuid)).await;
+    let took = started.elapsed();
+    assert_error(status, &body, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        took >= PG_TIMEOUT - Duration::from_millis(100) && took < PG_TIMEOUT * 2,
+        "a request without a stale entry took {took:?}"
+    );
+
+    // Back: writes go through and invalidate; reads see them.
+    service.postgres().resume();
+    let (status, body) = service
+        .put("/users/1", json!({ "name": "After the pause" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = service.get(&format!("/users/{}", warm[0].uuid)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["name"], "After the pause");
+    let (status, body) = service.get(&format!("/users/{}", cold.uuid)).await;
+    assert_eq!((status, body), (StatusCode::OK, user_json(&cold)));
+    service.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migration_at_start_is_idempotent_and_seeds_once() {
+    let server = tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .unwrap();
+    let options = || {
+        PostgresOptions::default()
+            .seed_users(40)
+            .timeout(PG_TIMEOUT)
+    };
+    // Two instances starting together, then a third on the migrated database.
+    let url = server.url();
+    let (a, b) = tokio::join!(
+        Db::connect_postgres(&url, options()),
+        Db::connect_postgres(&url, options())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let c = Db::connect_postgres(&url, options().seed_users(80))
+        .await
+        .unwrap();
+    for db in [&a, &b, &c] {
+        let users = db.by_ids((1..=100).collect()).await.unwrap();
+        assert_eq!(users.len(), 40, "seeded once, by the first instance");
+    }
+    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let migrations: i64 = client
+        .query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(migrations, 1);
+    let uuid_type: String = client
+        .query_one(
+            "SELECT data_type FROM information_schema.columns \
+             WHERE table_name = 'users' AND column_name = 'uuid'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(uuid_type, "uuid");
+    drop(client);
+    connection.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_password_never_shows_in_errors_debug_or_descriptions() {
+    let server = tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .unwrap();
+    let db = Db::connect_postgres(&server.url(), PostgresOptions::default())
+        .await
+        .unwrap();
+    let password = server.password();
+    assert!(!format!("{db:?}").contains(password), "{db:?}");
+    let described = db.describe();
+    assert!(!described.contains(password), "{described}");
+    assert!(
+        described.starts_with("postgres://service@127.0.0.1:"),
+        "{described}"
+    );
+
+    let wrong = "not-the-password-x7";
+    let url = server.url().replace(password, wrong);
+    let error = Db::connect_postgres(&url, PostgresOptions::default().timeout(PG_TIMEOUT))
+        .await
+        .expect_err("a wrong password is refused");
+    for text in [error.to_string(), format!("{error:?}")] {
+        assert!(!text.contains(wrong), "{text}");
+        assert!(text.contains("password authentication failed"), "{text}");
+    }
+    let error = Db::connect_postgres(
+        &format!(
+            "postgres://service:{wrong}@127.0.0.1:{}/db?bogus=1",
+            cache_tests::free_port()
+        ),
+        PostgresOptions::default(),
+    )
+    .await
+    .expect_err("an unknown option is refused");
+    assert!(!error.to_string().contains(wrong), "{error}");
 }
