@@ -444,8 +444,33 @@ async fn health_metrics_and_manifest_routes(database: Database) {
     assert_eq!(health["status"], "connected");
 
     let user = service.user(9).await;
+    let counters = |stats: &serde_json::Value, field: &str, name: &str| {
+        stats["caches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["field"] == field)
+            .unwrap_or_else(|| panic!("no cache {field} in {stats}"))[name]
+            .as_u64()
+            .unwrap()
+    };
     service.get(&format!("/users/{}", user.uuid)).await;
+    let (status, first) = service.get("/cache/stats").await;
+    assert_eq!(status, StatusCode::OK);
     service.get(&format!("/users/{}", user.uuid)).await;
+    let (_, second) = service.get("/cache/stats").await;
+    // The second request was answered from the cache: one more hit, no query.
+    assert_eq!(
+        counters(&second, "uuid_to_id", "hits"),
+        counters(&first, "uuid_to_id", "hits") + 1,
+        "{first}\n{second}"
+    );
+    assert!(counters(&first, "uuid_to_id", "misses") >= 1, "{first}");
+    assert!(first["database_queries"].as_u64().unwrap() >= 1, "{first}");
+    assert_eq!(
+        second["database_queries"], first["database_queries"],
+        "a cached request queried the database"
+    );
     let text = service
         .http
         .get(format!("{}/metrics", service.base))
