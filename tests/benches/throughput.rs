@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 use cache_manager::codec::FRAME_TAG;
 use cache_manager::{Breaker, Cache, CacheConfig, cache_registry};
 use cache_tests::RedisServer;
+use cache_tests::bench_data::Profile;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Keys of every cache, all populated before the first measurement.
@@ -48,30 +48,6 @@ const BATCH: u64 = 100;
 const ROUNDS: usize = 5;
 /// Concurrent tasks of the `get` sweep.
 const SWEEP: [usize; 6] = [1, 4, 16, 64, 256, 1024];
-
-/// The value of the bincode and json caches: 47 bytes in bincode with the header, about
-/// 90 in JSON, for every key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Profile {
-    id: u64,
-    name: String,
-    email: String,
-    score: u32,
-    active: bool,
-}
-
-impl Profile {
-    fn of(k: u64) -> Self {
-        Profile {
-            // Fixed widths: the same encoded size for every key.
-            id: 1_000_000 + k,
-            name: format!("user-{k:05}"),
-            email: format!("user{k:05}@example.com"),
-            score: 1_000 + (k % 100) as u32,
-            active: true,
-        }
-    }
-}
 
 #[derive(Cache)]
 #[cache(namespace = "bench:bincode", key = u64, value = Profile)]
