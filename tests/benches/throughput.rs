@@ -15,11 +15,13 @@
 //! neighbours, CPU per call much less. `get` is swept over 1, 4, 16, 64, 256 and 1024
 //! concurrent tasks on both runtime flavours, with a table of library/raw ratios per
 //! flavour and placement, and SVG charts of the sweep (throughput, p50/p99 latency, CPU
-//! per call) written to `docs/charts/` (`target/charts-quick/` for quick runs;
+//! per call) written to `docs/charts/` (`target/charts-quick/` for quick or filtered runs;
 //! `BENCH_CHARTS=dir` elsewhere).
 //!
 //! Run: `cargo bench -p cache-tests --bench throughput` (about 5 minutes).
 //! `BENCH_QUICK=1` runs a tenth of the operations (a smoke run of about 30 s).
+//! `BENCH_FILTER=text` runs only the scenarios whose name contains `text` (e.g. `tasks`
+//! for the concurrent ones), besides the degraded get.
 //!
 //! Placement: when `taskset` works and there are at least 2 CPUs, every scenario runs
 //! twice: pinned (redis-server on CPU 0, the bench on CPU 1: the client's CPU cost is
@@ -643,9 +645,17 @@ async fn degraded(
 struct Plan {
     quick: bool,
     cap: Duration,
+    /// Only scenarios whose name contains this (`BENCH_FILTER`), for focused runs.
+    filter: Option<String>,
 }
 
 impl Plan {
+    fn wants(&self, s: &Scenario) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| s.name.contains(f.as_str()))
+    }
+
     /// `full` operations, a tenth in quick mode.
     fn ops(&self, full: u64) -> u64 {
         if self.quick { full / 10 } else { full }
@@ -851,6 +861,7 @@ fn main() {
     let plan = Plan {
         quick,
         cap: Duration::from_secs(if quick { 5 } else { 20 }),
+        filter: std::env::var("BENCH_FILTER").ok().filter(|f| !f.is_empty()),
     };
     let want_pin = match std::env::var("BENCH_PIN").as_deref() {
         Ok("0") => Some(false),
@@ -902,6 +913,7 @@ fn main() {
     };
 
     let config = CacheConfig::default();
+    let concurrent = plan.concurrent();
     let mut rows = Vec::new();
     let mut lib_stats = Vec::new();
     let mut populated = false;
@@ -918,7 +930,7 @@ fn main() {
             let mut scenarios = plan.sweep(pinned);
             scenarios.extend(plan.sequential(pinned));
             scenarios.extend(plan.concurrent());
-            for s in &scenarios {
+            for s in scenarios.iter().filter(|s| plan.wants(s)) {
                 rows.push(run_scenario(&sides, &data, s, ("ct", mode), plan.cap).await);
             }
             lib_stats.push((format!("ct, {mode}"), lib_of(&sides).stats()));
@@ -926,7 +938,12 @@ fn main() {
         // Multi-thread runtime, 2 workers: the sweep and the concurrent scenarios.
         runtime("mt").block_on(async {
             let sides = sides(&url, server_pid).await;
-            for s in plan.sweep(pinned).iter().chain(&plan.concurrent()) {
+            let scenarios = plan.sweep(pinned);
+            let scenarios = scenarios
+                .iter()
+                .chain(&concurrent)
+                .filter(|s| plan.wants(s));
+            for s in scenarios {
                 rows.push(run_scenario(&sides, &data, s, ("mt", mode), plan.cap).await);
             }
             lib_stats.push((format!("mt, {mode}"), lib_of(&sides).stats()));
@@ -1088,7 +1105,8 @@ fn main() {
         }
     }
     let chart_dir = std::env::var("BENCH_CHARTS").unwrap_or_else(|_| {
-        if plan.quick {
+        // A quick or filtered run's charts must not replace the docs' ones.
+        if plan.quick || plan.filter.is_some() {
             concat!(env!("CARGO_MANIFEST_DIR"), "/../target/charts-quick").to_owned()
         } else {
             concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/charts").to_owned()
