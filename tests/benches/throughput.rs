@@ -10,8 +10,18 @@
 //! library first, ...) after a warm-up; the table shows the medians of the rounds. The
 //! machine may be shared: the output says how much CPU other processes took meanwhile.
 //!
-//! Run: `cargo bench -p cache-tests --bench throughput` (under 3 minutes).
-//! `BENCH_QUICK=1` runs a tenth of the operations (a smoke run of about 20 s).
+//! Beside ops/s and latency, each side reports the bench process's CPU time (user +
+//! system, all threads) per call: on a shared 2-core VM throughput moves with the
+//! neighbours, CPU per call much less. `get` is swept over 1, 4, 16, 64, 256 and 1024
+//! concurrent tasks on both runtime flavours, with a table of library/raw ratios per
+//! flavour and placement, and SVG charts of the sweep (throughput, p50/p99 latency, CPU
+//! per call) written to `docs/charts/` (`target/charts-quick/` for quick or filtered runs;
+//! `BENCH_CHARTS=dir` elsewhere).
+//!
+//! Run: `cargo bench -p cache-tests --bench throughput` (about 5 minutes).
+//! `BENCH_QUICK=1` runs a tenth of the operations (a smoke run of about 30 s).
+//! `BENCH_FILTER=text` runs only the scenarios whose name contains `text` (e.g. `tasks`
+//! for the concurrent ones), besides the degraded get.
 //!
 //! Placement: when `taskset` works and there are at least 2 CPUs, every scenario runs
 //! twice: pinned (redis-server on CPU 0, the bench on CPU 1: the client's CPU cost is
@@ -27,9 +37,9 @@ use std::time::{Duration, Instant};
 use cache_manager::codec::FRAME_TAG;
 use cache_manager::{Breaker, Cache, CacheConfig, cache_registry};
 use cache_tests::RedisServer;
+use cache_tests::bench_data::Profile;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Keys of every cache, all populated before the first measurement.
@@ -38,30 +48,8 @@ const KEYS: u64 = 10_000;
 const BATCH: u64 = 100;
 /// Rounds of each raw/library pair.
 const ROUNDS: usize = 5;
-
-/// The value of the bincode and json caches: 47 bytes in bincode with the header, about
-/// 90 in JSON, for every key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Profile {
-    id: u64,
-    name: String,
-    email: String,
-    score: u32,
-    active: bool,
-}
-
-impl Profile {
-    fn of(k: u64) -> Self {
-        Profile {
-            // Fixed widths: the same encoded size for every key.
-            id: 1_000_000 + k,
-            name: format!("user-{k:05}"),
-            email: format!("user{k:05}@example.com"),
-            score: 1_000 + (k % 100) as u32,
-            active: true,
-        }
-    }
-}
+/// Concurrent tasks of the `get` sweep.
+const SWEEP: [usize; 6] = [1, 4, 16, 64, 256, 1024];
 
 #[derive(Cache)]
 #[cache(namespace = "bench:bincode", key = u64, value = Profile)]
@@ -94,6 +82,8 @@ struct Data {
     profiles: Vec<Profile>,
     tokens: Vec<Uuid>,
     fingerprint: u32,
+    /// A bincode cache's keys carry the value layout: `bench:bincode@{fingerprint}`.
+    bincode_ns: String,
     ttl_secs: u64,
 }
 
@@ -108,6 +98,7 @@ impl Data {
             profiles: (0..KEYS).map(Profile::of).collect(),
             tokens: (0..KEYS).map(token).collect(),
             fingerprint: info.fingerprint,
+            bincode_ns: format!("bench:bincode@{:08x}", info.fingerprint),
             ttl_secs: info.ttl.as_secs(),
         }
     }
@@ -182,7 +173,7 @@ async fn call(side: &mut Side, data: &Data, op: Op, n: u64) -> bool {
     match (side, op) {
         (Side::Raw(conn), Op::Get(codec)) => {
             let key = match codec {
-                Codec::Bincode => format!("bench:bincode:{k}"),
+                Codec::Bincode => format!("{}:{k}", data.bincode_ns),
                 Codec::Json => format!("bench:json:{k}"),
                 Codec::Text => format!("bench:string:{k}"),
             };
@@ -205,7 +196,7 @@ async fn call(side: &mut Side, data: &Data, op: Op, n: u64) -> bool {
         (Side::Raw(conn), Op::Set) => {
             let bytes = encode_bincode(&data.profiles[k as usize], data.fingerprint);
             redis::cmd("SET")
-                .arg(format!("bench:bincode:{k}"))
+                .arg(format!("{}:{k}", data.bincode_ns))
                 .arg(&bytes)
                 .arg("EX")
                 .arg(data.ttl_secs)
@@ -220,7 +211,7 @@ async fn call(side: &mut Side, data: &Data, op: Op, n: u64) -> bool {
         (Side::Raw(conn), Op::MGet) => {
             let keys: Vec<String> = data.keys[batch]
                 .iter()
-                .map(|k| format!("bench:bincode:{k}"))
+                .map(|k| format!("{}:{k}", data.bincode_ns))
                 .collect();
             let values: Vec<Option<Vec<u8>>> =
                 match redis::cmd("MGET").arg(&keys).query_async(conn).await {
@@ -246,7 +237,7 @@ async fn call(side: &mut Side, data: &Data, op: Op, n: u64) -> bool {
             let mut pipe = redis::pipe();
             for (k, value) in data.keys[batch.clone()].iter().zip(&data.profiles[batch]) {
                 pipe.cmd("SET")
-                    .arg(format!("bench:bincode:{k}"))
+                    .arg(format!("{}:{k}", data.bincode_ns))
                     .arg(encode_bincode(value, data.fingerprint))
                     .arg("EX")
                     .arg(data.ttl_secs)
@@ -264,9 +255,20 @@ async fn call(side: &mut Side, data: &Data, op: Op, n: u64) -> bool {
     }
 }
 
+/// CPU time this process has used so far, all threads, user + system: what
+/// `getrusage(RUSAGE_SELF)` sums, in nanoseconds (`CLOCK_PROCESS_CPUTIME_ID`, through
+/// rustix as the workspace forbids `unsafe`).
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// One side's run of one scenario.
 struct Sample {
     ops_per_s: f64,
+    /// The bench process's CPU time per completed call (client work only: the server is
+    /// another process).
+    cpu_per_op: Duration,
     p50: Duration,
     p99: Duration,
     failed: u64,
@@ -283,6 +285,7 @@ async fn run_side(
     cap: Duration,
 ) -> Sample {
     let per_task = (ops / tasks as u64).max(1);
+    let cpu_at_start = process_cpu();
     let started = Instant::now();
     let deadline = started + cap;
     let handles: Vec<_> = (0..tasks as u64)
@@ -317,10 +320,12 @@ async fn run_side(
         failed += f;
     }
     let wall = started.elapsed();
+    let cpu = process_cpu() - cpu_at_start;
     let done = latencies.len();
     latencies.sort_unstable();
     Sample {
         ops_per_s: done as f64 / wall.as_secs_f64(),
+        cpu_per_op: cpu / done.max(1) as u32,
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         failed,
@@ -338,6 +343,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// The medians of a side's rounds.
 struct Summary {
     ops_per_s: f64,
+    cpu_per_op: Duration,
     p50: Duration,
     p99: Duration,
     failed: u64,
@@ -352,6 +358,7 @@ fn summarize(samples: &[Sample]) -> Summary {
     }
     Summary {
         ops_per_s: median(samples.iter().map(|s| s.ops_per_s).collect()),
+        cpu_per_op: median(samples.iter().map(|s| s.cpu_per_op).collect()),
         p50: median(samples.iter().map(|s| s.p50).collect()),
         p99: median(samples.iter().map(|s| s.p99).collect()),
         failed: samples.iter().map(|s| s.failed).sum(),
@@ -362,6 +369,13 @@ fn summarize(samples: &[Sample]) -> Summary {
 
 struct Row {
     name: String,
+    /// Concurrent callers, and whether the row belongs to the `get` concurrency sweep.
+    tasks: usize,
+    sweep: bool,
+    /// `ct` or `mt`.
+    runtime: &'static str,
+    /// `pinned` or `unpinned`.
+    placement: &'static str,
     raw: Summary,
     lib: Summary,
     /// Raw without a response timeout, when measured.
@@ -373,11 +387,12 @@ struct Row {
 }
 
 struct Scenario {
-    name: &'static str,
+    name: String,
     op: Op,
     tasks: usize,
     ops: u64,
     untimed_reference: bool,
+    sweep: bool,
 }
 
 struct Sides {
@@ -450,10 +465,10 @@ async fn run_scenario(
     sides: &Sides,
     data: &Arc<Data>,
     s: &Scenario,
-    flavour: &str,
+    (runtime, placement): (&'static str, &'static str),
     cap: Duration,
 ) -> Row {
-    let name = format!("{} [{flavour}]", s.name);
+    let name = format!("{} [{runtime}, {placement}]", s.name);
     eprintln!("running {name} ...");
     let mut order: Vec<(usize, &Side)> = vec![(0, &sides.raw), (1, &sides.lib)];
     if s.untimed_reference {
@@ -477,6 +492,10 @@ async fn run_scenario(
     let [raw, lib, untimed] = samples;
     Row {
         name,
+        tasks: s.tasks,
+        sweep: s.sweep,
+        runtime,
+        placement,
         raw: summarize(&raw),
         lib: summarize(&lib),
         untimed: (!untimed.is_empty()).then(|| summarize(&untimed)),
@@ -563,7 +582,7 @@ async fn populate(sides: &Sides, data: &Data, url: &str) {
         let profile = &data.profiles[k as usize];
         let expected = [
             (
-                format!("bench:bincode:{k}"),
+                format!("{}:{k}", data.bincode_ns),
                 encode_bincode(profile, data.fingerprint),
             ),
             (format!("bench:json:{k}"), encode_json(profile)),
@@ -581,8 +600,13 @@ async fn populate(sides: &Sides, data: &Data, url: &str) {
             );
         }
     }
+    // Besides the entries, the bincode cache records its layout in one more key.
     let size: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
-    assert_eq!(size, 3 * KEYS);
+    assert!(
+        size >= 3 * KEYS,
+        "{size} keys stored, expected {}",
+        3 * KEYS
+    );
 }
 
 /// Kills the server, waits for the library's breaker to open, and measures a `get` on
@@ -592,7 +616,7 @@ async fn degraded(
     data: &Arc<Data>,
     server: &mut RedisServer,
     ops: u64,
-    flavour: &str,
+    flavour: (&'static str, &'static str),
 ) -> Row {
     server.kill();
     let caches = lib_of(sides);
@@ -606,11 +630,12 @@ async fn degraded(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let scenario = Scenario {
-        name: "degraded get, Redis killed (breaker open)",
+        name: "degraded get, Redis killed (breaker open)".to_owned(),
         op: Op::Get(Codec::Bincode),
         tasks: 1,
         ops,
         untimed_reference: false,
+        sweep: false,
     };
     let mut row = run_scenario(sides, data, &scenario, flavour, Duration::from_secs(3)).await;
     row.expect_failures = true;
@@ -620,34 +645,36 @@ async fn degraded(
 struct Plan {
     quick: bool,
     cap: Duration,
+    /// Only scenarios whose name contains this (`BENCH_FILTER`), for focused runs.
+    filter: Option<String>,
 }
 
 impl Plan {
+    fn wants(&self, s: &Scenario) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| s.name.contains(f.as_str()))
+    }
+
     /// `full` operations, a tenth in quick mode.
     fn ops(&self, full: u64) -> u64 {
         if self.quick { full / 10 } else { full }
     }
 
     /// Unpinned, a sequential call is several times faster (no cross-CPU wake-up per
-    /// call), so it runs more of them for a comparable duration.
+    /// call), so it runs more of them for a comparable duration. The sequential bincode
+    /// `get` is the sweep's first point.
     fn sequential(&self, pinned: bool) -> Vec<Scenario> {
         let more = if pinned { 1 } else { 4 };
-        let seq = |name, op, ops| Scenario {
-            name,
+        let seq = |name: &str, op, ops| Scenario {
+            name: name.to_owned(),
             op,
             tasks: 1,
             ops: self.ops(ops),
             untimed_reference: false,
+            sweep: false,
         };
         vec![
-            Scenario {
-                untimed_reference: true,
-                ..seq(
-                    "get, sequential, bincode",
-                    Op::Get(Codec::Bincode),
-                    5_000 * more,
-                )
-            },
             seq("get, sequential, json", Op::Get(Codec::Json), 5_000 * more),
             seq(
                 "get, sequential, string",
@@ -664,23 +691,42 @@ impl Plan {
         ]
     }
 
+    /// `get` of a bincode value from 1 to 1024 concurrent tasks, each point sized to run
+    /// for a few tenths of a second per round.
+    fn sweep(&self, pinned: bool) -> Vec<Scenario> {
+        let more = if pinned { 1 } else { 4 };
+        SWEEP
+            .iter()
+            .map(|&tasks| Scenario {
+                name: if tasks == 1 {
+                    "get, sequential, bincode".to_owned()
+                } else {
+                    format!("get, {tasks} tasks")
+                },
+                op: Op::Get(Codec::Bincode),
+                tasks,
+                ops: self.ops(match tasks {
+                    1 => 5_000 * more,
+                    4 => 20_000,
+                    16 => 60_000,
+                    _ => 120_000,
+                }),
+                // Where the timeout's cost shows most: alone, and under moderate load.
+                untimed_reference: tasks == 1 || tasks == 64,
+                sweep: true,
+            })
+            .collect()
+    }
+
     fn concurrent(&self) -> Vec<Scenario> {
-        let conc = |name, op, tasks, ops| Scenario {
-            name,
-            op,
-            tasks,
-            ops: self.ops(ops),
+        vec![Scenario {
+            name: "set, 64 tasks".to_owned(),
+            op: Op::Set,
+            tasks: 64,
+            ops: self.ops(120_000),
             untimed_reference: false,
-        };
-        vec![
-            conc("get, 16 tasks", Op::Get(Codec::Bincode), 16, 60_000),
-            Scenario {
-                untimed_reference: true,
-                ..conc("get, 64 tasks", Op::Get(Codec::Bincode), 64, 120_000)
-            },
-            conc("get, 256 tasks", Op::Get(Codec::Bincode), 256, 120_000),
-            conc("set, 64 tasks", Op::Set, 64, 120_000),
-        ]
+            sweep: false,
+        }]
     }
 }
 
@@ -815,6 +861,7 @@ fn main() {
     let plan = Plan {
         quick,
         cap: Duration::from_secs(if quick { 5 } else { 20 }),
+        filter: std::env::var("BENCH_FILTER").ok().filter(|f| !f.is_empty()),
     };
     let want_pin = match std::env::var("BENCH_PIN").as_deref() {
         Ok("0") => Some(false),
@@ -866,6 +913,7 @@ fn main() {
     };
 
     let config = CacheConfig::default();
+    let concurrent = plan.concurrent();
     let mut rows = Vec::new();
     let mut lib_stats = Vec::new();
     let mut populated = false;
@@ -879,17 +927,24 @@ fn main() {
                 populate(&sides, &data, &url).await;
                 populated = true;
             }
-            for s in plan.sequential(pinned).iter().chain(&plan.concurrent()) {
-                rows.push(run_scenario(&sides, &data, s, &format!("ct, {mode}"), plan.cap).await);
+            let mut scenarios = plan.sweep(pinned);
+            scenarios.extend(plan.sequential(pinned));
+            scenarios.extend(plan.concurrent());
+            for s in scenarios.iter().filter(|s| plan.wants(s)) {
+                rows.push(run_scenario(&sides, &data, s, ("ct", mode), plan.cap).await);
             }
             lib_stats.push((format!("ct, {mode}"), lib_of(&sides).stats()));
         });
-        // Multi-thread runtime, 2 workers: sequential get and the concurrent scenarios.
+        // Multi-thread runtime, 2 workers: the sweep and the concurrent scenarios.
         runtime("mt").block_on(async {
             let sides = sides(&url, server_pid).await;
-            let sequential = plan.sequential(pinned);
-            for s in sequential.iter().take(1).chain(&plan.concurrent()) {
-                rows.push(run_scenario(&sides, &data, s, &format!("mt, {mode}"), plan.cap).await);
+            let scenarios = plan.sweep(pinned);
+            let scenarios = scenarios
+                .iter()
+                .chain(&concurrent)
+                .filter(|s| plan.wants(s));
+            for s in scenarios {
+                rows.push(run_scenario(&sides, &data, s, ("mt", mode), plan.cap).await);
             }
             lib_stats.push((format!("mt, {mode}"), lib_of(&sides).stats()));
         });
@@ -902,8 +957,8 @@ fn main() {
     };
     runtime("ct").block_on(async {
         let sides = sides(&url, server_pid).await;
-        let flavour = format!("ct, {last_mode}");
-        rows.push(degraded(&sides, &data, &mut server, plan.ops(30_000), &flavour).await);
+        let flavour = ("ct", last_mode);
+        rows.push(degraded(&sides, &data, &mut server, plan.ops(30_000), flavour).await);
     });
 
     let bincode_len = encode_bincode(&data.profiles[0], data.fingerprint).len();
@@ -961,27 +1016,21 @@ fn main() {
     );
     println!();
     println!(
-        "| scenario | raw ops/s | lib ops/s | lib/raw | raw p50 | lib p50 | raw p99 | lib p99 |"
+        "CPU/op = the bench process's CPU time (user + system, all threads) per completed call, \
+         median of the rounds; the server's CPU is not in it"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!();
+    println!("| scenario | {COLUMNS} |");
+    println!("| --- |{}", " ---: |".repeat(10));
     for row in &rows {
         let mark = if row.raw.capped || row.lib.capped {
             " (time-capped)"
         } else {
             ""
         };
-        println!(
-            "| {}{mark} | {} | {} | {:.2} | {} | {} | {} | {} |",
-            row.name,
-            rate(row.raw.ops_per_s),
-            rate(row.lib.ops_per_s),
-            row.lib.ops_per_s / row.raw.ops_per_s,
-            show(row.raw.p50),
-            show(row.lib.p50),
-            show(row.raw.p99),
-            show(row.lib.p99),
-        );
+        println!("| {}{mark} | {} |", row.name, cells(row));
     }
+    print_sweeps(&rows);
     println!();
     println!("reference, raw without any response timeout (same rounds):");
     for row in &rows {
@@ -1055,5 +1104,268 @@ fn main() {
             }
         }
     }
+    let chart_dir = std::env::var("BENCH_CHARTS").unwrap_or_else(|_| {
+        // A quick or filtered run's charts must not replace the docs' ones.
+        if plan.quick || plan.filter.is_some() {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/charts-quick").to_owned()
+        } else {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/charts").to_owned()
+        }
+    });
+    let machine = format!(
+        "{cores} CPUs, redis-server {} on loopback",
+        info_field(&info, "redis_version")
+    );
+    match charts::write(std::path::Path::new(&chart_dir), &rows, &machine) {
+        Ok(files) => println!("charts: {}", files.join(", ")),
+        Err(e) => println!("WARNING charts not written to {chart_dir}: {e}"),
+    }
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// The columns of a row after its name, as [`cells`] prints them.
+const COLUMNS: &str = "raw ops/s | lib ops/s | ops/s lib/raw | raw CPU/op | lib CPU/op | \
+                       CPU/op lib/raw | raw p50 | lib p50 | raw p99 | lib p99";
+
+/// A row's figures, as table cells.
+fn cells(row: &Row) -> String {
+    format!(
+        "{} | {} | {:.2} | {} | {} | {:.2} | {} | {} | {} | {}",
+        rate(row.raw.ops_per_s),
+        rate(row.lib.ops_per_s),
+        row.lib.ops_per_s / row.raw.ops_per_s,
+        show(row.raw.cpu_per_op),
+        show(row.lib.cpu_per_op),
+        row.lib.cpu_per_op.as_secs_f64() / row.raw.cpu_per_op.as_secs_f64(),
+        show(row.raw.p50),
+        show(row.lib.p50),
+        show(row.raw.p99),
+        show(row.lib.p99),
+    )
+}
+
+/// The `get` sweep of each runtime and placement: throughput and client CPU per call
+/// against raw redis, by concurrency.
+fn print_sweeps(rows: &[Row]) {
+    let mut groups: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r.sweep)
+        .map(|r| (r.runtime, r.placement))
+        .collect();
+    groups.dedup();
+    for (runtime, placement) in groups {
+        println!();
+        println!("get sweep [{runtime}, {placement}]:");
+        println!();
+        println!("| tasks | {COLUMNS} |");
+        println!("| ---: |{}", " ---: |".repeat(10));
+        for row in rows
+            .iter()
+            .filter(|r| r.sweep && r.runtime == runtime && r.placement == placement)
+        {
+            println!("| {} | {} |", row.tasks, cells(row));
+        }
+    }
+}
+
+/// SVG charts of the `get` sweep, one file per placement and figure, each with a panel per
+/// runtime: what the tables say, for the docs.
+mod charts {
+    use std::error::Error;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use plotters::prelude::*;
+
+    use super::{Row, SWEEP, Summary};
+
+    const RAW: RGBColor = RGBColor(90, 90, 90);
+    const LIB: RGBColor = RGBColor(200, 40, 40);
+    const RUNTIMES: [(&str, &str); 2] = [
+        ("ct", "tokio current-thread"),
+        ("mt", "tokio multi-thread, 2 workers"),
+    ];
+
+    /// A figure: its file name's stem, title, y axis, whether log-scaled, and the lines
+    /// (label, colour, dashed, value of a side).
+    struct Figure {
+        stem: &'static str,
+        title: &'static str,
+        y_desc: &'static str,
+        log_y: bool,
+        lines: Vec<Line>,
+    }
+
+    struct Line {
+        label: &'static str,
+        colour: RGBColor,
+        dashed: bool,
+        value: fn(&Row) -> f64,
+    }
+
+    fn micros(d: Duration) -> f64 {
+        d.as_secs_f64() * 1e6
+    }
+
+    fn line(label: &'static str, colour: RGBColor, dashed: bool, value: fn(&Row) -> f64) -> Line {
+        Line {
+            label,
+            colour,
+            dashed,
+            value,
+        }
+    }
+
+    fn figures() -> Vec<Figure> {
+        fn side(row: &Row, lib: bool) -> &Summary {
+            if lib { &row.lib } else { &row.raw }
+        }
+        vec![
+            Figure {
+                stem: "get-throughput",
+                title: "get: calls per second by concurrent tasks",
+                y_desc: "thousand gets / s",
+                log_y: false,
+                lines: vec![
+                    line("raw redis", RAW, false, |r| side(r, false).ops_per_s / 1e3),
+                    line("library", LIB, false, |r| side(r, true).ops_per_s / 1e3),
+                ],
+            },
+            Figure {
+                stem: "get-latency",
+                title: "get: latency by concurrent tasks (p50 solid, p99 dashed)",
+                y_desc: "µs",
+                log_y: true,
+                lines: vec![
+                    line("raw p50", RAW, false, |r| micros(side(r, false).p50)),
+                    line("library p50", LIB, false, |r| micros(side(r, true).p50)),
+                    line("raw p99", RAW, true, |r| micros(side(r, false).p99)),
+                    line("library p99", LIB, true, |r| micros(side(r, true).p99)),
+                ],
+            },
+            Figure {
+                stem: "get-cpu",
+                title: "get: client CPU time (user + system) per call",
+                y_desc: "µs of CPU per get",
+                log_y: false,
+                lines: vec![
+                    line("raw redis", RAW, false, |r| {
+                        micros(side(r, false).cpu_per_op)
+                    }),
+                    line("library", LIB, false, |r| micros(side(r, true).cpu_per_op)),
+                ],
+            },
+        ]
+    }
+
+    /// Writes every figure for every placement the rows cover; returns the files written.
+    pub(super) fn write(
+        dir: &Path,
+        rows: &[Row],
+        machine: &str,
+    ) -> Result<Vec<String>, Box<dyn Error>> {
+        std::fs::create_dir_all(dir)?;
+        let mut written = Vec::new();
+        for placement in ["unpinned", "pinned"] {
+            let sweep: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.sweep && r.placement == placement)
+                .collect();
+            if sweep.is_empty() {
+                continue;
+            }
+            for figure in figures() {
+                let path = dir.join(format!("{}-{placement}.svg", figure.stem));
+                draw(&path, &figure, &sweep, &format!("{machine}, {placement}"))?;
+                written.push(path.display().to_string());
+            }
+        }
+        Ok(written)
+    }
+
+    fn draw(
+        path: &Path,
+        figure: &Figure,
+        rows: &[&Row],
+        subtitle: &str,
+    ) -> Result<(), Box<dyn Error>> {
+        let root = SVGBackend::new(path, (1100, 460)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(
+            &format!("{} ({subtitle})", figure.title),
+            ("sans-serif", 18),
+        )?;
+        let x_max = *SWEEP.last().expect("a sweep") as f64;
+        let values = || {
+            rows.iter()
+                .flat_map(|r| figure.lines.iter().map(move |l| (l.value)(r)))
+        };
+        let y_max = values().fold(0.0, f64::max) * 1.15;
+        let y_min = values().fold(f64::INFINITY, f64::min).max(1e-3) / 1.5;
+        for (panel, (runtime, runtime_name)) in root.split_evenly((1, 2)).iter().zip(RUNTIMES) {
+            let points: Vec<&&Row> = rows.iter().filter(|r| r.runtime == runtime).collect();
+            let mut builder = ChartBuilder::on(panel);
+            builder
+                .caption(runtime_name, ("sans-serif", 15))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60);
+            let x = (1.0..x_max * 1.3).log_scale();
+            // The two y scales are different types: one macro draws on either.
+            macro_rules! plot {
+                ($chart:expr) => {{
+                    let mut chart = $chart;
+                    chart
+                        .configure_mesh()
+                        .x_desc("concurrent tasks (log scale)")
+                        .y_desc(figure.y_desc)
+                        .x_label_formatter(&|v| format!("{v:.0}"))
+                        .y_label_formatter(&|v| format!("{v:.0}"))
+                        .draw()?;
+                    for l in &figure.lines {
+                        let series: Vec<(f64, f64)> = points
+                            .iter()
+                            .map(|r| (r.tasks as f64, (l.value)(r)))
+                            .collect();
+                        let style = ShapeStyle::from(l.colour).stroke_width(2);
+                        let colour = l.colour;
+                        if l.dashed {
+                            chart
+                                .draw_series(DashedLineSeries::new(series.clone(), 6, 4, style))?
+                                .label(l.label)
+                                .legend(move |(x, y)| {
+                                    PathElement::new(vec![(x, y), (x + 20, y)], colour)
+                                });
+                        } else {
+                            chart
+                                .draw_series(LineSeries::new(series.clone(), style))?
+                                .label(l.label)
+                                .legend(move |(x, y)| {
+                                    PathElement::new(
+                                        vec![(x, y), (x + 20, y)],
+                                        ShapeStyle::from(colour).stroke_width(2),
+                                    )
+                                });
+                        }
+                        chart.draw_series(
+                            series.iter().map(|&p| Circle::new(p, 3, colour.filled())),
+                        )?;
+                    }
+                    chart
+                        .configure_series_labels()
+                        .position(SeriesLabelPosition::UpperLeft)
+                        .background_style(WHITE.mix(0.85))
+                        .border_style(BLACK)
+                        .draw()?;
+                }};
+            }
+            if figure.log_y {
+                plot!(builder.build_cartesian_2d(x, (y_min..y_max).log_scale())?);
+            } else {
+                plot!(builder.build_cartesian_2d(x, 0.0..y_max)?);
+            }
+        }
+        root.present()?;
+        Ok(())
+    }
 }

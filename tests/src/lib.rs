@@ -7,6 +7,7 @@
 //! [`wire`] helpers. A [`RoundTripProxy`] in front of a server counts the library's round
 //! trips; [`LogCapture`] records what it logs.
 
+pub mod bench_data;
 pub mod cluster;
 mod logs;
 mod proxy;

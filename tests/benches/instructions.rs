@@ -1,0 +1,175 @@
+//! Instructions per sequential `get`, counted by `valgrind --tool=callgrind`: a figure that,
+//! unlike time on a shared VM, repeats to within a fraction of a percent from run to run.
+//!
+//! Three targets, each a sequential loop on a tokio current-thread runtime, reading a
+//! bincode value of 47 bytes (the throughput bench's `Profile`) that is always there:
+//! - `raw`: hand-written `redis` 1.x, `GET` on one multiplexed connection, with the
+//!   library's response timeout, then the same header check and bincode decode;
+//! - `redis`: the library's `get` against the same `redis-server`;
+//! - `memory`: the library's `get` on `memory://` (no I/O: the library's own cost).
+//!
+//! Each target runs twice under callgrind, with N and 2N calls after the same warm-up;
+//! (instructions at 2N - instructions at N) / N is the cost of one call, with process
+//! start, connect and warm-up cancelled out. Only the bench process is counted (valgrind
+//! does not follow the `redis-server` the harness starts).
+//!
+//! Run: `cargo bench -p cache-tests --bench instructions` (about a minute; needs
+//! `valgrind`). `INSTRUCTIONS_N` sets N (default 2000).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cache_manager::codec::{Bincode, Codec, FRAME_LEN, FRAME_TAG};
+use cache_manager::{Cache, CacheConfig, cache_registry};
+use cache_tests::RedisServer;
+use cache_tests::bench_data::Profile;
+use redis::AsyncConnectionConfig;
+
+#[derive(Cache)]
+#[cache(namespace = "instr:bincode", key = u64, value = Profile)]
+struct Profiles;
+
+cache_registry! {
+    struct Caches {
+        profiles: Profiles,
+    }
+}
+
+const KEY: u64 = 42;
+const WARM_UP: u64 = 500;
+const TARGETS: [&str; 3] = ["raw", "redis", "memory"];
+
+fn main() {
+    // The child: `instructions <target> <calls> <url>` under valgrind.
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, target, calls, url] = args.as_slice()
+        && TARGETS.contains(&target.as_str())
+    {
+        let calls: u64 = calls.parse().expect("a number of calls");
+        child(target, calls, url);
+        return;
+    }
+    parent();
+}
+
+fn parent() {
+    let started = Instant::now();
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        println!("valgrind not found: nothing measured (apt-get install valgrind)");
+        return;
+    }
+    let n: u64 = std::env::var("INSTRUCTIONS_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let server = RedisServer::new();
+    let url = server.url();
+    let exe = std::env::current_exe().expect("the bench's own path");
+    println!(
+        "valgrind --tool=callgrind, tokio current-thread, sequential get of a 47-byte bincode value"
+    );
+    println!("N = {n}; per call = (Ir at 2N - Ir at N) / N, warm-up {WARM_UP} calls in both runs");
+    println!();
+    println!("| target | Ir, N calls | Ir, 2N calls | instructions per get |");
+    println!("| --- | ---: | ---: | ---: |");
+    let mut per_call = Vec::new();
+    for target in TARGETS {
+        let url = if target == "memory" {
+            "memory://".to_owned()
+        } else {
+            url.clone()
+        };
+        let once = callgrind(&exe, target, n, &url);
+        let twice = callgrind(&exe, target, 2 * n, &url);
+        let each = twice.saturating_sub(once) as f64 / n as f64;
+        per_call.push(each);
+        println!("| {target} | {once} | {twice} | {each:.0} |");
+    }
+    println!();
+    println!(
+        "library on redis / raw: {:.2}; library on memory:// / raw: {:.2}",
+        per_call[1] / per_call[0],
+        per_call[2] / per_call[0]
+    );
+    println!("total time: {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// Runs the child under callgrind and returns its total instruction count (`Ir`).
+fn callgrind(exe: &std::path::Path, target: &str, calls: u64, url: &str) -> u64 {
+    let out_file = std::env::temp_dir().join(format!(
+        "instructions-{}-{target}-{calls}.callgrind",
+        std::process::id()
+    ));
+    let out = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out_file.display()))
+        .arg(exe)
+        .args([target, &calls.to_string(), url])
+        .output()
+        .expect("run valgrind");
+    let _ = std::fs::remove_file(&out_file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{target} with {calls} calls under callgrind failed: {stderr}"
+    );
+    // `==pid== Collected : 123456789`
+    stderr
+        .lines()
+        .find_map(|l| l.split_once("Collected :")?.1.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `Collected :` line from callgrind: {stderr}"))
+}
+
+fn child(target: &str, calls: u64, url: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let caches = Arc::new(Caches::new());
+        caches.connect(url).await.expect("connect");
+        assert!(
+            caches
+                .profiles()
+                .set(&KEY, &Profile::of(KEY))
+                .await
+                .expect("set")
+        );
+        if target == "raw" {
+            let key = caches.profiles().redis_key(&KEY);
+            let fingerprint = Caches::CACHES[0].fingerprint;
+            // The library's background tasks must not count on the raw side.
+            drop(caches);
+            let config = AsyncConnectionConfig::new()
+                .set_response_timeout(Some(CacheConfig::default().response_timeout));
+            let mut conn = redis::Client::open(url)
+                .expect("the harness URL parses")
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .expect("raw connection");
+            for _ in 0..WARM_UP + calls {
+                let bytes: Vec<u8> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("GET");
+                let body = match bytes.as_slice() {
+                    [FRAME_TAG, a, b, c, d, ..]
+                        if u32::from_le_bytes([*a, *b, *c, *d]) == fingerprint =>
+                    {
+                        &bytes[FRAME_LEN..]
+                    }
+                    _ => panic!("not a framed entry of this layout"),
+                };
+                let value = <Bincode as Codec<Profile>>::decode(body).expect("decode");
+                std::hint::black_box(value);
+            }
+        } else {
+            for _ in 0..WARM_UP + calls {
+                let value = caches.profiles().get(&KEY).await.expect("a hit");
+                std::hint::black_box(value);
+            }
+        }
+    });
+}
