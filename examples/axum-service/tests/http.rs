@@ -444,7 +444,7 @@ async fn health_metrics_and_manifest_routes(database: Database) {
     assert_eq!(health["status"], "connected");
 
     let user = service.user(9).await;
-    let counters = |stats: &serde_json::Value, field: &str, name: &str| {
+    let counters = |stats: &Value, field: &str, name: &str| {
         stats["caches"]
             .as_array()
             .unwrap()
