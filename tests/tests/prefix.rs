@@ -207,8 +207,12 @@ async fn first_levels_hear_only_their_own_environment() {
             .unwrap()
     );
     assert!(prod.items().set(&1, &"prod".to_owned()).await.unwrap());
-    assert_eq!(staging_b.items().get(&1).await.as_deref(), Some("staging"));
-    assert_eq!(prod.items().get(&1).await.as_deref(), Some("prod"));
+    // Held once the writes' own notices have landed (they drop copies read before).
+    wire::assert_held(&raw, "1", "staging", async || {
+        staging_b.items().get(&1).await
+    })
+    .await;
+    wire::assert_held(&raw, "1", "prod", async || prod.items().get(&1).await).await;
 
     // A write in staging reaches staging B's first level...
     assert!(
@@ -220,6 +224,10 @@ async fn first_levels_hear_only_their_own_environment() {
     );
     eventually("staging B sees the new value", async || {
         staging_b.items().get(&1).await.as_deref() == Some("staging-2")
+    })
+    .await;
+    wire::assert_held(&raw, "1", "staging-2", async || {
+        staging_b.items().get(&1).await
     })
     .await;
     // ...and prod, which heard nothing, still serves its own value from its first level:
@@ -278,8 +286,12 @@ async fn without_tracking_first_levels_hear_their_own_environment_by_pub_sub() {
             .unwrap()
     );
     assert!(prod.items().set(&1, &"prod".to_owned()).await.unwrap());
-    assert_eq!(staging_b.items().get(&1).await.as_deref(), Some("staging"));
-    assert_eq!(prod.items().get(&1).await.as_deref(), Some("prod"));
+    // Held once the writes' own notices have landed (they drop copies read before).
+    wire::assert_held(&raw, "1", "staging", async || {
+        staging_b.items().get(&1).await
+    })
+    .await;
+    wire::assert_held(&raw, "1", "prod", async || prod.items().get(&1).await).await;
 
     // A write in staging reaches staging B's first level...
     assert!(
@@ -291,6 +303,10 @@ async fn without_tracking_first_levels_hear_their_own_environment_by_pub_sub() {
     );
     eventually("staging B sees the new value", async || {
         staging_b.items().get(&1).await.as_deref() == Some("staging-2")
+    })
+    .await;
+    wire::assert_held(&raw, "1", "staging-2", async || {
+        staging_b.items().get(&1).await
     })
     .await;
     // ...and prod, which heard nothing, still serves its own value from its first level:

@@ -72,7 +72,8 @@ async fn local_hits_are_served_without_redis() {
     let a = instance(&server).await;
     eventually("the subscription", async || subscribers(&raw).await == 1).await;
     a.items().set(&1, &"one".to_owned()).await.unwrap();
-    assert_eq!(a.items().get(&1).await.as_deref(), Some("one")); // from Redis, kept locally
+    // Read from Redis and kept locally, once the write's own invalidation has landed.
+    wire::assert_held(&raw, "1", "one", async || a.items().get(&1).await).await;
     wire::reset_stats(&raw).await;
     for _ in 0..100 {
         assert_eq!(a.items().get(&1).await.as_deref(), Some("one"));
