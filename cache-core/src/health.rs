@@ -237,3 +237,80 @@ impl Health {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16, healthy: bool, latency_ms: Option<f64>, degraded: u64) -> NodeHealth {
+        NodeHealth {
+            address: format!("127.0.0.1:{port}"),
+            slots: 16384 / 4,
+            healthy,
+            breaker: if healthy {
+                Breaker::Closed
+            } else {
+                Breaker::Open
+            },
+            latency_ms,
+            error: (!healthy).then(|| "connection refused".to_owned()),
+            down_for_ms: (!healthy).then_some(port as u64),
+            degraded_calls: degraded,
+        }
+    }
+
+    #[test]
+    fn a_cluster_is_healthy_only_with_every_master_and_reports_the_slowest_and_the_sum() {
+        let all = vec![
+            node(7000, true, Some(0.2), 3),
+            node(7001, true, Some(1.5), 4),
+            node(7002, true, Some(0.7), 0),
+        ];
+        let health = Health::cluster("redis+cluster://127.0.0.1:7000", all, None, 2);
+        assert!(health.healthy);
+        assert_eq!(health.status, HealthStatus::Connected);
+        assert_eq!(health.breaker, Breaker::Closed);
+        assert_eq!(health.latency_ms, Some(1.5), "the slowest master's latency");
+        assert_eq!(
+            health.degraded_calls,
+            3 + 4 + 2,
+            "every master's, plus unrouted calls"
+        );
+        assert_eq!(health.error, None);
+
+        let one_down = vec![
+            node(7000, true, Some(0.2), 1),
+            node(7001, false, None, 5),
+            node(7002, false, None, 6),
+        ];
+        let health = Health::cluster("redis+cluster://127.0.0.1:7000", one_down, None, 0);
+        assert!(!health.healthy);
+        assert_eq!(health.status, HealthStatus::Degraded);
+        assert_eq!(
+            health.breaker,
+            Breaker::Open,
+            "any master's open breaker shows"
+        );
+        assert_eq!(health.latency_ms, Some(0.2));
+        assert_eq!(health.degraded_calls, 12);
+        assert_eq!(health.down_for_ms, Some(7002), "the longest outage");
+        assert_eq!(
+            health.error.as_deref(),
+            Some("127.0.0.1:7001: connection refused"),
+            "the first master down is named"
+        );
+
+        // Every master answering is not enough while slots have no master.
+        let covered = vec![node(7000, true, Some(0.2), 0)];
+        let uncovered = Some("4096 of 16384 slots have no master".to_owned());
+        let health = Health::cluster("redis+cluster://127.0.0.1:7000", covered, uncovered, 0);
+        assert!(!health.healthy);
+        assert_eq!(
+            health.error.as_deref(),
+            Some("4096 of 16384 slots have no master")
+        );
+        // No master known at all: the breaker is open.
+        let health = Health::cluster("redis+cluster://127.0.0.1:7000", Vec::new(), None, 0);
+        assert_eq!(health.breaker, Breaker::Open);
+    }
+}
