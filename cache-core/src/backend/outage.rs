@@ -196,3 +196,66 @@ impl Outage {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// What the thread's `tracing` events print, as text.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn warnings(&self) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|l| l.contains("WARN"))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_logged_once_per_interval_with_the_count_left_out() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let outage = Outage::new("redis", "redis");
+        let url = "redis://127.0.0.1:6379/0";
+
+        for _ in 0..5 {
+            outage.refused(url, "OOM command not allowed".to_owned());
+        }
+        let warnings = lines.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("suppressed=0") && warnings[0].contains("OOM"));
+
+        // Within the interval: still one line.
+        tokio::time::advance(REFUSAL_LOG_EVERY - Duration::from_millis(1)).await;
+        outage.refused(url, "OOM command not allowed".to_owned());
+        assert_eq!(lines.warnings().len(), 1);
+
+        // Past it: the next refusal is logged, counting the 5 left out.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        outage.refused(url, "OOM command not allowed".to_owned());
+        let warnings = lines.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[1].contains("suppressed=5"), "{}", warnings[1]);
+    }
+}
