@@ -89,6 +89,19 @@ pub async fn config_set(conn: &MultiplexedConnection, name: &str, value: &str) {
     run::<()>(conn, redis::cmd("CONFIG").arg("SET").arg(name).arg(value)).await
 }
 
+/// Takes `CLIENT TRACKING` away from the default user, as an ACL or a proxy without it
+/// would: first levels then fall back to pub/sub.
+pub async fn refuse_tracking(conn: &MultiplexedConnection) {
+    run::<()>(
+        conn,
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("-client|tracking"),
+    )
+    .await
+}
+
 /// Connections with tracking on (`t` in `CLIENT LIST`'s flags): the first-level listeners.
 pub async fn tracking_clients(conn: &MultiplexedConnection) -> usize {
     clients(conn)

@@ -69,21 +69,6 @@ async fn tracking_stat(raw: &MultiplexedConnection, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Connections with tracking on (`t` in `CLIENT LIST`'s flags).
-async fn tracked_clients(raw: &MultiplexedConnection) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut raw.clone())
-        .await
-        .unwrap();
-    list.lines()
-        .filter(|line| {
-            let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="));
-            flags.is_some_and(|f| f.contains('t'))
-        })
-        .count()
-}
-
 async fn channels(raw: &MultiplexedConnection) -> Vec<String> {
     let mut list: Vec<String> = redis::cmd("PUBSUB")
         .arg("CHANNELS")
@@ -194,7 +179,7 @@ async fn first_levels_hear_only_their_own_environment() {
     // Redis tracks one key prefix per environment for the level: `{prefix}:local:item:`.
     eventually("the listeners' tracking", async || {
         tracking_stat(&raw, "tracking_total_prefixes").await == 2
-            && tracked_clients(&raw).await == 3
+            && wire::tracking_clients(&raw).await == 3
     })
     .await;
 
@@ -254,13 +239,7 @@ async fn without_tracking_first_levels_hear_their_own_environment_by_pub_sub() {
     let server = RedisServer::new();
     let raw = server.raw().await;
     // A server that refuses tracking: invalidations travel by pub/sub.
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("-client|tracking")
-        .query_async(&mut raw.clone())
-        .await
-        .unwrap();
+    wire::refuse_tracking(&raw).await;
     let staging_a = with_prefix(&server.url(), Some("staging")).await;
     let staging_b = with_prefix(&server.url(), Some("staging")).await;
     let prod = with_prefix(&server.url(), Some("prod")).await;

@@ -127,28 +127,16 @@ async fn a_write_on_one_instance_reaches_the_other_instance_s_local_level() {
     .await;
 }
 
-/// Connections with tracking on (`t` in `CLIENT LIST`'s flags).
-async fn trackers(raw: &MultiplexedConnection) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut raw.clone())
-        .await
-        .unwrap();
-    list.lines()
-        .filter(|line| {
-            let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="));
-            flags.is_some_and(|f| f.contains('t'))
-        })
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_subscription_empties_the_local_level_so_missed_invalidations_cannot_serve_stale_values()
  {
     let server = RedisServer::new();
     let raw = server.raw().await;
     let (a, b) = (instance(&server).await, instance(&server).await);
-    eventually("both listeners", async || trackers(&raw).await == 2).await;
+    eventually("both listeners", async || {
+        wire::tracking_clients(&raw).await == 2
+    })
+    .await;
     // What `a` writes for "new", to be written behind every instance's back (same value
     // type and codec, so the same bytes).
     a.plain().set(&999, &"new".to_owned()).await.unwrap();
@@ -211,7 +199,7 @@ async fn a_lost_subscription_empties_the_local_level_so_missed_invalidations_can
         "b served the stale copy for {first_new:?} after its listener was cut"
     );
     assert_eq!(
-        trackers(&raw).await,
+        wire::tracking_clients(&raw).await,
         0,
         "a listener came back: the test proved nothing"
     );
@@ -220,7 +208,7 @@ async fn a_lost_subscription_empties_the_local_level_so_missed_invalidations_can
     // RESP3 or tracking), and invalidations flow.
     wire::config_set(&raw, "requirepass", "").await;
     eventually("the listeners to track again", async || {
-        trackers(&raw).await == 2
+        wire::tracking_clients(&raw).await == 2
     })
     .await;
     assert_eq!(b.items().get(&3).await.as_deref(), Some("new"));

@@ -170,13 +170,7 @@ async fn a_copy_never_outlives_its_entry_even_when_nothing_says_it_expired() {
     // A server that refuses tracking: nothing tells the level of an expiry.
     let server = RedisServer::new();
     let raw = server.raw().await;
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("-client|tracking")
-        .query_async(&mut raw.clone())
-        .await
-        .unwrap();
+    wire::refuse_tracking(&raw).await;
     let a = instance(&server.url()).await;
     eventually("the pub/sub listener", async || {
         wire::clients(&raw)
@@ -291,13 +285,7 @@ async fn a_thousand_local_hits_send_nothing_and_writes_publish_nothing() {
 async fn without_tracking_or_resp3_writes_publish_and_levels_stay_coherent() {
     // A server whose ACL refuses tracking, and one without RESP3 (as before Redis 6).
     let no_tracking = RedisServer::new();
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("-client|tracking")
-        .query_async(&mut no_tracking.raw().await)
-        .await
-        .unwrap();
+    wire::refuse_tracking(&no_tracking.raw().await).await;
     let no_resp3 = RedisServer::builder()
         .arg("--rename-command")
         .arg("HELLO")

@@ -813,10 +813,7 @@ impl Inner {
             }),
             Ok(Err(e)) => Err(ConnectFailure {
                 text: self.describe(&e),
-                refused: !(e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()),
+                refused: refused(&e),
             }),
             Err(_) => Err(ConnectFailure {
                 text: format!(
