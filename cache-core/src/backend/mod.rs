@@ -76,7 +76,9 @@ impl Backend {
             Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => Ok(m.get(key)),
             Backend::Redis(r) => r.get(key).await,
-            Backend::Cluster(c) => c.get(key).await,
+            // Boxed: a cluster's futures are large, and every call's future would carry
+            // (and move, several times per call) their size on every backend otherwise.
+            Backend::Cluster(c) => Box::pin(c.get(key)).await,
         }
     }
 
@@ -99,7 +101,7 @@ impl Backend {
             Backend::Disconnected => Err(Unavailable::Down),
             Backend::Memory(m) => Ok(m.get_timed(key)),
             Backend::Redis(r) => r.get_timed(key).await,
-            Backend::Cluster(c) => c.get_timed(key).await,
+            Backend::Cluster(c) => Box::pin(c.get_timed(key)).await,
         }
     }
 
@@ -232,7 +234,7 @@ impl Backend {
                 Ok(())
             }
             Backend::Redis(r) => r.set(key, value, ttl, announce).await,
-            Backend::Cluster(c) => c.set(key, value, ttl, announce).await,
+            Backend::Cluster(c) => Box::pin(c.set(key, value, ttl, announce)).await,
         }
     }
 

@@ -333,8 +333,9 @@ impl<C: Cache> TypedCache<C> {
             } else {
                 // The backend the epoch names: one `connect` later, the next call
                 // records the layout again.
-                layouts
-                    .refresh(&self.shared.backend(), epoch, &self.layouts_registry())
+                // Boxed: once per `connect`, and large; every call's future would
+                // carry (and move) its size otherwise.
+                Box::pin(layouts.refresh(&self.shared.backend(), epoch, &self.layouts_registry()))
                     .await;
             }
         }
@@ -431,8 +432,7 @@ impl<C: Cache> TypedCache<C> {
         match self.classify(found, &redis_key, generation) {
             Ok(lookup) => lookup,
             Err((bytes, error)) => {
-                self.evict_corrupt(&backend, &redis_key, &bytes, &error)
-                    .await;
+                Box::pin(self.evict_corrupt(&backend, &redis_key, &bytes, &error)).await;
                 Lookup::Miss
             }
         }
