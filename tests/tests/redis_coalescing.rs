@@ -218,6 +218,71 @@ async fn coalesced_gets_keep_their_deadline_against_a_paused_server() {
     }
 }
 
+/// `tasks` gets of keys `first..first + tasks` spawned at once; each reports what it got
+/// and how long it took.
+fn spawn_gets(
+    caches: &Arc<Caches>,
+    first: u64,
+    tasks: u64,
+) -> Vec<tokio::task::JoinHandle<(Option<String>, Duration)>> {
+    (first..first + tasks)
+        .map(|k| {
+            let caches = Arc::clone(caches);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let got = caches.items().get(&k).await;
+                (got, started.elapsed())
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_queued_behind_a_stuck_mget_keeps_its_own_deadline() {
+    // The dispatcher, not a timer per caller, answers each waiter by its deadline. Gets
+    // made while an MGET is stuck wait in the queue; when that MGET times out, theirs
+    // goes out with the connection's full response timeout, but each caller must still
+    // be answered at its own deadline, not at the later MGET's.
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let server = RedisServer::new();
+    let caches = Caches::new();
+    // The first batch's timeouts must not open the breaker: the second batch would then
+    // fail at once instead of waiting.
+    let config = CacheConfig::new()
+        .with_response_timeout(TIMEOUT)
+        .with_failure_threshold(1_000);
+    caches.connect_with(&server.url(), &config).await.unwrap();
+    let caches = Arc::new(caches);
+    populate(&caches, 100).await;
+    server.pause();
+    // 32 gets in progress: 16 plain GETs and an MGET of the rest, held by the paused
+    // server.
+    let stuck = spawn_gets(&caches, 0, 32);
+    tokio::time::sleep(TIMEOUT * 5 / 8).await;
+    // These queue behind it: their deadline (at 1.625 x TIMEOUT from the first batch)
+    // falls before their own MGET's timeout (at 2 x TIMEOUT).
+    let queued = spawn_gets(&caches, 32, 32);
+    for handle in stuck {
+        let (got, _) = handle.await.expect("a reader task panicked");
+        assert_eq!(got, None);
+    }
+    let mut slowest = Duration::ZERO;
+    for handle in queued {
+        let (got, took) = handle.await.expect("a reader task panicked");
+        assert_eq!(got, None);
+        slowest = slowest.max(took);
+        // Answered at its deadline, give or take scheduling; answered with its MGET's
+        // timeout it would have taken 3/8 of TIMEOUT (150 ms) more.
+        assert!(
+            took >= TIMEOUT - Duration::from_millis(5)
+                && took < TIMEOUT + Duration::from_millis(100),
+            "a get queued behind a stuck MGET took {took:?} against its {TIMEOUT:?} deadline"
+        );
+    }
+    println!("the slowest of the gets queued behind a stuck MGET: {slowest:?}");
+    server.resume();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalescing_can_be_turned_off() {
     let server = RedisServer::new();

@@ -8,13 +8,14 @@
 //!   progress, a get is a plain `GET` (coalescing loses below ~16 concurrent calls);
 //! - the dispatcher yields once to the scheduler before draining the queue, so the other
 //!   callers woken in the same tick join the batch instead of fragmenting it;
-//! - one `MGET` is in flight at a time ([`MAX_IN_FLIGHT`]), carrying everything that
-//!   queued meanwhile. Two to four in flight were expected to do better; this
-//!   implementation, in `cargo bench -p cache-tests --bench throughput` runs on this
-//!   machine, gained most with one (1.44x raw at 64 tasks against 1.29x with two, 1.82x
-//!   against 1.41x at 256): with redis-rs already writing queued commands in one
-//!   syscall, bigger batches are what pays. The split over free slots is kept so the
-//!   constant can be tuned.
+//! - [`MAX_IN_FLIGHT`] `MGET`s at most are in flight, each carrying a share of everything
+//!   outstanding, one sent per wake-up. One measured best here: at 2 in flight the batches
+//!   halve and the client's CPU per get rises 5-40% (`cargo bench -p cache-tests --bench
+//!   throughput`, 64 and 256 tasks, both runtime flavours), for no steady gain;
+//! - no timer per caller: the dispatcher answers every waiter by its deadline, with one
+//!   timer per batch in flight and one for the queue;
+//! - whether coalescing pays at all is measured, not configured (see [`choose`]): where
+//!   it does not (two workers squeezed on one CPU), gets under load go alone.
 //!
 //! Semantics do not change: each caller gets its own key's bytes (decoding and corrupt
 //! entry eviction happen in the caller), and each call keeps its deadline, counted from
@@ -22,16 +23,21 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::Unavailable;
+
+mod choose;
+
+use choose::{Chooser, Route};
 
 /// Below this many gets in progress, a get goes out alone as a `GET`.
 pub(crate) const BYPASS_BELOW: usize = 16;
@@ -49,6 +55,12 @@ struct Waiting {
     reply: oneshot::Sender<Reply>,
 }
 
+/// A caller in a batch in flight: its deadline and where its answer goes, once.
+struct Answer {
+    deadline: Instant,
+    reply: Option<oneshot::Sender<Reply>>,
+}
+
 /// The queue shared by callers and the dispatcher task.
 #[derive(Default)]
 pub(crate) struct Coalescer {
@@ -56,56 +68,145 @@ pub(crate) struct Coalescer {
     queue: Mutex<VecDeque<Waiting>>,
     wake: Notify,
     woken: AtomicBool,
+    /// Gets finished, to pick the ones timed.
+    finished: AtomicU64,
+    /// The chooser's pick: gets under load go alone (`true`) or are coalesced.
+    alone: AtomicBool,
+    meter: Mutex<Meter>,
 }
 
-/// Counts a get as in progress until dropped.
-pub(crate) struct InProgress<'a>(&'a AtomicUsize);
+/// Length of a measured epoch.
+const EPOCH: Duration = Duration::from_millis(20);
+/// About one get in this many is timed, to measure epochs by.
+const SAMPLE_EVERY: u64 = 32;
+/// Fewer timed gets than this in an epoch measure nothing.
+const SAMPLES_MIN: u32 = 8;
+
+/// What an epoch has seen so far.
+struct Meter {
+    started: std::time::Instant,
+    /// Time in progress of the timed gets, and the load each one found.
+    spent: Duration,
+    load: u64,
+    samples: u32,
+    chooser: Chooser,
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Meter {
+            started: std::time::Instant::now(),
+            spent: Duration::ZERO,
+            load: 0,
+            samples: 0,
+            chooser: Chooser::default(),
+        }
+    }
+}
+
+/// Counts a get as in progress until dropped; a timed one reports its time then.
+pub(crate) struct InProgress<'a> {
+    coalescer: &'a Coalescer,
+    /// For a timed get: when it began and how many were in progress then.
+    timed: Option<(std::time::Instant, usize)>,
+}
 
 impl Drop for InProgress<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let coalescer = self.coalescer;
+        coalescer.in_progress.fetch_sub(1, Ordering::Relaxed);
+        coalescer.finished.fetch_add(1, Ordering::Relaxed);
+        if let Some((began, load)) = self.timed {
+            coalescer.measured(began.elapsed(), load);
+        }
     }
 }
 
 impl Coalescer {
-    /// Registers a get; `None` means go alone (low load), `Some` means queue it.
+    /// Registers a get; `false` means go alone (low load, or the chooser found that
+    /// coalescing does not pay now), `true` means queue it.
     pub(crate) fn begin(&self) -> (InProgress<'_>, bool) {
         let before = self.in_progress.fetch_add(1, Ordering::Relaxed);
-        (InProgress(&self.in_progress), before >= BYPASS_BELOW)
+        let busy = before >= BYPASS_BELOW;
+        let timed = (busy
+            && self
+                .finished
+                .load(Ordering::Relaxed)
+                .is_multiple_of(SAMPLE_EVERY))
+        .then(|| (std::time::Instant::now(), before + 1));
+        let coalesce = busy && !self.alone.load(Ordering::Relaxed);
+        (
+            InProgress {
+                coalescer: self,
+                timed,
+            },
+            coalesce,
+        )
     }
 
-    /// Queues `key` for the next `MGET` and waits for its bytes.
+    /// Counts a timed get; at the end of an epoch, lets the chooser pick the route.
+    fn measured(&self, spent: Duration, load: usize) {
+        // One caller at a time keeps the books; a sample lost to contention is no loss.
+        let Ok(mut meter) = self.meter.try_lock() else {
+            return;
+        };
+        meter.spent += spent;
+        meter.load += load as u64;
+        meter.samples += 1;
+        let now = std::time::Instant::now();
+        if now - meter.started < EPOCH {
+            return;
+        }
+        let samples = meter.samples;
+        let busy = meter.load >= BYPASS_BELOW as u64 * u64::from(samples);
+        let mean = (samples >= SAMPLES_MIN && busy)
+            .then(|| meter.spent.as_secs_f64() / f64::from(samples));
+        let before = meter.chooser.route();
+        let route = meter.chooser.epoch(mean);
+        if route != before {
+            tracing::trace!(?route, "coalescing route changed");
+        }
+        self.alone.store(route == Route::Alone, Ordering::Relaxed);
+        meter.started = now;
+        meter.spent = Duration::ZERO;
+        meter.load = 0;
+        meter.samples = 0;
+    }
+
+    /// Queues `key` for the next `MGET` and waits for its bytes, at most `timeout`.
     pub(crate) async fn get(&self, key: &str, timeout: Duration) -> Reply {
         let (reply, answer) = oneshot::channel();
-        let deadline = Instant::now() + timeout;
         let waiting = Waiting {
             key: key.to_owned(),
-            deadline,
+            deadline: Instant::now() + timeout,
             reply,
         };
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(waiting);
+        self.lock().push_back(waiting);
         if !self.woken.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
-        // Each caller keeps its own deadline, whatever the batch it joined does. The
-        // dispatcher only goes away with the backend; a dropped reply is a failure.
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(reply) => reply.unwrap_or(Err(Unavailable::Failed)),
-            Err(_) => Err(Unavailable::Timeout),
+        // The dispatcher answers by the deadline (with `Timeout` if need be); it only goes
+        // away with the backend, and a dropped reply is a failure.
+        answer.await.unwrap_or(Err(Unavailable::Failed))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiting>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answers the queued callers whose deadline has passed; the earliest deadline left.
+    fn expire_queued(&self, now: Instant) -> Option<Instant> {
+        let mut queue = self.lock();
+        let mut kept = VecDeque::with_capacity(queue.len());
+        for waiting in queue.drain(..) {
+            if waiting.deadline <= now {
+                let _ = waiting.reply.send(Err(Unavailable::Timeout));
+            } else {
+                kept.push_back(waiting);
+            }
         }
-    }
-
-    fn take(&self, limit: usize) -> Vec<Waiting> {
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let n = limit.min(queue.len());
-        queue.drain(..n).collect()
-    }
-
-    fn queued(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
+        *queue = kept;
+        queue.iter().map(|w| w.deadline).min()
     }
 }
 
@@ -117,59 +218,120 @@ where
     Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, Unavailable>>,
 {
     let mut in_flight = FuturesUnordered::new();
+    // Keys in the batches in flight.
+    let mut carried = 0;
+    // One timer for the callers still queued while every slot is taken.
+    let mut expiry = pin!(tokio::time::sleep_until(Instant::now()));
+    let mut armed: Option<Instant> = None;
     loop {
         tokio::select! {
             () = coalescer.wake.notified() => {}
-            Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
+            Some(keys) = in_flight.next(), if !in_flight.is_empty() => carried -= keys,
+            () = &mut expiry, if armed.is_some() => {
+                armed = None;
+                if let Some(next) = coalescer.expire_queued(Instant::now()) {
+                    expiry.as_mut().reset(next);
+                    armed = Some(next);
+                }
+            }
         }
         // Let the callers woken in this tick queue up first: those just answered by a
         // finished MGET ask again at once, and draining before they do fragments batches.
         tokio::task::yield_now().await;
         coalescer.woken.store(false, Ordering::Release);
-        while let Some(Some(_)) = futures_util::FutureExt::now_or_never(in_flight.next()) {}
-        let queued = coalescer.queued();
-        let free = MAX_IN_FLIGHT - in_flight.len();
-        if free == 0 || queued == 0 {
-            continue;
+        while let Some(Some(keys)) = in_flight.next().now_or_never() {
+            carried -= keys;
         }
-        // Split the waiting keys evenly over the free slots.
-        let per_batch = queued.div_ceil(free).min(MAX_MGET_KEYS);
-        for _ in 0..free {
-            let batch = coalescer.take(per_batch);
-            if batch.is_empty() {
-                break;
-            }
+        let mut queue = coalescer.lock();
+        if in_flight.len() < MAX_IN_FLIGHT && !queue.is_empty() {
+            // One batch per wake-up, carrying a share of everything outstanding: batches
+            // sent in the same tick would travel, and come back, together.
+            let share = (queue.len() + carried)
+                .div_ceil(MAX_IN_FLIGHT)
+                .clamp(1, MAX_MGET_KEYS)
+                .min(queue.len());
+            let batch: Vec<Waiting> = queue.drain(..share).collect();
+            carried += batch.len();
             in_flight.push(send(batch, &mget));
         }
-        if coalescer.queued() > 0 && in_flight.len() < MAX_IN_FLIGHT {
-            // More than the cap queued: go round again without waiting for a wake-up.
+        let front = queue.front().map(|w| w.deadline);
+        let more = !queue.is_empty() && in_flight.len() < MAX_IN_FLIGHT;
+        drop(queue);
+        match front {
+            Some(deadline) if armed.is_none_or(|at| at > deadline) => {
+                expiry.as_mut().reset(deadline);
+                armed = Some(deadline);
+            }
+            Some(_) => {}
+            None => armed = None,
+        }
+        if more {
+            // More queued with a slot free: go round again at once.
             coalescer.wake.notify_one();
         }
     }
 }
 
-/// One `MGET` for `batch`, answering each waiter with its own key's bytes.
-async fn send<F, Fut>(batch: Vec<Waiting>, mget: &F)
+/// One `MGET` for `batch`, answering each waiter with its own key's bytes, or with
+/// `Timeout` when its deadline passes first. Returns how many keys it carried.
+async fn send<F, Fut>(batch: Vec<Waiting>, mget: &F) -> usize
 where
     F: Fn(Vec<String>) -> Fut,
     Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, Unavailable>>,
 {
+    let carried = batch.len();
     let now = Instant::now();
-    let (live, expired): (Vec<Waiting>, Vec<Waiting>) =
-        batch.into_iter().partition(|w| w.deadline > now);
-    for waiting in expired {
-        let _ = waiting.reply.send(Err(Unavailable::Timeout));
+    let mut keys = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(batch.len());
+    for waiting in batch {
+        if waiting.deadline <= now {
+            let _ = waiting.reply.send(Err(Unavailable::Timeout));
+        } else if !waiting.reply.is_closed() {
+            keys.push(waiting.key);
+            answers.push(Answer {
+                deadline: waiting.deadline,
+                reply: Some(waiting.reply),
+            });
+        }
     }
-    if live.is_empty() {
-        return;
+    if keys.is_empty() {
+        return carried;
     }
-    let keys = live.iter().map(|w| w.key.clone()).collect();
     // The connection's response timeout bounds the MGET (and counts towards the
-    // breaker); callers whose own deadline passes first have stopped waiting already.
-    match mget(keys).await {
-        Ok(values) if values.len() == live.len() => {
-            for (waiting, value) in live.into_iter().zip(values) {
-                let _ = waiting.reply.send(Ok(value));
+    // breaker, so it is always awaited to the end); callers whose own deadline passes
+    // first are answered when it does.
+    let mut call = pin!(mget(keys));
+    let outcome = loop {
+        let Some(first) = answers
+            .iter()
+            .filter(|a| a.reply.is_some())
+            .map(|a| a.deadline)
+            .min()
+        else {
+            call.await.ok();
+            return carried;
+        };
+        tokio::select! {
+            biased;
+            outcome = &mut call => break outcome,
+            () = tokio::time::sleep_until(first) => {
+                let now = Instant::now();
+                for answer in &mut answers {
+                    if answer.deadline <= now
+                        && let Some(reply) = answer.reply.take()
+                    {
+                        let _ = reply.send(Err(Unavailable::Timeout));
+                    }
+                }
+            }
+        }
+    };
+    match outcome {
+        Ok(values) if values.len() == answers.len() => {
+            for (answer, value) in answers.into_iter().zip(values) {
+                if let Some(reply) = answer.reply {
+                    let _ = reply.send(Ok(value));
+                }
             }
         }
         outcome => {
@@ -177,9 +339,60 @@ where
                 Err(why) => why,
                 Ok(_) => Unavailable::Failed,
             };
-            for waiting in live {
-                let _ = waiting.reply.send(Err(why));
+            for reply in answers.into_iter().filter_map(|a| a.reply) {
+                let _ = reply.send(Err(why));
             }
         }
+    }
+    carried
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds the meter epochs in which a get's time in progress depends on the route
+    /// taken, as `begin` reports it; returns whether gets under load are coalesced at
+    /// the end.
+    fn settle_on(coalesced: Duration, alone: Duration, epochs: u32) -> bool {
+        let coalescer = Coalescer::default();
+        // Enough gets in progress for the chooser's pick to apply.
+        let busy: Vec<_> = (0..BYPASS_BELOW).map(|_| coalescer.begin().0).collect();
+        for _ in 0..epochs {
+            let coalescing = coalescer.begin().1;
+            let spent = if coalescing { coalesced } else { alone };
+            for _ in 0..SAMPLES_MIN {
+                coalescer.measured(spent, BYPASS_BELOW + 1);
+            }
+            std::thread::sleep(EPOCH + Duration::from_millis(1));
+            coalescer.measured(spent, BYPASS_BELOW + 1);
+        }
+        let coalescing = coalescer.begin().1;
+        drop(busy);
+        coalescing
+    }
+
+    #[test]
+    fn gets_under_load_go_alone_once_that_measures_better_and_stay_coalesced_otherwise() {
+        let fast = Duration::from_micros(100);
+        let slow = Duration::from_micros(300);
+        // Past the first exploit period, a probe and its settling epoch.
+        let epochs = 16 + 1 + 2 + 2;
+        assert!(
+            !settle_on(slow, fast, epochs),
+            "coalescing measured 3x slower, yet gets under load are still coalesced"
+        );
+        assert!(
+            settle_on(fast, slow, epochs),
+            "coalescing measured 3x faster, yet gets under load go alone"
+        );
+    }
+
+    #[test]
+    fn few_gets_in_progress_always_go_alone() {
+        let coalescer = Coalescer::default();
+        let alone: Vec<_> = (0..BYPASS_BELOW).map(|_| coalescer.begin()).collect();
+        assert!(alone.iter().all(|(_, coalesce)| !coalesce));
+        assert!(coalescer.begin().1, "the 17th get in progress is coalesced");
     }
 }
