@@ -1,12 +1,25 @@
-//! Instructions per sequential `get`, counted by `valgrind --tool=callgrind`: a figure that,
+//! Instructions per `get`, counted by `valgrind --tool=callgrind`: a figure that,
 //! unlike time on a shared VM, repeats to within a fraction of a percent from run to run.
 //!
-//! Three targets, each a sequential loop on a tokio current-thread runtime, reading a
+//! Three sequential targets, each a loop on a tokio current-thread runtime, reading a
 //! bincode value of 47 bytes (the throughput bench's `Profile`) that is always there:
 //! - `raw`: hand-written `redis` 1.x, `GET` on one multiplexed connection, with the
 //!   library's response timeout, then the same header check and bincode decode;
 //! - `redis`: the library's `get` against the same `redis-server`;
 //! - `memory`: the library's `get` on `memory://` (no I/O: the library's own cost).
+//!
+//! And two with 64 tasks on the same runtime, each reading its own key, where the
+//! library coalesces the gets into `MGET`s and redis-rs pipelines the raw `GET`s:
+//! - `raw-64`: hand-written `GET`s on clones of one multiplexed connection;
+//! - `redis-64`: the library's `get`.
+//!
+//! And two sequential `set`s of the same value, where the library's cost over raw shows
+//! without a decode: `raw-set` (`SET key bytes EX ttl`, with the value encoded as the
+//! library encodes it) and `redis-set`.
+//!
+//! Under valgrind the client runs some 50 times slower while the server does not, so
+//! batches are larger than in a timed run: the figure is the client's instructions per
+//! get once coalescing has formed its batches, not a throughput.
 //!
 //! Each target runs twice under callgrind, with N and 2N calls after the same warm-up;
 //! (instructions at 2N - instructions at N) / N is the cost of one call, with process
@@ -38,7 +51,17 @@ cache_registry! {
 
 const KEY: u64 = 42;
 const WARM_UP: u64 = 500;
-const TARGETS: [&str; 3] = ["raw", "redis", "memory"];
+const TARGETS: [&str; 7] = [
+    "raw",
+    "redis",
+    "memory",
+    "raw-64",
+    "redis-64",
+    "raw-set",
+    "redis-set",
+];
+/// Tasks of the concurrent targets.
+const TASKS: u64 = 64;
 
 fn main() {
     // The child: `instructions <target> <calls> <url>` under valgrind.
@@ -67,7 +90,8 @@ fn parent() {
     let url = server.url();
     let exe = std::env::current_exe().expect("the bench's own path");
     println!(
-        "valgrind --tool=callgrind, tokio current-thread, sequential get of a 47-byte bincode value"
+        "valgrind --tool=callgrind, tokio current-thread, get of a 47-byte bincode value, \
+         sequential and from {TASKS} tasks"
     );
     println!("N = {n}; per call = (Ir at 2N - Ir at N) / N, warm-up {WARM_UP} calls in both runs");
     println!();
@@ -88,9 +112,12 @@ fn parent() {
     }
     println!();
     println!(
-        "library on redis / raw: {:.2}; library on memory:// / raw: {:.2}",
+        "library on redis / raw: {:.2}; library on memory:// / raw: {:.2}; \
+         64 tasks, library / raw: {:.2}; set, library / raw: {:.2}",
         per_call[1] / per_call[0],
-        per_call[2] / per_call[0]
+        per_call[2] / per_call[0],
+        per_call[4] / per_call[3],
+        per_call[6] / per_call[5]
     );
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
 }
@@ -136,6 +163,14 @@ fn child(target: &str, calls: u64, url: &str) {
                 .await
                 .expect("set")
         );
+        if let Some(side) = target.strip_suffix("-64") {
+            concurrent(&caches, side == "raw", calls, url).await;
+            return;
+        }
+        if let Some(side) = target.strip_suffix("-set") {
+            sets(caches, side == "raw", calls, url).await;
+            return;
+        }
         if target == "raw" {
             let key = caches.profiles().redis_key(&KEY);
             let fingerprint = Caches::CACHES[0].fingerprint;
@@ -154,16 +189,7 @@ fn child(target: &str, calls: u64, url: &str) {
                     .query_async(&mut conn)
                     .await
                     .expect("GET");
-                let body = match bytes.as_slice() {
-                    [FRAME_TAG, a, b, c, d, ..]
-                        if u32::from_le_bytes([*a, *b, *c, *d]) == fingerprint =>
-                    {
-                        &bytes[FRAME_LEN..]
-                    }
-                    _ => panic!("not a framed entry of this layout"),
-                };
-                let value = <Bincode as Codec<Profile>>::decode(body).expect("decode");
-                std::hint::black_box(value);
+                std::hint::black_box(decode(&bytes, fingerprint));
             }
         } else {
             for _ in 0..WARM_UP + calls {
@@ -172,4 +198,99 @@ fn child(target: &str, calls: u64, url: &str) {
             }
         }
     });
+}
+
+/// `calls` gets (after the warm-up) spread over [`TASKS`] tasks, each reading its own key.
+async fn concurrent(caches: &Arc<Caches>, raw: bool, calls: u64, url: &str) {
+    for task in 0..TASKS {
+        assert!(
+            caches
+                .profiles()
+                .set(&task, &Profile::of(task))
+                .await
+                .expect("set")
+        );
+    }
+    let fingerprint = Caches::CACHES[0].fingerprint;
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(CacheConfig::default().response_timeout));
+    let conn = redis::Client::open(url)
+        .expect("the harness URL parses")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("raw connection");
+    let per_task = (WARM_UP + calls) / TASKS;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let caches = Arc::clone(caches);
+            let mut conn = conn.clone();
+            let key = caches.profiles().redis_key(&task);
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    if raw {
+                        let bytes: Vec<u8> = redis::cmd("GET")
+                            .arg(&key)
+                            .query_async(&mut conn)
+                            .await
+                            .expect("GET");
+                        std::hint::black_box(decode(&bytes, fingerprint));
+                    } else {
+                        let value = caches.profiles().get(&task).await.expect("a hit");
+                        std::hint::black_box(value);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a reading task panicked");
+    }
+}
+
+/// The raw side's check of the library's frame and decode of the value.
+fn decode(bytes: &[u8], fingerprint: u32) -> Profile {
+    let body = match bytes {
+        [FRAME_TAG, a, b, c, d, ..] if u32::from_le_bytes([*a, *b, *c, *d]) == fingerprint => {
+            &bytes[FRAME_LEN..]
+        }
+        _ => panic!("not a framed entry of this layout"),
+    };
+    <Bincode as Codec<Profile>>::decode(body).expect("decode")
+}
+
+/// `calls` sequential sets (after the warm-up) of key [`KEY`].
+async fn sets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
+    let value = Profile::of(KEY);
+    if !raw {
+        for _ in 0..WARM_UP + calls {
+            assert!(caches.profiles().set(&KEY, &value).await.expect("set"));
+        }
+        return;
+    }
+    let key = caches.profiles().redis_key(&KEY);
+    let info = &Caches::CACHES[0];
+    let (fingerprint, ttl) = (info.fingerprint, info.ttl.as_secs());
+    // The library's background tasks must not count on the raw side.
+    drop(caches);
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(CacheConfig::default().response_timeout));
+    let mut conn = redis::Client::open(url)
+        .expect("the harness URL parses")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("raw connection");
+    for _ in 0..WARM_UP + calls {
+        let mut bytes = Vec::with_capacity(64);
+        bytes.push(FRAME_TAG);
+        bytes.extend_from_slice(&fingerprint.to_le_bytes());
+        <Bincode as Codec<Profile>>::encode(&value, &mut bytes).expect("encode");
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(&bytes)
+            .arg("EX")
+            .arg(ttl)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("SET");
+    }
 }
