@@ -10,8 +10,8 @@
 //!   callers woken in the same tick join the batch instead of fragmenting it;
 //! - [`MAX_IN_FLIGHT`] `MGET`s at most are in flight, each carrying a share of everything
 //!   outstanding, one sent per wake-up. One measured best here: at 2 in flight the batches
-//!   halve and the client's CPU per get rises 5-40% (`cargo bench -p cache-tests --bench
-//!   throughput`, 64 and 256 tasks, both runtime flavours), for no steady gain;
+//!   halve and the client's CPU per get rises by up to 40% (`cargo bench -p cache-tests
+//!   --bench throughput`, 64 and 256 tasks, both runtime flavours), for no steady gain;
 //! - no timer per caller: the dispatcher answers every waiter by its deadline, with one
 //!   timer per batch in flight and one for the queue;
 //! - whether coalescing pays at all is measured, not configured (see [`choose`]): where
