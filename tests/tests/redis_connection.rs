@@ -492,6 +492,12 @@ async fn dead_redis_logs_the_outage_once_not_per_call() {
         "one outage, one error line, for 400 calls:\n{}",
         logs.text()
     );
+    // The operator's line says why, in its `error` field, and where (redacted).
+    let line = &errors[0];
+    assert!(
+        line.contains("error=") && line.to_lowercase().contains("refused"),
+        "the outage line does not say why: {line}"
+    );
     assert!(
         logs.text().lines().count() <= 10,
         "too many log lines:\n{}",
@@ -523,6 +529,11 @@ async fn killed_redis_logs_the_outage_once_and_no_password() {
         1,
         "one outage, one error line, for 200 calls:\n{}",
         logs.text()
+    );
+    assert!(
+        errors[0].contains("error="),
+        "the outage line does not say why: {}",
+        errors[0]
     );
 
     server.restart();
