@@ -1,4 +1,5 @@
-//! A loopback proxy in front of a server, counting the library's round trips.
+//! A loopback proxy in front of a server, counting the library's round trips, and able
+//! to hold the library's next commands back while a test acts on the server directly.
 
 use std::io::ErrorKind;
 use std::net::Ipv4Addr;
@@ -19,6 +20,12 @@ struct TurnCounts {
     round_trips: AtomicU64,
     /// Whether the server spoke last, so the client's next bytes start a new round trip.
     replied: AtomicBool,
+    /// Set by [`RoundTripProxy::hold_after_next_reply`]: the next reply starts a hold.
+    hold_armed: AtomicBool,
+    /// While `true`, client bytes wait in the proxy instead of reaching the server.
+    holding: tokio::sync::watch::Sender<bool>,
+    /// Client bytes held back since the hold started.
+    held: AtomicU64,
 }
 
 impl RoundTripProxy {
@@ -31,6 +38,9 @@ impl RoundTripProxy {
         let counts = Arc::new(TurnCounts {
             round_trips: AtomicU64::new(0),
             replied: AtomicBool::new(true),
+            hold_armed: AtomicBool::new(false),
+            holding: tokio::sync::watch::Sender::new(false),
+            held: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, target_port, Arc::clone(&counts)));
         RoundTripProxy {
@@ -55,6 +65,25 @@ impl RoundTripProxy {
         self.counts.replied.store(true, Ordering::SeqCst);
         self.counts.round_trips.store(0, Ordering::SeqCst);
     }
+
+    /// Once the server's next reply has been passed to the client, holds back everything
+    /// clients send until [`release`](Self::release): what a client sends after reading
+    /// that reply reaches the server only after whatever the test does meanwhile.
+    pub fn hold_after_next_reply(&self) {
+        self.counts.held.store(0, Ordering::SeqCst);
+        self.counts.hold_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Client bytes waiting in the proxy since the hold started.
+    pub fn held(&self) -> u64 {
+        self.counts.held.load(Ordering::SeqCst)
+    }
+
+    /// Lets held and further client bytes through again.
+    pub fn release(&self) {
+        self.counts.hold_armed.store(false, Ordering::SeqCst);
+        self.counts.holding.send_replace(false);
+    }
 }
 
 impl Drop for RoundTripProxy {
@@ -73,24 +102,59 @@ async fn accept_loop(listener: tokio::net::TcpListener, target: u16, counts: Arc
             else {
                 return;
             };
+            let to_server = async {
+                let mut holding = counts.holding.subscribe();
+                pump(
+                    &client,
+                    &server,
+                    |n| {
+                        if counts.replied.swap(false, Ordering::SeqCst) {
+                            counts.round_trips.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let held = *counts.holding.borrow();
+                        if held {
+                            counts.held.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                        held
+                    },
+                    &mut holding,
+                )
+                .await
+            };
+            let to_client = async {
+                let mut never = tokio::sync::watch::Sender::new(false).subscribe();
+                pump(
+                    &server,
+                    &client,
+                    |_| {
+                        counts.replied.store(true, Ordering::SeqCst);
+                        // The client can only answer this reply once it is forwarded, so
+                        // holding from now on holds whatever it sends next.
+                        if counts.hold_armed.swap(false, Ordering::SeqCst) {
+                            counts.holding.send_replace(true);
+                        }
+                        false
+                    },
+                    &mut never,
+                )
+                .await
+            };
             tokio::select! {
-                _ = pump(&client, &server, || {
-                    if counts.replied.swap(false, Ordering::SeqCst) {
-                        counts.round_trips.fetch_add(1, Ordering::SeqCst);
-                    }
-                }) => {}
-                _ = pump(&server, &client, || counts.replied.store(true, Ordering::SeqCst)) => {}
+                _ = to_server => {}
+                _ = to_client => {}
             }
         });
     }
 }
 
-/// Copies `from` to `to` until either side closes, calling `on_chunk` before forwarding
-/// each chunk read.
+/// Copies `from` to `to` until either side closes, calling `on_chunk` with each chunk's
+/// length before forwarding it; when it returns `true`, the chunk waits until `hold`
+/// turns `false`.
 async fn pump(
     from: &tokio::net::TcpStream,
     to: &tokio::net::TcpStream,
-    on_chunk: impl Fn(),
+    on_chunk: impl Fn(usize) -> bool,
+    hold: &mut tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -101,7 +165,10 @@ async fn pump(
             Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
-        on_chunk();
+        if on_chunk(n) {
+            // A released hold, or the proxy going away, lets the chunk through.
+            let _ = hold.wait_for(|held| !*held).await;
+        }
         let mut sent = 0;
         while sent < n {
             to.writable().await?;

@@ -729,6 +729,50 @@ async fn get_deletes_corrupt_entry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicting_a_corrupt_entry_never_deletes_a_value_written_meanwhile() {
+    // The race: a get reads corrupt bytes, another writer stores a good value, then the
+    // get's eviction reaches the server. A plain DEL would delete the good value; the
+    // compare-and-delete must leave it.
+    let (_server, proxy, manager, raw) = setup_proxied().await;
+    let manager = std::sync::Arc::new(manager);
+    let token = "race-token".to_owned();
+    let key = manager.session().redis_key(&token);
+    wire::set(&raw, &key, b"not a uuid").await;
+    let good = sample_uuid();
+
+    proxy.hold_after_next_reply();
+    let reader = tokio::spawn({
+        let manager = std::sync::Arc::clone(&manager);
+        let token = token.clone();
+        async move { manager.session().get(&token).await }
+    });
+    // The GET went through and its reply came back; the eviction it triggers is held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while proxy.held() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the get sent nothing after reading the corrupt entry"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Meanwhile another writer stores a good value, straight to the server.
+    wire::set(&raw, &key, good.to_string().as_bytes()).await;
+    proxy.release();
+
+    assert_eq!(
+        reader.await.expect("the reader panicked"),
+        None,
+        "the get must have read the corrupt bytes (a miss)"
+    );
+    assert_eq!(
+        wire::get(&raw, &key).await.as_deref(),
+        Some(good.to_string().as_bytes()),
+        "the eviction of the corrupt bytes deleted the value written meanwhile"
+    );
+    assert_eq!(manager.session().get(&token).await, Some(good));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_treats_bytes_of_another_type_as_corrupt() {
     let (_server, manager, raw) = setup().await;
     // A Uuid entry, planted where an i64 is expected.
