@@ -361,7 +361,35 @@ async fn pausing_one_master_degrades_only_its_keys_and_recovers_after_it_resumes
     }
     assert!(health.error.unwrap().contains(&format!(":{port}")));
 
+    // An invalidation of every key removes (and counts) those of the reachable masters,
+    // leaves the paused master's, and counts the call as degraded.
+    let degraded = profiles.stats().degraded;
+    let removed = quick("minvalidate", profiles.minvalidate(&ids))
+        .await
+        .unwrap();
+    assert_eq!(
+        removed,
+        elsewhere.len() as u64,
+        "removed on the reachable masters"
+    );
+    assert!(
+        profiles.stats().degraded > degraded,
+        "{:?}",
+        profiles.stats()
+    );
+    let found = quick("mget", profiles.mget(&elsewhere)).await.unwrap();
+    assert!(found.values().all(Option::is_none), "{found:?}");
+
     cluster.nodes()[paused].resume();
+    eventually("the paused master's keys, still there", || async {
+        let found = profiles.mget(&on_paused).await.unwrap();
+        on_paused.iter().all(|id| found[id] == Some(profile(*id)))
+    })
+    .await;
+    eventually("every key written again", || async {
+        profiles.mset(&entries).await.unwrap()
+    })
+    .await;
     eventually("every key readable again", || async {
         let found = profiles.mget(&ids).await.unwrap();
         found.values().filter(|v| v.is_some()).count() == 100
