@@ -279,3 +279,69 @@ impl<K: Hash + Eq + Clone, V: Clone> Drop for Landing<'_, K, V> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_refresh_holds_back_others_for_its_window_only() {
+        let flights = Flights::<u64, ()>::default();
+        assert!(
+            !flights.refresh_failed_within(&1, WINDOW),
+            "nothing failed yet"
+        );
+        flights.refresh_failed(&1);
+        assert!(flights.refresh_failed_within(&1, WINDOW));
+        assert!(!flights.refresh_failed_within(&2, WINDOW), "another key");
+        tokio::time::advance(WINDOW - Duration::from_millis(1)).await;
+        assert!(
+            flights.refresh_failed_within(&1, WINDOW),
+            "just inside the window"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            !flights.refresh_failed_within(&1, WINDOW),
+            "the window has passed"
+        );
+        // Once passed, the failure is forgotten, whatever window is asked next.
+        assert!(!flights.refresh_failed_within(&1, WINDOW * 100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_bound_the_oldest_failed_refresh_is_forgotten_first() {
+        let flights = Flights::<u64, ()>::default();
+        for key in 0..4096 {
+            flights.refresh_failed(&key);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        // Below the bound nothing was forgotten.
+        assert!(flights.refresh_failed_within(&0, WINDOW));
+        assert!(flights.refresh_failed_within(&4095, WINDOW));
+        flights.refresh_failed(&4096);
+        assert!(
+            !flights.refresh_failed_within(&0, WINDOW),
+            "the oldest is forgotten"
+        );
+        assert!(
+            flights.refresh_failed_within(&1, WINDOW),
+            "the next oldest is kept"
+        );
+        assert!(
+            flights.refresh_failed_within(&4096, WINDOW),
+            "the newest is kept"
+        );
+        assert_eq!(
+            flights
+                .refresh_failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            4096
+        );
+    }
+}
