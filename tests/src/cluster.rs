@@ -2,10 +2,11 @@
 //!
 //! Each master is a [`RedisServer`] with `--cluster-enabled yes`, its own `nodes.conf` in
 //! its own directory, and a cluster bus port chosen free (`--cluster-port`) rather than
-//! the default port + 10000, which can land above 65535 for ephemeral ports. There are
-//! no replicas, and `cluster-require-full-coverage no` keeps the other masters serving
-//! while one is down, as a cache deployment should be configured. Dropping the
-//! [`RedisCluster`] kills every node.
+//! the default port + 10000, which can land above 65535 for ephemeral ports. By default
+//! there are no replicas ([`RedisClusterBuilder::replicas`] adds one per master, joined
+//! with `CLUSTER MEET` and `CLUSTER REPLICATE`), and `cluster-require-full-coverage no`
+//! keeps the other masters serving while one is down, as a cache deployment should be
+//! configured. Dropping the [`RedisCluster`] kills every node.
 
 use std::process::{Command, Stdio};
 use std::thread::sleep;
@@ -25,6 +26,8 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 #[must_use = "call `start()` to run the cluster"]
 pub struct RedisClusterBuilder {
     masters: usize,
+    replicas: bool,
+    node_timeout: Option<Duration>,
     password: Option<String>,
     tls: bool,
 }
@@ -43,24 +46,47 @@ impl RedisClusterBuilder {
         self
     }
 
+    /// Gives every master a replica, which takes over when its master fails.
+    pub fn replicas(mut self) -> Self {
+        self.replicas = true;
+        self
+    }
+
+    /// `cluster-node-timeout` (5 s unless set): how long a node may be unreachable before
+    /// the others count it as failed and its replica takes over.
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = Some(timeout);
+        self
+    }
+
     /// Starts the masters, joins them and waits until every node reports
-    /// `cluster_state:ok`.
+    /// `cluster_state:ok`; with [`replicas`](Self::replicas), also until every replica
+    /// is in sync with its master.
     ///
     /// Panics when a node does not start or the cluster does not form within 30 s.
     pub fn start(self) -> RedisCluster {
         let pki = self.tls.then(TestPki::generate);
-        let mut nodes = Vec::with_capacity(self.masters);
+        let count = if self.replicas {
+            2 * self.masters
+        } else {
+            self.masters
+        };
+        let node_timeout = self.node_timeout.unwrap_or(Duration::from_secs(5));
+        let mut nodes = Vec::with_capacity(count);
         let mut tls_ports = Vec::new();
-        for _ in 0..self.masters {
+        let mut bus_ports = Vec::new();
+        for _ in 0..count {
+            let bus_port = free_port();
+            bus_ports.push(bus_port);
             let mut builder = RedisServer::builder()
                 .arg("--cluster-enabled")
                 .arg("yes")
                 .arg("--cluster-config-file")
                 .arg("nodes.conf")
                 .arg("--cluster-port")
-                .arg(free_port().to_string())
+                .arg(bus_port.to_string())
                 .arg("--cluster-node-timeout")
-                .arg("5000")
+                .arg(node_timeout.as_millis().to_string())
                 .arg("--cluster-require-full-coverage")
                 .arg("no");
             if let Some(password) = &self.password {
@@ -81,14 +107,28 @@ impl RedisClusterBuilder {
             }
             nodes.push(builder.start());
         }
+        let replicas = nodes.split_off(self.masters);
+        // Clients are pointed at the masters only.
+        tls_ports.truncate(self.masters);
         let cluster = RedisCluster {
             nodes,
+            replicas,
+            bus_ports,
             tls_ports,
             pki,
             password: self.password,
         };
         cluster.create();
-        cluster.wait_until_ok();
+        cluster.wait_until_ok(
+            &cluster
+                .nodes
+                .iter()
+                .map(RedisServer::port)
+                .collect::<Vec<_>>(),
+        );
+        if !cluster.replicas.is_empty() {
+            cluster.attach_replicas();
+        }
         cluster
     }
 }
@@ -97,6 +137,10 @@ impl RedisClusterBuilder {
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// `replicas[i]` replicates `nodes[i]` (until a failover swaps their roles).
+    replicas: Vec<RedisServer>,
+    /// The cluster bus port of each node, masters then replicas.
+    bus_ports: Vec<u16>,
     tls_ports: Vec<u16>,
     pki: Option<TestPki>,
     password: Option<String>,
@@ -124,6 +168,11 @@ impl RedisCluster {
     /// One master, to kill or restart it.
     pub fn node_mut(&mut self, index: usize) -> &mut RedisServer {
         &mut self.nodes[index]
+    }
+
+    /// The replica of master `index`, with [`RedisClusterBuilder::replicas`].
+    pub fn replica(&self, index: usize) -> &RedisServer {
+        &self.replicas[index]
     }
 
     /// `redis+cluster://[:password@]127.0.0.1:p1,127.0.0.1:p2,...`, or with TLS
@@ -218,31 +267,93 @@ impl RedisCluster {
         );
     }
 
-    /// Polls `CLUSTER INFO` on every node until each reports `cluster_state:ok` and
-    /// knows every other node.
-    fn wait_until_ok(&self) {
+    /// `redis-cli -p PORT ARGS...` (with the password), its standard output.
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.arg("-p").arg(port.to_string());
+        if let Some(password) = &self.password {
+            cmd.arg("-a").arg(password).arg("--no-auth-warning");
+        }
+        let output = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Joins each replica to the cluster, makes it replicate its master, and waits until
+    /// every node knows every other and each replica's link to its master is up.
+    fn attach_replicas(&self) {
+        // The bus ports are not port + 10000, so MEET must name them.
+        let seed = self.nodes[0].port().to_string();
+        let seed_bus = self.bus_ports[0].to_string();
+        for replica in &self.replicas {
+            let reply = self.cli(
+                replica.port(),
+                &["CLUSTER", "MEET", "127.0.0.1", &seed, &seed_bus],
+            );
+            assert_eq!(reply, "OK", "CLUSTER MEET from {}", replica.port());
+        }
+        let everyone: Vec<u16> = self
+            .nodes
+            .iter()
+            .chain(&self.replicas)
+            .map(RedisServer::port)
+            .collect();
+        self.wait_until_ok(&everyone);
         let deadline = Instant::now() + FORM_TIMEOUT;
-        for node in &self.nodes {
+        for (master, replica) in self.nodes.iter().zip(&self.replicas) {
+            let id = self.cli(master.port(), &["CLUSTER", "MYID"]);
+            // Asked once it is accepted: asking again restarts the sync.
             loop {
-                let mut cmd = Command::new("redis-cli");
-                cmd.arg("-p").arg(node.port().to_string());
-                if let Some(password) = &self.password {
-                    cmd.arg("-a").arg(password).arg("--no-auth-warning");
+                let reply = self.cli(replica.port(), &["CLUSTER", "REPLICATE", &id]);
+                if reply == "OK" {
+                    break;
                 }
-                let output = cmd
-                    .args(["CLUSTER", "INFO"])
-                    .stdin(Stdio::null())
-                    .output()
-                    .expect("run redis-cli");
-                let last = String::from_utf8_lossy(&output.stdout);
-                let known = format!("cluster_known_nodes:{}", self.nodes.len());
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} refused to replicate {}: {reply}",
+                    replica.port(),
+                    master.port()
+                );
+                sleep(Duration::from_millis(50));
+            }
+        }
+        for (master, replica) in self.nodes.iter().zip(&self.replicas) {
+            loop {
+                let info = self.cli(replica.port(), &["INFO", "replication"]);
+                if info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} did not sync with master {} within {FORM_TIMEOUT:?}:\n{info}\nits log:\n{}",
+                    replica.port(),
+                    master.port(),
+                    replica.log()
+                );
+                sleep(Duration::from_millis(50));
+            }
+        }
+        self.wait_until_ok(&everyone);
+    }
+
+    /// Polls `CLUSTER INFO` on the nodes at every one of `ports` until each reports
+    /// `cluster_state:ok` and knows all of them.
+    fn wait_until_ok(&self, ports: &[u16]) {
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        let count = ports.len();
+        for &port in ports {
+            loop {
+                let last = self.cli(port, &["CLUSTER", "INFO"]);
+                let known = format!("cluster_known_nodes:{count}");
                 if last.contains("cluster_state:ok") && last.contains(&known) {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "the cluster did not reach cluster_state:ok within {FORM_TIMEOUT:?}; node {} says:\n{last}",
-                    node.port()
+                    "the cluster did not reach cluster_state:ok within {FORM_TIMEOUT:?}; node {port} says:\n{last}"
                 );
                 sleep(Duration::from_millis(50));
             }

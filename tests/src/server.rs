@@ -131,6 +131,11 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("raw connection to redis on port {}: {e}", self.port))
     }
 
+    /// The server's log so far, for a failure message.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path())
+    }
+
     /// Kills the server (SIGKILL) and waits for it to exit; [`restart`](Self::restart)
     /// brings it back.
     pub fn kill(&mut self) {

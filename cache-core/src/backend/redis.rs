@@ -916,6 +916,12 @@ impl Inner {
             self.timeouts_in_a_row.store(0, Ordering::Relaxed);
             self.outage.went_down(&self.url, reason);
             self.wake.notify_one();
+            // A cluster's slot map is refreshed every second while a master is down (a
+            // replica may take over): tell the cluster's supervisor now, or it would
+            // notice only at its next periodic refresh, up to 30 s later.
+            if let Some(changed) = &self.topology_changed {
+                changed.notify_one();
+            }
         }
     }
 }
