@@ -312,6 +312,41 @@ mod tests {
         assert!(!flights.refresh_failed_within(&1, WINDOW * 100));
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_follower_that_stops_waiting_is_no_longer_counted() {
+        let flights = Arc::new(SingleFlight::<u64, u64>::default());
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let leader = tokio::spawn({
+            let flights = Arc::clone(&flights);
+            async move {
+                flights
+                    .run(&1, || async {
+                        let _ = released.await;
+                        Ok::<_, ()>(Some(7))
+                    })
+                    .await
+            }
+        });
+        while flights.in_progress() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let follower = tokio::spawn({
+            let flights = Arc::clone(&flights);
+            async move { flights.run(&1, || async { Ok::<_, ()>(Some(8)) }).await }
+        });
+        while flights.waiters(&1) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(flights.waiters(&1), 1);
+        follower.abort();
+        let _ = follower.await;
+        // The leader still loads; the follower that gave up is not waiting any more.
+        assert_eq!(flights.in_progress(), 1);
+        assert_eq!(flights.waiters(&1), 0);
+        release.send(()).unwrap();
+        assert_eq!(leader.await.unwrap(), Ok(Some(7)));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn past_the_bound_the_oldest_failed_refresh_is_forgotten_first() {
         let flights = Flights::<u64, ()>::default();

@@ -218,26 +218,124 @@ mod tests {
     }
 
     impl Lines {
-        fn warnings(&self) -> Vec<String> {
+        fn at(&self, level: &str) -> Vec<String> {
             String::from_utf8_lossy(&self.0.lock().unwrap())
                 .lines()
-                .filter(|l| l.contains("WARN"))
+                .filter(|l| l.contains(level))
                 .map(str::to_owned)
                 .collect()
         }
+
+        fn warnings(&self) -> Vec<String> {
+            self.at("WARN")
+        }
+
+        /// Captures the thread's events until the guard is dropped.
+        fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+            let lines = Lines::default();
+            let writer = lines.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish();
+            (lines, tracing::subscriber::set_default(subscriber))
+        }
+    }
+
+    const URL: &str = "redis://127.0.0.1:6379/0";
+    const EVERY: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_logs_once_per_transition_and_summarizes_while_it_lasts() {
+        let (lines, _guard) = Lines::capture();
+        let outage = Outage::new("redis", "redis");
+        assert!(!outage.is_down());
+        assert_eq!(outage.report(), (None, None));
+        outage.count_degraded();
+        outage.count_degraded();
+        assert_eq!(outage.degraded_total(), 2);
+
+        outage.went_down(URL, "Connection refused".to_owned());
+        assert!(outage.is_down());
+        assert_eq!(
+            outage.report(),
+            (Some("Connection refused".to_owned()), Some(Duration::ZERO))
+        );
+        for _ in 0..3 {
+            outage.count_degraded();
+        }
+        assert_eq!(outage.degraded_total(), 5);
+        assert_eq!(outage.degraded_since_down(), 3);
+        // Going down again within the outage: no new line, the last error kept.
+        outage.went_down(URL, "Broken pipe".to_owned());
+        let errors = lines.at("ERROR");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("Connection refused"), "{}", errors[0]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            outage.report(),
+            (Some("Broken pipe".to_owned()), Some(Duration::from_secs(1)))
+        );
+
+        // The summary: none within the interval, one when it has passed, then none again.
+        outage.still_down(URL, EVERY);
+        assert!(lines.warnings().is_empty(), "{:?}", lines.warnings());
+        tokio::time::advance(EVERY - Duration::from_secs(1)).await;
+        outage.still_down(URL, EVERY);
+        outage.still_down(URL, EVERY);
+        let warnings = lines.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        for field in ["down_for_s=30", "degraded_calls=3", "Broken pipe"] {
+            assert!(warnings[0].contains(field), "{field}: {}", warnings[0]);
+        }
+
+        outage.came_back(URL);
+        outage.came_back(URL);
+        assert!(!outage.is_down());
+        assert_eq!(outage.report(), (None, None));
+        let infos = lines.at("INFO");
+        assert_eq!(infos.len(), 1, "{infos:?}");
+        assert!(infos[0].contains("restored") && infos[0].contains("degraded_calls=3"));
+
+        // A second outage: its own error line, its own count of degraded calls.
+        outage.went_down(URL, "Connection reset".to_owned());
+        outage.count_degraded();
+        tokio::time::advance(EVERY).await;
+        outage.still_down(URL, EVERY);
+        assert_eq!(lines.at("ERROR").len(), 2);
+        let warnings = lines.warnings();
+        assert!(warnings[1].contains("degraded_calls=1"), "{}", warnings[1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_reconnection_is_an_error_once_per_reason() {
+        let (lines, _guard) = Lines::capture();
+        let outage = Outage::new("redis", "redis");
+        let failure = |text: &str, refused| ConnectFailure {
+            text: text.to_owned(),
+            refused,
+        };
+        outage.went_down(URL, "Connection reset".to_owned());
+        // A plain connection failure waits for the summary.
+        outage.reconnect_failed(URL, failure("Connection refused", false));
+        assert_eq!(lines.at("ERROR").len(), 1);
+        assert_eq!(outage.report().0.as_deref(), Some("Connection refused"));
+        // The server answered but refused us: said at once, once per reason.
+        outage.reconnect_failed(URL, failure("NOAUTH Authentication required", true));
+        outage.reconnect_failed(URL, failure("NOAUTH Authentication required", true));
+        let errors = lines.at("ERROR");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[1].contains("refuses the reconnection") && errors[1].contains("NOAUTH"));
+        outage.reconnect_failed(URL, failure("NOPERM this user has no permissions", true));
+        assert_eq!(lines.at("ERROR").len(), 3);
+        assert!(outage.is_down());
     }
 
     #[tokio::test(start_paused = true)]
     async fn refusals_are_logged_once_per_interval_with_the_count_left_out() {
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (lines, _guard) = Lines::capture();
         let outage = Outage::new("redis", "redis");
-        let url = "redis://127.0.0.1:6379/0";
+        let url = URL;
 
         for _ in 0..5 {
             outage.refused(url, "OOM command not allowed".to_owned());

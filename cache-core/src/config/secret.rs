@@ -127,6 +127,22 @@ mod tests {
             "*** and *** and ***"
         );
         assert!(Secret::join(None, None).is_none());
-        assert!(!format!("{both:?}").contains("pw"));
+        assert_eq!(format!("{both:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn an_empty_password_scrubs_nothing() {
+        let empty = Secret::from_url("");
+        assert_eq!(
+            empty.scrub("connection refused".into()),
+            "connection refused"
+        );
+    }
+
+    #[test]
+    fn scrubbing_with_no_secret_keeps_the_text_and_with_one_hides_it() {
+        assert_eq!(scrub(&None, "auth pw failed".into()), "auth pw failed");
+        let secret = Some(Secret::from_url("pw"));
+        assert_eq!(scrub(&secret, "auth pw failed".into()), "auth *** failed");
     }
 }
