@@ -657,6 +657,108 @@ async fn a_slot_moved_to_another_master_is_followed_after_one_redirection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_moved_during_a_migration_degrade_on_ask_and_are_served_after_it() {
+    // A hash-tagged cache: every key in one slot, so one key can move while the others
+    // of the slot stay on the source.
+    let cluster = RedisCluster::new();
+    let manager = CacheManager::new();
+    let config =
+        CacheConfig::new().with_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    manager.connect_with(&cluster.url(), &config).await.unwrap();
+    let members = manager.members();
+    let member = |id: i64| TeamMember {
+        name: format!("member-{id}"),
+    };
+    for id in [1, 2] {
+        assert!(members.set(&id, &member(id)).await.unwrap());
+    }
+    let (moved_key, staying_key) = (members.redis_key(&1), members.redis_key(&2));
+    let slot = key_slot(&cluster, &moved_key).await;
+    assert_eq!(slot, key_slot(&cluster, &staying_key).await);
+    let from = cluster.owner_of(&moved_key).await;
+    let to = (from + 1) % 3;
+    let (source, target) = (cluster.raw(from).await, cluster.raw(to).await);
+    let source_id: String = run(&source, redis::cmd("CLUSTER").arg("MYID")).await;
+    let target_id: String = run(&target, redis::cmd("CLUSTER").arg("MYID")).await;
+    let setslot = |state: &str, id: &str| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+        cmd
+    };
+    let migrate = |key: &str| {
+        let mut cmd = redis::cmd("MIGRATE");
+        cmd.arg("127.0.0.1")
+            .arg(cluster.nodes()[to].port())
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(key);
+        cmd
+    };
+    run::<()>(&target, &setslot("IMPORTING", &source_id)).await;
+    run::<()>(&source, &setslot("MIGRATING", &target_id)).await;
+    run::<()>(&source, &migrate(&moved_key)).await;
+
+    // Mid-migration: the source still serves the key it holds; the moved key answers
+    // `ASK`, and its calls degrade: a miss, a refused write, never a stale or wrong value.
+    let degraded = members.stats().degraded;
+    assert_eq!(quick("get", members.get(&2)).await, Some(member(2)));
+    assert_eq!(quick("get", members.get(&1)).await, None);
+    assert!(!quick("set", members.set(&1, &member(10))).await.unwrap());
+    assert!(
+        members.stats().degraded >= degraded + 2,
+        "the ASKed calls were not counted as degraded: {:?}",
+        members.stats()
+    );
+    // The source still answers ASK for it (it would serve it if the write had
+    // recreated it there), and the target holds the migrated value.
+    let on_source: redis::RedisResult<bool> = redis::cmd("EXISTS")
+        .arg(&moved_key)
+        .query_async(&mut source.clone())
+        .await;
+    assert!(
+        on_source.as_ref().is_err_and(|e| e.code() == Some("ASK")),
+        "a write during the migration recreated the moved key on the source: {on_source:?}"
+    );
+    let (on_target,): (Option<Vec<u8>>,) = redis::pipe()
+        .cmd("ASKING")
+        .ignore()
+        .cmd("GET")
+        .arg(&moved_key)
+        .query_async(&mut target.clone())
+        .await
+        .expect("ASKING + GET on the importing master");
+    assert!(on_target.is_some(), "the migrated key is not on the target");
+
+    // The migration ends: the target owns the slot, and both keys are served from it
+    // after at most a redirection.
+    // Every key left in the slot: the staying member, and the cache's layout registry
+    // (in the same slot: it carries the hash tag too).
+    let left: Vec<String> = run(
+        &source,
+        redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100),
+    )
+    .await;
+    assert!(left.contains(&staying_key), "{left:?}");
+    for key in &left {
+        run::<()>(&source, &migrate(key)).await;
+    }
+    for index in 0..3 {
+        run::<()>(&cluster.raw(index).await, &setslot("NODE", &target_id)).await;
+    }
+    eventually("both keys served from the new master", || async {
+        members.get(&1).await == Some(member(1)) && members.get(&2).await == Some(member(2))
+    })
+    .await;
+    assert!(members.set(&1, &member(11)).await.unwrap());
+    assert_eq!(members.get(&1).await, Some(member(11)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_levels_stay_coherent_across_instances_on_a_cluster() {
     let cluster = RedisCluster::new();
     let (a, b) = (connected(&cluster).await, connected(&cluster).await);
