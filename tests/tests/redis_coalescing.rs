@@ -13,9 +13,16 @@ use cache_tests::{RedisServer, wire};
 #[cache(namespace = "coalesce:item", key = u64, value = String)]
 struct Items;
 
+/// A fail-safe cache: its reads need the time each entry has left (stale or fresh), so
+/// a coalesced read carries a `PTTL` per key in the `MGET`'s round trip.
+#[derive(Cache)]
+#[cache(namespace = "coalesce:timed", key = u64, value = String, ttl = 600, fail_safe = 600)]
+struct TimedItems;
+
 cache_registry! {
     struct Caches {
         items: Items,
+        timed: TimedItems,
     }
 }
 
@@ -87,6 +94,60 @@ async fn concurrent_gets_are_coalesced_into_mgets_and_each_gets_its_own_value() 
         "nothing was coalesced: {gets} GETs + {mgets} MGETs"
     );
     assert_eq!(caches.items().stats().hits, 64 * 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_need_the_remaining_ttl_are_coalesced_and_each_gets_its_own() {
+    let server = RedisServer::new();
+    let caches = connected(&server).await;
+    let raw = server.raw().await;
+    let entries: Vec<(u64, String)> = (0..64).map(|k| (k, value_of(k))).collect();
+    assert!(
+        caches
+            .timed()
+            .mset(entries.iter().map(|(k, v)| (k, v)))
+            .await
+            .unwrap()
+    );
+    // Odd keys have less left than their fail-safe window: stale, so a plain read misses;
+    // even keys are fresh. A remaining time read for the wrong key would swap the two.
+    for k in (1..64).step_by(2) {
+        let key = caches.timed().redis_key(&k);
+        let _: () = redis::cmd("PEXPIRE")
+            .arg(&key)
+            .arg(300_000)
+            .query_async(&mut raw.clone())
+            .await
+            .unwrap();
+    }
+    wire::reset_stats(&raw).await;
+    for round in 0..20u64 {
+        let handles: Vec<_> = (0..64u64)
+            .map(|t| {
+                let caches = Arc::clone(&caches);
+                tokio::spawn(async move {
+                    let k = (t + round * 7) % 64;
+                    (k, caches.timed().get(&k).await)
+                })
+            })
+            .collect();
+        for handle in handles {
+            let (k, got) = handle.await.expect("a reader task panicked");
+            let expected = (k % 2 == 0).then(|| value_of(k));
+            assert_eq!(got, expected, "round {round}, key {k} (odd keys are stale)");
+        }
+    }
+    let calls = wire::command_calls(&raw).await;
+    let mgets = calls.get("mget").copied().unwrap_or(0);
+    assert!(
+        mgets > 0 && calls.get("pttl").copied().unwrap_or(0) > 0,
+        "the timed reads were not coalesced: {calls:?}"
+    );
+    assert!(
+        calls.get("get").copied().unwrap_or(0) < 64 * 20,
+        "every read went alone: {calls:?}"
+    );
+    println!("1280 timed reads: {calls:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -226,15 +226,37 @@ impl RedisBackend {
         let dispatcher = tokio::spawn({
             let inner = Arc::clone(&inner);
             async move {
-                let mget = |keys: Vec<String>| {
+                let mget = |batch: coalesce::Batch| {
                     let inner = &inner;
                     async move {
                         let conn = inner.conn.load_full().ok_or(Unavailable::Down)?;
-                        let result = redis::cmd("MGET")
-                            .arg(&keys)
-                            .query_async(&mut (*conn).clone())
+                        if !batch.timed.contains(&true) {
+                            let result = redis::cmd("MGET")
+                                .arg(&batch.keys)
+                                .query_async::<Vec<Option<Vec<u8>>>>(&mut (*conn).clone())
+                                .await;
+                            let values = inner.settle(&conn, result)?;
+                            return Ok(values
+                                .into_iter()
+                                .map(|v| {
+                                    v.map(|bytes| Timed {
+                                        bytes,
+                                        remaining: None,
+                                    })
+                                })
+                                .collect());
+                        }
+                        // A PTTL per timed key, in the MGET's round trip.
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("MGET").arg(&batch.keys);
+                        for (key, _) in batch.keys.iter().zip(&batch.timed).filter(|(_, t)| **t) {
+                            pipe.cmd("PTTL").arg(key);
+                        }
+                        let result = pipe
+                            .query_async::<Vec<redis::Value>>(&mut (*conn).clone())
                             .await;
-                        inner.settle(&conn, result)
+                        let replies = inner.settle(&conn, result)?;
+                        with_remaining(&batch.timed, replies)
                     }
                 };
                 coalesce::dispatch(&inner.coalescer, mget).await;
@@ -297,10 +319,7 @@ impl RedisBackend {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
         let conn = self.connection()?;
         let (_in_progress, busy) = self.inner.coalescer.begin();
-        // A cluster node's keys lie in many hash slots, which one MGET may not span
-        // (CROSSSLOT): its gets always go alone.
-        let coalesce = busy && self.inner.config.coalesce && self.inner.topology_changed.is_none();
-        if !coalesce {
+        if !self.coalesces(busy) {
             let result = redis::cmd("GET")
                 .arg(key)
                 .query_async(&mut (*conn).clone())
@@ -308,10 +327,19 @@ impl RedisBackend {
             return self.inner.settle(&conn, result);
         }
         drop(conn);
-        self.inner
+        let found = self
+            .inner
             .coalescer
-            .get(key, self.inner.config.response_timeout)
-            .await
+            .get(key, false, self.inner.config.response_timeout)
+            .await?;
+        Ok(found.map(|timed| timed.bytes))
+    }
+
+    /// Whether a get with `busy` from [`Coalescer::begin`] joins the next `MGET`. A
+    /// cluster node's keys lie in many hash slots, which one MGET may not span
+    /// (CROSSSLOT): its gets always go alone.
+    fn coalesces(&self, busy: bool) -> bool {
+        busy && self.inner.config.coalesce && self.inner.topology_changed.is_none()
     }
 
     pub(crate) async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
@@ -355,8 +383,18 @@ impl RedisBackend {
         self.pipeline(&pipe).await
     }
 
-    /// `GET` and `PTTL` of `key` in one round trip.
+    /// `GET` and `PTTL` of `key` in one round trip; under load, the key joins the next
+    /// `MGET`, with its `PTTL` in the same round trip.
     pub(crate) async fn get_timed(&self, key: &str) -> Result<Option<Timed>, Unavailable> {
+        let (_in_progress, busy) = self.inner.coalescer.begin();
+        if self.coalesces(busy) {
+            self.connection()?;
+            return self
+                .inner
+                .coalescer
+                .get(key, true, self.inner.config.response_timeout)
+                .await;
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
         let (bytes, pttl): (Option<Vec<u8>>, i64) = self.pipeline(&pipe).await?;
@@ -376,27 +414,8 @@ impl RedisBackend {
         for key in keys {
             pipe.cmd("PTTL").arg(key);
         }
-        let mut replies: Vec<redis::Value> = self.pipeline(&pipe).await?;
-        if replies.len() != keys.len() + 1 {
-            return Err(Unavailable::Failed);
-        }
-        let pttls = replies.split_off(1);
-        let values: Vec<Option<Vec<u8>>> =
-            redis::from_redis_value(replies.remove(0)).map_err(|_| Unavailable::Failed)?;
-        if values.len() != keys.len() {
-            return Err(Unavailable::Failed);
-        }
-        values
-            .into_iter()
-            .zip(pttls)
-            .map(|(bytes, pttl)| {
-                let pttl: i64 = redis::from_redis_value(pttl).map_err(|_| Unavailable::Failed)?;
-                Ok(bytes.map(|bytes| Timed {
-                    bytes,
-                    remaining: remaining_from_pttl(pttl),
-                }))
-            })
-            .collect()
+        let replies: Vec<redis::Value> = self.pipeline(&pipe).await?;
+        with_remaining(&vec![true; keys.len()], replies)
     }
 
     /// `SET key value NX PX ttl`: `true` when stored.
@@ -667,6 +686,39 @@ pub(crate) async fn scan_unlink<C: redis::aio::ConnectionLike + Send>(
 }
 
 /// `SET key value EX s`, or `PX ms` when the TTL has a sub-second part.
+/// The replies of an `MGET` followed by a `PTTL` per key flagged in `timed`, as each
+/// key's value with the time it has left (`None` for the keys not timed); `Failed` when
+/// the replies do not map back onto the keys.
+fn with_remaining(
+    timed: &[bool],
+    mut replies: Vec<redis::Value>,
+) -> Result<Vec<Option<Timed>>, Unavailable> {
+    let pttls = timed.iter().filter(|t| **t).count();
+    if replies.len() != pttls + 1 {
+        return Err(Unavailable::Failed);
+    }
+    let mut pttls = replies.split_off(1).into_iter();
+    let values: Vec<Option<Vec<u8>>> =
+        redis::from_redis_value(replies.remove(0)).map_err(|_| Unavailable::Failed)?;
+    if values.len() != timed.len() {
+        return Err(Unavailable::Failed);
+    }
+    values
+        .into_iter()
+        .zip(timed)
+        .map(|(bytes, &timed)| {
+            let remaining = if timed {
+                let pttl = pttls.next().ok_or(Unavailable::Failed)?;
+                let pttl: i64 = redis::from_redis_value(pttl).map_err(|_| Unavailable::Failed)?;
+                remaining_from_pttl(pttl)
+            } else {
+                None
+            };
+            Ok(bytes.map(|bytes| Timed { bytes, remaining }))
+        })
+        .collect()
+}
+
 pub(super) fn set_command(key: &str, value: &[u8], ttl: Duration) -> redis::Cmd {
     let mut cmd = redis::cmd("SET");
     cmd.arg(key).arg(value);

@@ -33,7 +33,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use super::Unavailable;
+use super::{Timed, Unavailable};
 
 mod choose;
 
@@ -47,12 +47,21 @@ pub(crate) const MAX_IN_FLIGHT: usize = 1;
 /// huge command that holds the server.
 pub(crate) const MAX_MGET_KEYS: usize = 512;
 
-type Reply = Result<Option<Vec<u8>>, Unavailable>;
+type Reply = Result<Option<Timed>, Unavailable>;
 
 struct Waiting {
     key: String,
+    /// Whether the caller also needs the time the entry has left (`PTTL`).
+    timed: bool,
     deadline: Instant,
     reply: oneshot::Sender<Reply>,
+}
+
+/// The keys of one batch, and which of them also want the time their entry has left:
+/// one `MGET`, with a `PTTL` per timed key in the same round trip.
+pub(crate) struct Batch {
+    pub keys: Vec<String>,
+    pub timed: Vec<bool>,
 }
 
 /// A caller in a batch in flight: its deadline and where its answer goes, once.
@@ -173,11 +182,13 @@ impl Coalescer {
         meter.samples = 0;
     }
 
-    /// Queues `key` for the next `MGET` and waits for its bytes, at most `timeout`.
-    pub(crate) async fn get(&self, key: &str, timeout: Duration) -> Reply {
+    /// Queues `key` for the next `MGET` and waits for its bytes (with the time its entry
+    /// has left when `timed`; `None` otherwise), at most `timeout`.
+    pub(crate) async fn get(&self, key: &str, timed: bool, timeout: Duration) -> Reply {
         let (reply, answer) = oneshot::channel();
         let waiting = Waiting {
             key: key.to_owned(),
+            timed,
             deadline: Instant::now() + timeout,
             reply,
         };
@@ -214,8 +225,8 @@ impl Coalescer {
 /// the task. Runs as one task per backend, driving its `MGET`s itself.
 pub(crate) async fn dispatch<F, Fut>(coalescer: &Coalescer, mget: F)
 where
-    F: Fn(Vec<String>) -> Fut,
-    Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, Unavailable>>,
+    F: Fn(Batch) -> Fut,
+    Fut: Future<Output = Result<Vec<Option<Timed>>, Unavailable>>,
 {
     let mut in_flight = FuturesUnordered::new();
     // Keys in the batches in flight.
@@ -276,18 +287,20 @@ where
 /// `Timeout` when its deadline passes first. Returns how many keys it carried.
 async fn send<F, Fut>(batch: Vec<Waiting>, mget: &F) -> usize
 where
-    F: Fn(Vec<String>) -> Fut,
-    Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, Unavailable>>,
+    F: Fn(Batch) -> Fut,
+    Fut: Future<Output = Result<Vec<Option<Timed>>, Unavailable>>,
 {
     let carried = batch.len();
     let now = Instant::now();
     let mut keys = Vec::with_capacity(batch.len());
+    let mut timed = Vec::with_capacity(batch.len());
     let mut answers = Vec::with_capacity(batch.len());
     for waiting in batch {
         if waiting.deadline <= now {
             let _ = waiting.reply.send(Err(Unavailable::Timeout));
         } else if !waiting.reply.is_closed() {
             keys.push(waiting.key);
+            timed.push(waiting.timed);
             answers.push(Answer {
                 deadline: waiting.deadline,
                 reply: Some(waiting.reply),
@@ -300,7 +313,7 @@ where
     // The connection's response timeout bounds the MGET (and counts towards the
     // breaker, so it is always awaited to the end); callers whose own deadline passes
     // first are answered when it does.
-    let mut call = pin!(mget(keys));
+    let mut call = pin!(mget(Batch { keys, timed }));
     let outcome = loop {
         let Some(first) = answers
             .iter()
