@@ -11,7 +11,7 @@
 //! set: its entries have expired by then.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -20,6 +20,11 @@ use crate::backend::Backend;
 
 /// How often an instance records its layout and reads the others'.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// Between refreshes, one call in this many looks at the clock (and takes the lock): the
+/// check runs on every call of the cache, and a refresh due a few calls late is harmless.
+const CHECK_EVERY: u32 = 64;
+/// `recorded_epoch` before the first record.
+const NONE: u64 = u64::MAX;
 
 /// This cache's layout, and the other layouts seen recently.
 pub(crate) struct Layouts {
@@ -29,6 +34,10 @@ pub(crate) struct Layouts {
     keep: Duration,
     known: Mutex<Known>,
     refreshing: AtomicBool,
+    /// The epoch the layout was last recorded in, readable without the lock.
+    recorded_epoch: AtomicU64,
+    /// Calls since the clock was last looked at.
+    calls: AtomicU32,
 }
 
 #[derive(Default)]
@@ -44,6 +53,8 @@ impl Layouts {
             keep: entries_live + REFRESH_EVERY,
             known: Mutex::default(),
             refreshing: AtomicBool::new(false),
+            recorded_epoch: AtomicU64::new(NONE),
+            calls: AtomicU32::new(0),
         }
     }
 
@@ -64,6 +75,14 @@ impl Layouts {
     /// Whether a refresh is due in the backend of `epoch` (never recorded there, or
     /// not for a while) and none runs: then this caller runs it.
     pub(crate) fn claim_refresh(&self, epoch: u64) -> bool {
+        if self.recorded_epoch.load(Ordering::Acquire) == epoch
+            && !self
+                .calls
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(CHECK_EVERY)
+        {
+            return false;
+        }
         let due = self
             .known()
             .refreshed
@@ -78,7 +97,40 @@ impl Layouts {
         let seen = backend.layouts_seen(registry, self.own, self.keep).await;
         if seen.is_ok() {
             self.known().refreshed = Some((Instant::now(), epoch));
+            self.recorded_epoch.store(epoch, Ordering::Release);
         }
         self.refreshing.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryStore;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_is_claimed_once_per_interval_and_at_once_in_a_new_backend() {
+        let layouts = Layouts::new(7, Duration::from_secs(600));
+        let backend = Backend::Memory(MemoryStore::default());
+        assert!(layouts.claim_refresh(0), "never recorded: due");
+        assert!(!layouts.claim_refresh(0), "claimed already, running");
+        layouts.refresh(&backend, 0, "!layouts!test").await;
+        assert!(layouts.recorded(0));
+        let claimed = (0..10 * CHECK_EVERY)
+            .filter(|_| layouts.claim_refresh(0))
+            .count();
+        assert_eq!(claimed, 0, "recorded just now: not due");
+        tokio::time::advance(REFRESH_EVERY).await;
+        let claimed = (0..CHECK_EVERY)
+            .filter(|_| layouts.claim_refresh(0))
+            .count();
+        assert_eq!(
+            claimed, 1,
+            "due again: claimed once within {CHECK_EVERY} calls"
+        );
+        layouts.refresh(&backend, 0, "!layouts!test").await;
+        // Another backend (a new `connect`): due at the very next call.
+        assert!(layouts.claim_refresh(1));
+        assert!(!layouts.recorded(1));
     }
 }
