@@ -235,6 +235,66 @@ mod tests {
         assert_eq!(chooser.phase, Phase::Exploit { left: STAY_MIN });
     }
 
+    /// Exploits at `kept` seconds per get until the probe, settles, then probes with the
+    /// epochs `probe`; returns the chooser after the decision.
+    fn probe_with(kept: f64, probe: &[f64]) -> Chooser {
+        let mut chooser = Chooser::default();
+        for _ in 0..STAY_MIN {
+            chooser.epoch(Some(kept));
+        }
+        assert_eq!(chooser.phase, Phase::Settle { then_probe: true });
+        chooser.epoch(Some(kept));
+        for &mean in probe {
+            chooser.epoch(Some(mean));
+        }
+        chooser
+    }
+
+    #[test]
+    fn figures_that_are_not_a_time_change_nothing() {
+        let mut chooser = Chooser::default();
+        for figure in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(chooser.epoch(Some(figure)), Route::Coalesce);
+            assert_eq!(chooser.phase, Phase::Exploit { left: STAY_MIN }, "{figure}");
+        }
+        assert_eq!(chooser.measured, [None, None]);
+    }
+
+    #[test]
+    fn a_probe_measures_every_one_of_its_epochs() {
+        // Alone measures 150 then 10 µs: 80 on average, better than coalescing's 100. A
+        // probe that stopped after its first epoch would go back to coalescing.
+        let chooser = probe_with(100e-6, &[150e-6, 10e-6]);
+        assert_eq!(chooser.route(), Route::Alone);
+        assert_eq!(chooser.phase, Phase::Exploit { left: STAY_MIN });
+    }
+
+    #[test]
+    fn a_probe_exactly_at_the_margin_does_not_switch() {
+        let kept = 100e-6;
+        let at_margin = kept * (1.0 - SWITCH_MARGIN);
+        let chooser = probe_with(kept, &[at_margin, at_margin]);
+        assert_eq!(chooser.route(), Route::Coalesce);
+    }
+
+    #[test]
+    fn only_a_clear_loss_spaces_the_probes_out() {
+        let kept = 100e-6;
+        let clear = probe_with(kept, &[kept * 1.5, kept * 1.5]);
+        assert_eq!(clear.stay, 2 * STAY_MIN, "a 50% loss doubles the stay");
+        let slight = probe_with(kept, &[kept * 1.1, kept * 1.1]);
+        assert_eq!(slight.stay, STAY_MIN, "a 10% loss keeps probing as often");
+        let at_bound = kept * (1.0 + CLEAR_LOSS);
+        let bound = probe_with(kept, &[at_bound, at_bound]);
+        assert_eq!(
+            bound.stay, STAY_MIN,
+            "exactly at the bound is not a clear loss"
+        );
+        for chooser in [clear, slight, bound] {
+            assert_eq!(chooser.route(), Route::Coalesce);
+        }
+    }
+
     #[test]
     fn the_settling_epoch_after_a_switch_is_not_counted() {
         let mut chooser = Chooser::default();
