@@ -149,3 +149,87 @@ async fn a_replica_takes_over_a_killed_master_and_writes_resume_without_wrong_re
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_refuses_every_key_degrades_every_call_and_recovers() {
+    // No replicas, and full coverage required: once a master is marked failed, the other
+    // masters refuse every key with CLUSTERDOWN.
+    let mut cluster = RedisCluster::builder().node_timeout(NODE_TIMEOUT).start();
+    for index in 0..3 {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-require-full-coverage")
+            .arg("yes")
+            .query_async(&mut cluster.raw(index).await)
+            .await
+            .unwrap();
+    }
+    let manager = CacheManager::new();
+    let config = CacheConfig::new()
+        .with_response_timeout(Duration::from_millis(200))
+        .with_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    manager.connect_with(&cluster.url(), &config).await.unwrap();
+    let items = manager.items();
+    let owners = owners(&cluster, &manager).await;
+    let killed = 0;
+    let (here, survivor) = owners
+        .iter()
+        .find(|(_, o)| **o != killed)
+        .map(|(k, o)| (*k, *o))
+        .unwrap();
+    assert!(items.set(&here, &value(here, 0)).await.unwrap());
+
+    cluster.node_mut(killed).kill();
+    let survivor_conn = cluster.raw(survivor).await;
+    let redis_key = items.redis_key(&here);
+    let deadline = Instant::now() + NODE_TIMEOUT + Duration::from_secs(20);
+    loop {
+        let reply: redis::RedisResult<Option<String>> = redis::cmd("GET")
+            .arg(&redis_key)
+            .query_async(&mut survivor_conn.clone())
+            .await;
+        if reply
+            .as_ref()
+            .is_err_and(|e| e.code() == Some("CLUSTERDOWN"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the surviving masters never refused keys: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Every call degrades, on every master, bounded: a miss, a refused write, all counted.
+    let degraded = items.stats().degraded;
+    assert_eq!(quick("get", items.get(&here)).await, None);
+    assert!(
+        !quick("set", items.set(&here, &value(here, 1)))
+            .await
+            .unwrap()
+    );
+    let keys: Vec<i64> = (0..100).collect();
+    let found = quick("mget", items.mget(&keys)).await.unwrap();
+    assert!(found.values().all(Option::is_none), "{found:?}");
+    assert!(
+        items.stats().degraded >= degraded + 3,
+        "{:?}",
+        items.stats()
+    );
+    assert!(!quick("health", manager.health()).await.healthy);
+
+    // The master comes back (with its slots, from its nodes.conf): the cluster serves
+    // again and so does the manager, without a connect call.
+    cluster.node_mut(killed).restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while quick("get", items.get(&here)).await != Some(value(here, 0)) {
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after the master came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(items.set(&here, &value(here, 2)).await.unwrap());
+    assert_eq!(items.get(&here).await, Some(value(here, 2)));
+}
