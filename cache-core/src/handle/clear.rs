@@ -45,7 +45,7 @@ impl<C: Cache> TypedCache<C> {
     /// # }
     /// ```
     pub async fn clear(&self) -> u64 {
-        observed(C::NAMESPACE, Op::Clear, async {
+        observed(C::NAMESPACE, Op::Clear, || async {
             if let Some(local) = &self.local {
                 local.clear();
             }

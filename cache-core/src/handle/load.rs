@@ -183,7 +183,7 @@ impl<C: Cache> TypedCache<C> {
         Fut: Future<Output = Result<Option<C::Value>, E>>,
         C::Loads: Runs<Fut>,
     {
-        match observed(C::NAMESPACE, Op::Get, self.lookup(key)).await {
+        match observed(C::NAMESPACE, Op::Get, || self.lookup(key)).await {
             Lookup::Fresh { value, fresh_for } => {
                 if Self::wants_refresh(fresh_for) && !self.refresh_backing_off(key) {
                     self.refresh_in_background(key, load);
@@ -373,11 +373,9 @@ impl<C: Cache> TypedCache<C> {
     async fn apply(&self, redis_key: &str, plan: Plan, lease: Option<Lease>) {
         match plan {
             Plan::Store(bytes) => {
-                observed(
-                    C::NAMESPACE,
-                    Op::Set,
-                    self.store(redis_key, &bytes, Self::expiry(C::TTL, true)),
-                )
+                observed(C::NAMESPACE, Op::Set, || {
+                    self.store(redis_key, &bytes, Self::expiry(C::TTL, true))
+                })
                 .await;
             }
             Plan::Absent => {
@@ -387,7 +385,7 @@ impl<C: Cache> TypedCache<C> {
             Plan::DropStale => {
                 let backend = self.shared.backend();
                 let _ = self
-                    .forgetting([redis_key], backend.del(redis_key, self.announce()))
+                    .forgetting([redis_key], || backend.del(redis_key, self.announce()))
                     .await;
             }
             Plan::Throttle(stale) => self.throttle(redis_key, &stale).await,
@@ -590,7 +588,7 @@ impl<C: Cache> TypedCache<C> {
             if distinct.is_empty() {
                 continue;
             }
-            let lookups = observed(C::NAMESPACE, Op::Mget, self.lookup_many(&distinct)).await;
+            let lookups = observed(C::NAMESPACE, Op::Mget, || self.lookup_many(&distinct)).await;
             for (key, lookup) in distinct.into_iter().zip(lookups) {
                 match lookup {
                     Lookup::Fresh { value, fresh_for } => {
@@ -775,15 +773,14 @@ impl<C: Cache> TypedCache<C> {
             }
         }
         for chunk in writes.chunks(MAX_BATCH) {
-            observed(C::NAMESPACE, Op::Mset, self.store_many(chunk)).await;
+            observed(C::NAMESPACE, Op::Mset, || self.store_many(chunk)).await;
         }
         if !dropped.is_empty() {
             let backend = self.shared.backend();
             let _ = self
-                .forgetting(
-                    dropped.iter().map(String::as_str),
-                    backend.del_many(&dropped, self.announce()),
-                )
+                .forgetting(dropped.iter().map(String::as_str), || {
+                    backend.del_many(&dropped, self.announce())
+                })
                 .await;
         }
         futures_util::future::join_all(

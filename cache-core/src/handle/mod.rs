@@ -382,7 +382,7 @@ impl<C: Cache> TypedCache<C> {
     /// # }
     /// ```
     pub async fn get(&self, key: &C::Key) -> Option<C::Value> {
-        observed(C::NAMESPACE, Op::Get, self.get_unobserved(key)).await
+        observed(C::NAMESPACE, Op::Get, || self.get_unobserved(key)).await
     }
 
     async fn get_unobserved(&self, key: &C::Key) -> Option<C::Value> {
@@ -528,11 +528,9 @@ impl<C: Cache> TypedCache<C> {
     /// # }
     /// ```
     pub async fn set(&self, key: &C::Key, value: &C::Value) -> Result<bool, CacheError> {
-        observed(
-            C::NAMESPACE,
-            Op::Set,
-            self.write(key, value, Self::expiry(C::TTL, true)),
-        )
+        observed(C::NAMESPACE, Op::Set, || {
+            self.write(key, value, Self::expiry(C::TTL, true))
+        })
         .await
     }
 
@@ -581,7 +579,7 @@ impl<C: Cache> TypedCache<C> {
         value: &C::Value,
         ttl: Duration,
     ) -> Result<bool, CacheError> {
-        observed(C::NAMESPACE, Op::Set, async {
+        observed(C::NAMESPACE, Op::Set, || async {
             let ttl = per_call_ttl::<C>(ttl)?;
             self.write(key, value, Self::expiry(ttl, false)).await
         })
@@ -609,10 +607,9 @@ impl<C: Cache> TypedCache<C> {
         self.touch_layouts().await;
         let backend = self.shared.backend();
         let stored = self
-            .forgetting(
-                [redis_key],
-                backend.set(redis_key, bytes, expiry, self.announce()),
-            )
+            .forgetting([redis_key], || {
+                backend.set(redis_key, bytes, expiry, self.announce())
+            })
             .await;
         self.written(stored)
     }
@@ -683,7 +680,7 @@ impl<C: Cache> TypedCache<C> {
         &self,
         keys: &[C::Key],
     ) -> Result<HashMap<C::Key, Option<C::Value>>, CacheError> {
-        observed(C::NAMESPACE, Op::Mget, self.mget_unobserved(keys)).await
+        observed(C::NAMESPACE, Op::Mget, || self.mget_unobserved(keys)).await
     }
 
     async fn mget_unobserved(
@@ -833,7 +830,7 @@ impl<C: Cache> TypedCache<C> {
     where
         I: IntoIterator<Item = (&'a C::Key, &'a C::Value)>,
     {
-        observed(C::NAMESPACE, Op::Mset, self.mset_unobserved(entries)).await
+        observed(C::NAMESPACE, Op::Mset, || self.mset_unobserved(entries)).await
     }
 
     async fn mset_unobserved<'a, I>(&self, entries: I) -> Result<bool, CacheError>
@@ -877,10 +874,9 @@ impl<C: Cache> TypedCache<C> {
         self.touch_layouts().await;
         let backend = self.shared.backend();
         let stored = self
-            .forgetting(
-                entries.iter().map(|e| e.key.as_str()),
-                backend.mset(entries, self.announce()),
-            )
+            .forgetting(entries.iter().map(|e| e.key.as_str()), || {
+                backend.mset(entries, self.announce())
+            })
             .await;
         self.written(stored)
     }
@@ -910,11 +906,9 @@ impl<C: Cache> TypedCache<C> {
     /// # }
     /// ```
     pub async fn invalidate(&self, key: &C::Key) -> bool {
-        observed(
-            C::NAMESPACE,
-            Op::Invalidate,
-            self.invalidate_unobserved(key),
-        )
+        observed(C::NAMESPACE, Op::Invalidate, || {
+            self.invalidate_unobserved(key)
+        })
         .await
     }
 
@@ -922,7 +916,7 @@ impl<C: Cache> TypedCache<C> {
         let redis_key = self.redis_key(key);
         let backend = self.shared.backend();
         let removed = self
-            .forgetting([redis_key.as_str()], async {
+            .forgetting([redis_key.as_str()], || async {
                 // The registry is read beside this layout's delete: one round trip
                 // unless other versions share the Redis, whose entries go next.
                 let (removed, others) = tokio::join!(
@@ -942,21 +936,22 @@ impl<C: Cache> TypedCache<C> {
         }
     }
 
-    /// Runs `write` of `keys` with this instance's first-level copies of them dropped
-    /// before it starts and again after it ends: a concurrent read of this instance may
-    /// have put the old value back meanwhile, and an instance ignores its own
-    /// announcements. Other instances drop theirs when the write's announcement reaches
-    /// them.
-    async fn forgetting<'k, T>(
+    /// Runs the write of `keys` that `write` starts with this instance's first-level
+    /// copies of them dropped before it starts and again after it ends: a concurrent
+    /// read of this instance may have put the old value back meanwhile, and an instance
+    /// ignores its own announcements. Other instances drop theirs when the write's
+    /// announcement reaches them. (A function rather than a future, for the reason
+    /// `observed` gives: a future argument is kept twice in this one's state.)
+    async fn forgetting<'k, T, F: Future<Output = T>>(
         &self,
         keys: impl IntoIterator<Item = &'k str> + Clone,
-        write: impl Future<Output = T>,
+        write: impl FnOnce() -> F,
     ) -> T {
         let Some(local) = &self.local else {
-            return write.await;
+            return write().await;
         };
         keys.clone().into_iter().for_each(|k| local.remove(k));
-        let written = write.await;
+        let written = write().await;
         keys.into_iter().for_each(|k| local.remove(k));
         written
     }
@@ -995,11 +990,9 @@ impl<C: Cache> TypedCache<C> {
     /// # }
     /// ```
     pub async fn minvalidate(&self, keys: &[C::Key]) -> Result<u64, CacheError> {
-        observed(
-            C::NAMESPACE,
-            Op::Minvalidate,
-            self.minvalidate_unobserved(keys),
-        )
+        observed(C::NAMESPACE, Op::Minvalidate, || {
+            self.minvalidate_unobserved(keys)
+        })
         .await
     }
 
@@ -1045,7 +1038,7 @@ impl<C: Cache> TypedCache<C> {
         let redis_keys = self.redis_keys(&distinct);
         let backend = self.shared.backend();
         let (removed, degraded) = self
-            .forgetting(redis_keys.iter().map(String::as_str), async {
+            .forgetting(redis_keys.iter().map(String::as_str), || async {
                 // This layout's entries are counted; the other layouts' go too.
                 let (removed, others) = tokio::join!(
                     backend.del_many(&redis_keys, self.announce()),
