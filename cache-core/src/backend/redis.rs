@@ -685,7 +685,6 @@ pub(crate) async fn scan_unlink<C: redis::aio::ConnectionLike + Send>(
     }
 }
 
-/// `SET key value EX s`, or `PX ms` when the TTL has a sub-second part.
 /// The replies of an `MGET` followed by a `PTTL` per key flagged in `timed`, as each
 /// key's value with the time it has left (`None` for the keys not timed); `Failed` when
 /// the replies do not map back onto the keys.
@@ -719,6 +718,7 @@ fn with_remaining(
         .collect()
 }
 
+/// `SET key value EX s`, or `PX ms` when the TTL has a sub-second part.
 pub(super) fn set_command(key: &str, value: &[u8], ttl: Duration) -> redis::Cmd {
     let mut cmd = redis::cmd("SET");
     cmd.arg(key).arg(value);
