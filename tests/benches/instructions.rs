@@ -176,13 +176,7 @@ fn child(target: &str, calls: u64, url: &str) {
             let fingerprint = Caches::CACHES[0].fingerprint;
             // The library's background tasks must not count on the raw side.
             drop(caches);
-            let config = AsyncConnectionConfig::new()
-                .set_response_timeout(Some(CacheConfig::default().response_timeout));
-            let mut conn = redis::Client::open(url)
-                .expect("the harness URL parses")
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .expect("raw connection");
+            let mut conn = raw_connection(url).await;
             for _ in 0..WARM_UP + calls {
                 let bytes: Vec<u8> = redis::cmd("GET")
                     .arg(&key)
@@ -212,13 +206,7 @@ async fn concurrent(caches: &Arc<Caches>, raw: bool, calls: u64, url: &str) {
         );
     }
     let fingerprint = Caches::CACHES[0].fingerprint;
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(CacheConfig::default().response_timeout));
-    let conn = redis::Client::open(url)
-        .expect("the harness URL parses")
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("raw connection");
+    let conn = raw_connection(url).await;
     let per_task = (WARM_UP + calls) / TASKS;
     let tasks: Vec<_> = (0..TASKS)
         .map(|task| {
@@ -272,13 +260,7 @@ async fn sets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
     let (fingerprint, ttl) = (info.fingerprint, info.ttl.as_secs());
     // The library's background tasks must not count on the raw side.
     drop(caches);
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(CacheConfig::default().response_timeout));
-    let mut conn = redis::Client::open(url)
-        .expect("the harness URL parses")
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("raw connection");
+    let mut conn = raw_connection(url).await;
     for _ in 0..WARM_UP + calls {
         let mut bytes = Vec::with_capacity(64);
         bytes.push(FRAME_TAG);
@@ -293,4 +275,16 @@ async fn sets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
             .await
             .expect("SET");
     }
+}
+
+/// The raw side's connection: one multiplexed connection with the library's response
+/// timeout, as a user would write it by hand.
+async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(CacheConfig::default().response_timeout));
+    redis::Client::open(url)
+        .expect("the harness URL parses")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("raw connection")
 }

@@ -573,6 +573,70 @@ async fn run<T: redis::FromRedisValue>(
         .unwrap_or_else(|e| panic!("raw command failed: {e}"))
 }
 
+/// A slot moved by hand from one master to the next, the way `redis-cli --cluster
+/// reshard` does: [`start`](Self::start) marks it importing and migrating,
+/// [`migrate`](Self::migrate) moves keys, [`finish`](Self::finish) gives it to the target.
+struct SlotMove<'a> {
+    cluster: &'a RedisCluster,
+    slot: u16,
+    to: usize,
+    source: redis::aio::MultiplexedConnection,
+    target: redis::aio::MultiplexedConnection,
+    source_id: String,
+    target_id: String,
+}
+
+impl<'a> SlotMove<'a> {
+    /// The move of `key`'s slot from its master to the next one.
+    async fn of(cluster: &'a RedisCluster, key: &str) -> Self {
+        let slot = key_slot(cluster, key).await;
+        let from = cluster.owner_of(key).await;
+        let to = (from + 1) % 3;
+        let (source, target) = (cluster.raw(from).await, cluster.raw(to).await);
+        let source_id = run(&source, redis::cmd("CLUSTER").arg("MYID")).await;
+        let target_id = run(&target, redis::cmd("CLUSTER").arg("MYID")).await;
+        SlotMove {
+            cluster,
+            slot,
+            to,
+            source,
+            target,
+            source_id,
+            target_id,
+        }
+    }
+
+    fn setslot(&self, state: &str, id: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(self.slot).arg(state).arg(id);
+        cmd
+    }
+
+    async fn start(&self) {
+        run::<()>(&self.target, &self.setslot("IMPORTING", &self.source_id)).await;
+        run::<()>(&self.source, &self.setslot("MIGRATING", &self.target_id)).await;
+    }
+
+    async fn migrate(&self, key: &str) {
+        let mut cmd = redis::cmd("MIGRATE");
+        cmd.arg("127.0.0.1")
+            .arg(self.cluster.nodes()[self.to].port())
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(key);
+        run::<()>(&self.source, &cmd).await;
+    }
+
+    async fn finish(&self) {
+        for index in 0..3 {
+            let conn = self.cluster.raw(index).await;
+            run::<()>(&conn, &self.setslot("NODE", &self.target_id)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_to_another_master_is_followed_after_one_redirection() {
     let cluster = RedisCluster::new();
@@ -583,11 +647,9 @@ async fn a_slot_moved_to_another_master_is_followed_after_one_redirection() {
     let profiles = manager.profiles();
     assert!(profiles.set(&7, &profile(7)).await.unwrap());
     let key = profiles.redis_key(&7);
-    let slot = key_slot(&cluster, &key).await;
-    let from = cluster.owner_of(&key).await;
-    let to = (from + 1) % 3;
-    let (source, target) = (cluster.raw(from).await, cluster.raw(to).await);
-    let target_port = format!(":{}", cluster.nodes()[to].port());
+    let slot_move = SlotMove::of(&cluster, &key).await;
+    let target = &slot_move.target;
+    let target_port = format!(":{}", cluster.nodes()[slot_move.to].port());
     let slots_of_target = |health: &cache_manager::Health| {
         let node = health
             .nodes
@@ -596,34 +658,12 @@ async fn a_slot_moved_to_another_master_is_followed_after_one_redirection() {
         node.unwrap().slots
     };
     let before = slots_of_target(&manager.health().await);
-    let source_id: String = run(&source, redis::cmd("CLUSTER").arg("MYID")).await;
-    let target_id: String = run(&target, redis::cmd("CLUSTER").arg("MYID")).await;
 
-    // Move the slot by hand, the way `redis-cli --cluster reshard` does.
-    let setslot = |state: &str, id: &str| {
-        let mut cmd = redis::cmd("CLUSTER");
-        cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
-        cmd
-    };
-    run::<()>(&target, &setslot("IMPORTING", &source_id)).await;
-    run::<()>(&source, &setslot("MIGRATING", &target_id)).await;
-    run::<()>(
-        &source,
-        redis::cmd("MIGRATE")
-            .arg("127.0.0.1")
-            .arg(cluster.nodes()[to].port())
-            .arg("")
-            .arg(0)
-            .arg(5000)
-            .arg("KEYS")
-            .arg(&key),
-    )
-    .await;
-    for index in 0..3 {
-        run::<()>(&cluster.raw(index).await, &setslot("NODE", &target_id)).await;
-    }
+    slot_move.start().await;
+    slot_move.migrate(&key).await;
+    slot_move.finish().await;
     // The target owns the slot now; the source answers `MOVED` for it.
-    assert!(wire::exists(&target, &key).await);
+    assert!(wire::exists(target, &key).await);
 
     // The first call may meet `MOVED` and degrade; the slot map is then refreshed and
     // the key is served by its new master: at most one call degrades.
@@ -649,7 +689,7 @@ async fn a_slot_moved_to_another_master_is_followed_after_one_redirection() {
         moved.elapsed()
     );
     assert!(profiles.set(&7, &profile(8)).await.unwrap());
-    assert!(wire::get(&target, &key).await.is_some());
+    assert!(wire::get(target, &key).await.is_some());
     let health = manager.health().await;
     assert!(health.healthy, "{health:?}");
     assert_eq!(health.nodes.iter().map(|n| n.slots).sum::<u32>(), 16384);
@@ -673,32 +713,11 @@ async fn keys_moved_during_a_migration_degrade_on_ask_and_are_served_after_it() 
         assert!(members.set(&id, &member(id)).await.unwrap());
     }
     let (moved_key, staying_key) = (members.redis_key(&1), members.redis_key(&2));
-    let slot = key_slot(&cluster, &moved_key).await;
-    assert_eq!(slot, key_slot(&cluster, &staying_key).await);
-    let from = cluster.owner_of(&moved_key).await;
-    let to = (from + 1) % 3;
-    let (source, target) = (cluster.raw(from).await, cluster.raw(to).await);
-    let source_id: String = run(&source, redis::cmd("CLUSTER").arg("MYID")).await;
-    let target_id: String = run(&target, redis::cmd("CLUSTER").arg("MYID")).await;
-    let setslot = |state: &str, id: &str| {
-        let mut cmd = redis::cmd("CLUSTER");
-        cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
-        cmd
-    };
-    let migrate = |key: &str| {
-        let mut cmd = redis::cmd("MIGRATE");
-        cmd.arg("127.0.0.1")
-            .arg(cluster.nodes()[to].port())
-            .arg("")
-            .arg(0)
-            .arg(5000)
-            .arg("KEYS")
-            .arg(key);
-        cmd
-    };
-    run::<()>(&target, &setslot("IMPORTING", &source_id)).await;
-    run::<()>(&source, &setslot("MIGRATING", &target_id)).await;
-    run::<()>(&source, &migrate(&moved_key)).await;
+    let slot_move = SlotMove::of(&cluster, &moved_key).await;
+    assert_eq!(slot_move.slot, key_slot(&cluster, &staying_key).await);
+    let (source, target) = (&slot_move.source, &slot_move.target);
+    slot_move.start().await;
+    slot_move.migrate(&moved_key).await;
 
     // Mid-migration: the source still serves the key it holds; the moved key answers
     // `ASK`, and its calls degrade: a miss, a refused write, never a stale or wrong value.
@@ -736,20 +755,18 @@ async fn keys_moved_during_a_migration_degrade_on_ask_and_are_served_after_it() 
     // Every key left in the slot: the staying member, and the cache's layout registry
     // (in the same slot: it carries the hash tag too).
     let left: Vec<String> = run(
-        &source,
+        source,
         redis::cmd("CLUSTER")
             .arg("GETKEYSINSLOT")
-            .arg(slot)
+            .arg(slot_move.slot)
             .arg(100),
     )
     .await;
     assert!(left.contains(&staying_key), "{left:?}");
     for key in &left {
-        run::<()>(&source, &migrate(key)).await;
+        slot_move.migrate(key).await;
     }
-    for index in 0..3 {
-        run::<()>(&cluster.raw(index).await, &setslot("NODE", &target_id)).await;
-    }
+    slot_move.finish().await;
     eventually("both keys served from the new master", || async {
         members.get(&1).await == Some(member(1)) && members.get(&2).await == Some(member(2))
     })

@@ -35,6 +35,17 @@ async fn quick<F: Future>(what: &str, call: F) -> F::Output {
         .unwrap_or_else(|_| panic!("{what} hung"))
 }
 
+/// A manager on `cluster` with short deadlines and backoff, so the test sees the
+/// switch soon after it happens.
+async fn connected(cluster: &RedisCluster) -> CacheManager {
+    let manager = CacheManager::new();
+    let config = CacheConfig::new()
+        .with_response_timeout(Duration::from_millis(200))
+        .with_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    manager.connect_with(&cluster.url(), &config).await.unwrap();
+    manager
+}
+
 /// Which master serves each of the keys 0..100.
 async fn owners(cluster: &RedisCluster, manager: &CacheManager) -> BTreeMap<i64, usize> {
     let mut owners = BTreeMap::new();
@@ -51,11 +62,7 @@ async fn a_replica_takes_over_a_killed_master_and_writes_resume_without_wrong_re
         .replicas()
         .node_timeout(NODE_TIMEOUT)
         .start();
-    let manager = CacheManager::new();
-    let config = CacheConfig::new()
-        .with_response_timeout(Duration::from_millis(200))
-        .with_backoff(Duration::from_millis(20), Duration::from_millis(200));
-    manager.connect_with(&cluster.url(), &config).await.unwrap();
+    let manager = connected(&cluster).await;
     let items = manager.items();
     let owners = owners(&cluster, &manager).await;
     let killed = 0;
@@ -164,11 +171,7 @@ async fn a_cluster_that_refuses_every_key_degrades_every_call_and_recovers() {
             .await
             .unwrap();
     }
-    let manager = CacheManager::new();
-    let config = CacheConfig::new()
-        .with_response_timeout(Duration::from_millis(200))
-        .with_backoff(Duration::from_millis(20), Duration::from_millis(200));
-    manager.connect_with(&cluster.url(), &config).await.unwrap();
+    let manager = connected(&cluster).await;
     let items = manager.items();
     let owners = owners(&cluster, &manager).await;
     let killed = 0;
