@@ -288,6 +288,18 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_secs(10);
 
+    /// Yields to the other tasks until `done` holds; a bounded number of times, so a
+    /// broken flight fails the test instead of spinning forever.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..10_000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("waited in vain for {what}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_failed_refresh_holds_back_others_for_its_window_only() {
         let flights = Flights::<u64, ()>::default();
@@ -327,16 +339,12 @@ mod tests {
                     .await
             }
         });
-        while flights.in_progress() == 0 {
-            tokio::task::yield_now().await;
-        }
+        until("the leader to start", || flights.in_progress() == 1).await;
         let follower = tokio::spawn({
             let flights = Arc::clone(&flights);
             async move { flights.run(&1, || async { Ok::<_, ()>(Some(8)) }).await }
         });
-        while flights.waiters(&1) == 0 {
-            tokio::task::yield_now().await;
-        }
+        until("the follower to join", || flights.waiters(&1) == 1).await;
         assert_eq!(flights.waiters(&1), 1);
         follower.abort();
         let _ = follower.await;
