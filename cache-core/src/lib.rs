@@ -74,16 +74,11 @@ pub mod __private {
     )]
     pub trait Declared {}
 
-    /// Stands in for the key, value or codec of a declaration that failed to compile, so
-    /// one mistake gives one error rather than a cascade.
+    /// Stands in for the codec of a declaration that failed to compile, so one mistake
+    /// gives one error rather than a cascade. (A missing key or value type is replaced by
+    /// an erroneous type instead, which the type checker accepts anywhere silently.)
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub enum Unconfigured {}
-
-    impl crate::CacheKey for Unconfigured {
-        fn write_key(&self, _: &mut String) {
-            match *self {}
-        }
-    }
 
     impl<V> crate::Codec<V> for Unconfigured {
         const NAME: &'static str = "unconfigured";

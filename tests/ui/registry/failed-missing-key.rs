@@ -13,6 +13,8 @@ cache_registry! {
 
 async fn use_it(manager: &CacheManager) {
     let _: Option<String> = manager.names().get(&1).await;
+    let _ = manager.names().set(&1, &"ada".to_owned()).await;
+    let _ = manager.names().mget(&[1, 2]).await;
 }
 
 fn main() {

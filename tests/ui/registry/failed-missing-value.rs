@@ -1,0 +1,22 @@
+use cache_manager::{Cache, cache_registry};
+
+// The value type is missing: the registry and the calls below add no follow-on errors,
+// whatever values they pass or expect.
+#[derive(Cache)]
+#[cache(namespace = "user:name", key = i64)]
+pub struct UserNameCache;
+
+cache_registry! {
+    pub struct CacheManager {
+        names: UserNameCache,
+    }
+}
+
+async fn use_it(manager: &CacheManager) {
+    let _: Option<String> = manager.names().get(&1).await;
+    let _ = manager.names().set(&1, &"ada".to_owned()).await;
+}
+
+fn main() {
+    let _ = use_it;
+}
