@@ -1,5 +1,7 @@
 //! The declaration of a cache: what `#[derive(Cache)]` implements.
 
+use std::any::Any;
+use std::fmt;
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use crate::codec::Codec;
 use crate::key::CacheKey;
 use crate::loads::LoadMode;
 use crate::local::LocalLevel;
+use crate::manager::ManagerCore;
 
 /// The most keys a single `mget`, or entries a single `mset`, may carry.
 pub const MAX_BATCH: usize = 100;
@@ -100,7 +103,7 @@ pub enum SingleFlight {
 }
 
 /// One registered cache, as an operator sees it: field, namespace, TTL, codec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct CacheInfo {
     /// The registry field (and accessor) name.
@@ -119,7 +122,38 @@ pub struct CacheInfo {
     pub fingerprint: u32,
     /// Whether keys carry the namespace as a Redis Cluster hash tag: `{namespace}:key`.
     pub hash_tag: bool,
+    /// Builds the cache's handle on a manager: the one place a registry needs `C: Cache`.
+    #[serde(skip)]
+    pub(crate) build: BuildHandle,
 }
+
+impl fmt::Debug for CacheInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheInfo")
+            .field("field", &self.field)
+            .field("namespace", &self.namespace)
+            .field("ttl", &self.ttl)
+            .field("codec", &self.codec)
+            .field("version", &self.version)
+            .field("fingerprint", &self.fingerprint)
+            .field("hash_tag", &self.hash_tag)
+            .finish()
+    }
+}
+
+/// Builds a cache's `TypedCache<C>` on a manager, boxed: a registry's `new()` unboxes it
+/// as the type its field declares, without asking `C: Cache` a second time.
+#[derive(Clone, Copy)]
+pub(crate) struct BuildHandle(pub(crate) fn(&ManagerCore, &'static str) -> Box<dyn Any>);
+
+impl PartialEq for BuildHandle {
+    /// The other fields tell caches apart; how a handle is built follows from them.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for BuildHandle {}
 
 impl CacheInfo {
     #[doc(hidden)]
@@ -132,8 +166,30 @@ impl CacheInfo {
             version: C::VERSION,
             fingerprint: C::FINGERPRINT,
             hash_tag: C::HASH_TAG,
+            build: BuildHandle(build_handle::<C>),
         }
     }
+}
+
+#[cfg(test)]
+impl CacheInfo {
+    /// An entry with only a field and a namespace, for tests of the registry's checks.
+    pub(crate) fn __for_tests(field: &'static str, namespace: &'static str) -> Self {
+        CacheInfo {
+            field,
+            namespace,
+            ttl: Duration::from_secs(600),
+            codec: "bincode",
+            version: 0,
+            fingerprint: 0,
+            hash_tag: false,
+            build: BuildHandle(|_, _| Box::new(())),
+        }
+    }
+}
+
+fn build_handle<C: Cache>(core: &ManagerCore, field: &'static str) -> Box<dyn Any> {
+    Box::new(core.cache::<C>(field))
 }
 
 fn serialize_secs<S: serde::Serializer>(ttl: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -61,7 +61,7 @@ pub(crate) enum Heard {
 
 /// What the manager can do to a cache's level without knowing its value type.
 #[doc(hidden)]
-pub trait Invalidate: Send + Sync + 'static {
+pub trait Invalidate: std::any::Any + Send + Sync {
     /// Drops the entry of a Redis key.
     fn remove(&self, key: &str);
     /// Drops every entry.

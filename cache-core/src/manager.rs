@@ -72,6 +72,26 @@ impl ManagerCore {
         TypedCache::new(Arc::clone(&self.shared), field, counters, local)
     }
 
+    /// The handle of the registered cache `field`, typed as the registry's field declares
+    /// it. Unlike [`cache`](Self::cache) this asks nothing of `C`: the registry's
+    /// `CACHES` entry for the field is the one place that needs `C: Cache`, so a type
+    /// that is not a cache fails there alone.
+    ///
+    /// # Panics
+    ///
+    /// When no cache `field` of type `C` was registered: only code that calls this
+    /// directly, with another type than its registry's, can get there.
+    pub fn registered<C: 'static>(&self, field: &'static str) -> TypedCache<C> {
+        let built = self.caches.iter().find(|info| info.field == field);
+        match built.and_then(|info| (info.build.0)(self, field).downcast().ok()) {
+            Some(handle) => *handle,
+            None => panic!(
+                "no cache `{field}` of type `{}` is registered",
+                std::any::type_name::<C>()
+            ),
+        }
+    }
+
     /// Every cache's counters, in registration order.
     pub fn stats(&self) -> Vec<CacheStats> {
         let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,5 +1,7 @@
 //! Compile-time checks run by `cache_registry!`.
 
+use crate::cache::CacheInfo;
+
 /// Whether keys of the two namespaces could collide: they are equal, or one is a
 /// `:`-prefix of the other.
 pub(crate) const fn namespaces_collide(a: &str, b: &str) -> bool {
@@ -13,16 +15,16 @@ pub(crate) const fn namespaces_collide(a: &str, b: &str) -> bool {
 /// or one a `:`-prefix of the other (`user` and `user:profile` could both own the Redis
 /// key `user:profile:1`).
 ///
-/// `caches` pairs each registry field with its namespace. Empty namespaces belong to
-/// declarations that already failed to compile and are skipped.
+/// `caches` is the registry's `CACHES`. Empty namespaces belong to declarations that
+/// already failed to compile and are skipped.
 #[doc(hidden)]
-pub const fn namespace_collision(caches: &[(&str, &str)]) -> Option<Message> {
+pub const fn namespace_collision(caches: &[CacheInfo]) -> Option<Message> {
     let mut i = 0;
     while i < caches.len() {
         let mut j = i + 1;
         while j < caches.len() {
-            let (a_field, a) = caches[i];
-            let (b_field, b) = caches[j];
+            let (a_field, a) = (caches[i].field, caches[i].namespace);
+            let (b_field, b) = (caches[j].field, caches[j].namespace);
             if !a.is_empty() && !b.is_empty() && namespaces_collide(a, b) {
                 if bytes_eq(a.as_bytes(), b.as_bytes()) {
                     return Some(Message::concat(&[
@@ -36,9 +38,9 @@ pub const fn namespace_collision(caches: &[(&str, &str)]) -> Option<Message> {
                     ]));
                 }
                 let ((short_field, short), (long_field, long)) = if a.len() < b.len() {
-                    (caches[i], caches[j])
+                    ((a_field, a), (b_field, b))
                 } else {
-                    (caches[j], caches[i])
+                    ((b_field, b), (a_field, a))
                 };
                 return Some(Message::concat(&[
                     "cache_registry!: namespace `",
@@ -126,8 +128,13 @@ const fn is_colon_prefix(short: &[u8], long: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn collision(caches: &[(&str, &str)]) -> Option<String> {
-        namespace_collision(caches).map(|m| m.as_str().to_owned())
+    fn collision(caches: &[(&'static str, &str)]) -> Option<String> {
+        // Namespaces are `'static` in a registry: leak the few these tests make.
+        let infos: Vec<CacheInfo> = caches
+            .iter()
+            .map(|&(field, namespace)| CacheInfo::__for_tests(field, namespace.to_owned().leak()))
+            .collect();
+        namespace_collision(&infos).map(|m| m.as_str().to_owned())
     }
 
     #[test]

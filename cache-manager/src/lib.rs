@@ -374,13 +374,15 @@ macro_rules! cache_registry {
 
         // Two caches whose keys could collide fail the build, naming both fields.
         const _: () = {
-            if let ::core::option::Option::Some(message) = &$crate::__private::namespace_collision(&[
-                $( (::core::stringify!($field), <$cache as $crate::Cache>::NAMESPACE), )*
-            ]) {
+            if let ::core::option::Option::Some(message) =
+                &$crate::__private::namespace_collision($name::CACHES)
+            {
                 ::core::panic!("{}", message.as_str());
             }
         };
 
+        // `CACHES` is the one place that asks `$cache: Cache`: a type that is not a cache
+        // fails there, at the type's name, and nowhere else.
         impl $name {
             /// Every registered cache: field, namespace, TTL, codec, fingerprint.
             pub const CACHES: &'static [$crate::CacheInfo] = &[
@@ -392,7 +394,7 @@ macro_rules! cache_registry {
             pub fn new() -> Self {
                 let __core = $crate::__private::ManagerCore::new(Self::CACHES);
                 Self {
-                    $( $field: __core.cache::<$cache>(::core::stringify!($field)), )*
+                    $( $field: __core.registered(::core::stringify!($field)), )*
                     __core,
                 }
             }

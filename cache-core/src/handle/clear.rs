@@ -2,7 +2,6 @@
 
 use super::TypedCache;
 use crate::cache::Cache;
-use crate::local::Invalidate as _;
 use crate::observe::{Op, observed};
 
 impl<C: Cache> TypedCache<C> {

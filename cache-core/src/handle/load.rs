@@ -195,16 +195,16 @@ impl<C: Cache> TypedCache<C> {
                 let fallback = Fallback { value, bytes };
                 // A load of this key goes on in the background after a soft timeout:
                 // answer from the fallback rather than start another.
-                if C::LOAD_TIMEOUT.is_some() && self.flights.in_background(key) {
+                if C::LOAD_TIMEOUT.is_some() && self.flights().in_background(key) {
                     return Ok(Some(fallback.value));
                 }
-                self.flights
+                self.flights()
                     .single
                     .run(key, || self.lead(key, load, Some(fallback)))
                     .await
             }
             Lookup::Miss | Lookup::Down => {
-                self.flights
+                self.flights()
                     .single
                     .run(key, || self.lead(key, load, None))
                     .await
@@ -215,7 +215,7 @@ impl<C: Cache> TypedCache<C> {
     /// Whether a refresh ahead of `key` failed within the fail-safe throttle: then the
     /// entry is served as it is until the throttle passes, as a stale one would be.
     fn refresh_backing_off(&self, key: &C::Key) -> bool {
-        self.flights
+        self.flights()
             .refresh_failed_within(key, self.shared.config().fail_safe_throttle)
     }
 
@@ -255,7 +255,7 @@ impl<C: Cache> TypedCache<C> {
         let soft_timeout = C::LOAD_TIMEOUT.filter(|_| fallback.is_some());
         match (C::Loads::start(load()), soft_timeout, fallback) {
             (Started::Movable(loading), Some(soft_timeout), Some(fallback)) => {
-                let Some(claim) = self.flights.claim_background(key) else {
+                let Some(claim) = self.claim_background(key) else {
                     return Ok(Some(fallback.value));
                 };
                 let Fallback {
@@ -436,7 +436,7 @@ impl<C: Cache> TypedCache<C> {
         Fut: Future<Output = Result<Option<C::Value>, E>>,
         C::Loads: Runs<Fut>,
     {
-        let Some(claim) = self.flights.claim_background(key) else {
+        let Some(claim) = self.claim_background(key) else {
             return;
         };
         // Only a cache declared with `refresh_ahead` gets here, and its loads are movable.
@@ -456,7 +456,7 @@ impl<C: Cache> TypedCache<C> {
             let plan = {
                 let loaded = C::Loads::unpack(carried);
                 if loaded.is_err() {
-                    cache.flights.refresh_failed(&key);
+                    cache.flights().refresh_failed(&key);
                     tracing::debug!(
                         namespace = C::NAMESPACE,
                         key = redis_key,
@@ -618,7 +618,7 @@ impl<C: Cache> TypedCache<C> {
             found.extend(answered);
         }
         // Refreshes already run in the background for some keys: not twice.
-        refresh.retain(|k| !self.flights.in_background(k) && !self.refresh_backing_off(k));
+        refresh.retain(|k| !self.flights().in_background(k) && !self.refresh_backing_off(k));
         if missing.is_empty() && refresh.is_empty() {
             return Ok(found);
         }
@@ -634,7 +634,7 @@ impl<C: Cache> TypedCache<C> {
                 // have a fallback to answer with after the soft timeout.
                 let claims: Vec<_> = wanted
                     .iter()
-                    .filter_map(|k| self.flights.claim_background(k))
+                    .filter_map(|k| self.claim_background(k))
                     .collect();
                 let cache = self.share();
                 let limit = config.background_timeout;
@@ -648,7 +648,9 @@ impl<C: Cache> TypedCache<C> {
                     let (plan, answer) = {
                         let loaded = C::Loads::unpack(carried);
                         if refresh_only && loaded.is_err() {
-                            wanted.iter().for_each(|k| cache.flights.refresh_failed(k));
+                            wanted
+                                .iter()
+                                .for_each(|k| cache.flights().refresh_failed(k));
                         }
                         let plan = cache.plan_many(&wanted, &loaded, &stale_bytes);
                         (plan, C::Loads::pack(loaded))
@@ -977,7 +979,7 @@ mod tests {
             "the loaded value is cached"
         );
         assert_eq!(
-            cache.flights.single.in_progress(),
+            cache.flights().single.in_progress(),
             0,
             "the flight was not removed"
         );
@@ -1005,11 +1007,11 @@ mod tests {
     /// flight is observable, so a test knows the follower joined before the leader ends.
     async fn until_waiting(cache: &TypedCache<Names>, key: u32, n: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while cache.flights.single.waiters(&key) != n {
+        while cache.flights().single.waiters(&key) != n {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{n} callers never joined the load of {key} (waiting: {})",
-                cache.flights.single.waiters(&key)
+                cache.flights().single.waiters(&key)
             );
             tokio::task::yield_now().await;
         }
@@ -1026,7 +1028,7 @@ mod tests {
         Arc<AtomicUsize>,
     ) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while cache.flights.single.in_progress() == 0 {
+        while cache.flights().single.in_progress() == 0 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the leader never started"
@@ -1105,7 +1107,7 @@ mod tests {
             1,
             "the follower took over"
         );
-        assert_eq!(cache.flights.single.in_progress(), 0);
+        assert_eq!(cache.flights().single.in_progress(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1124,7 +1126,7 @@ mod tests {
                     .await
             })
         };
-        while cache.flights.single.in_progress() == 0 {
+        while cache.flights().single.in_progress() == 0 {
             tokio::task::yield_now().await;
         }
         let loads = Arc::new(AtomicUsize::new(0));

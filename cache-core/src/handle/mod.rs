@@ -8,6 +8,7 @@
 mod clear;
 mod load;
 
+use std::any::Any;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -20,10 +21,10 @@ use crate::backend::{Backend, Timed, Unavailable, Write};
 use crate::cache::{Cache, MAX_BATCH};
 use crate::codec::{Codec, Stored, decode_stored, encode_entry};
 use crate::error::{CacheError, CodecError};
-use crate::flight::Flights;
+use crate::flight::{BackgroundClaim, Flights};
 use crate::key;
 use crate::layouts::Layouts;
-use crate::local::{Invalidate as _, LocalLevel as _};
+use crate::local::{Invalidate, LocalLevel as _};
 use crate::observe::{OncePerKey, Op, observed};
 use crate::shared::Shared;
 use crate::stats::{CacheStats, Counters};
@@ -37,12 +38,21 @@ const MAX_TTL: Duration = Duration::from_millis(i64::MAX as u64 / 2);
 /// Handles come only from a `cache_registry!` manager and share its connection. No call
 /// returns a connection error: while the backend is unavailable, reads return `None` and
 /// writes `Ok(false)`.
-pub struct TypedCache<C: Cache> {
+///
+/// Its calls exist for `C: Cache`. The type itself asks nothing of `C`, so that a registry
+/// naming a type that is not a cache fails with one error at that name, not with one per
+/// place the registry's expansion mentions the handle.
+pub struct TypedCache<C> {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     field: &'static str,
-    flights: Arc<Flights<C::Key, C::Value>>,
-    local: Option<Arc<C::Local>>,
+    /// `C::NAMESPACE` and `C::TTL`, for `Debug`.
+    namespace: &'static str,
+    ttl: Duration,
+    /// The loads in flight: a `Flights<C::Key, C::Value>`, see [`TypedCache::flights`].
+    flights: Arc<dyn Any + Send + Sync>,
+    /// The first level, a `C::Local`, see [`TypedCache::local`].
+    local: Option<Arc<dyn Invalidate>>,
     /// Loaded values too large to cache: logged once per key per minute.
     oversized: Arc<OncePerKey>,
     /// For a cache keyed by layout: the other layouts in use, whose entries of a key a
@@ -79,11 +89,11 @@ impl<V> Lookup<V> {
     }
 }
 
-impl<C: Cache> fmt::Debug for TypedCache<C> {
+impl<C> fmt::Debug for TypedCache<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TypedCache")
-            .field("namespace", &C::NAMESPACE)
-            .field("ttl", &C::TTL)
+            .field("namespace", &self.namespace)
+            .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
 }
@@ -95,12 +105,15 @@ impl<C: Cache> TypedCache<C> {
         counters: Arc<Counters>,
         local: Option<Arc<C::Local>>,
     ) -> Self {
+        let flights: Arc<Flights<C::Key, C::Value>> = Arc::default();
         TypedCache {
             shared,
             counters,
             field,
-            flights: Arc::default(),
-            local,
+            namespace: C::NAMESPACE,
+            ttl: C::TTL,
+            flights,
+            local: local.map(|l| l as Arc<dyn Invalidate>),
             oversized: Arc::new(OncePerKey::new(Duration::from_secs(60))),
             layouts: Self::LAYOUT.map(|own| {
                 let entries_live = C::TTL + C::TTL_JITTER + C::FAIL_SAFE;
@@ -116,6 +129,8 @@ impl<C: Cache> TypedCache<C> {
             shared: Arc::clone(&self.shared),
             counters: Arc::clone(&self.counters),
             field: self.field,
+            namespace: self.namespace,
+            ttl: self.ttl,
             flights: Arc::clone(&self.flights),
             local: self.local.clone(),
             oversized: Arc::clone(&self.oversized),
@@ -130,8 +145,26 @@ impl<C: Cache> TypedCache<C> {
 
     /// The first level, when this cache has one and it may be read now.
     fn local(&self) -> Option<&C::Local> {
-        let local = self.local.as_deref()?;
+        let local: &dyn Any = self.local.as_deref()?;
+        // `new` stored a `C::Local`: the cast cannot fail.
+        let local = local.downcast_ref::<C::Local>()?;
         self.shared.locals.coherent().then_some(local)
+    }
+
+    /// The loads in flight, by key.
+    fn flights(&self) -> &Flights<C::Key, C::Value> {
+        match self.flights.downcast_ref() {
+            Some(flights) => flights,
+            None => unreachable!("`TypedCache::new` stores the flights of `C`"),
+        }
+    }
+
+    /// Claims `key` for a load in the background; `None` while one already runs.
+    fn claim_background(&self, key: &C::Key) -> Option<BackgroundClaim<C::Key, C::Value>> {
+        match Arc::clone(&self.flights).downcast::<Flights<C::Key, C::Value>>() {
+            Ok(flights) => flights.claim_background(key),
+            Err(_) => unreachable!("`TypedCache::new` stores the flights of `C`"),
+        }
     }
 
     /// Whether writes must tell other instances to drop their copies.

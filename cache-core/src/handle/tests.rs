@@ -551,3 +551,36 @@ async fn every_call_that_completes_at_once_yields_to_the_runtime() {
     other_task_runs_during("set, not connected", || cache.set(&1, &value)).await;
     other_task_runs_during("mget, not connected", || cache.mget(&[1, 2])).await;
 }
+
+/// A registry's `new()` builds each handle from its `CacheInfo`, unboxed as the field's
+/// type: the handle is the cache's own (its namespace, its first level), and asking for
+/// another type than the one registered is refused, never a handle of the wrong type.
+#[tokio::test]
+async fn a_registered_handle_is_built_for_its_own_cache() {
+    static REGISTERED: &[CacheInfo] = &[
+        CacheInfo::__new::<Profiles>("profiles"),
+        CacheInfo::__new::<Sessions>("sessions"),
+    ];
+    let core = ManagerCore::new(REGISTERED);
+    core.connect("memory://").await.unwrap();
+    let profiles = core.registered::<Profiles>("profiles");
+    let sessions = core.registered::<Sessions>("sessions");
+    assert_eq!(profiles.namespace(), Profiles::NAMESPACE);
+    assert_eq!(sessions.namespace(), Sessions::NAMESPACE);
+    assert!(profiles.set(&1, &ada()).await.unwrap());
+    assert_eq!(profiles.get(&1).await, Some(ada()));
+    assert_eq!(
+        format!("{profiles:?}"),
+        format!("{:?}", core.cache::<Profiles>("x"))
+    );
+
+    let wrong = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        core.registered::<Sessions>("profiles")
+    }));
+    let message = *wrong.unwrap_err().downcast::<String>().unwrap();
+    assert!(message.contains("no cache `profiles` of type"), "{message}");
+    let unknown = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        core.registered::<Profiles>("nope")
+    }));
+    assert!(unknown.is_err());
+}
