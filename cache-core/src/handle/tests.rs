@@ -584,3 +584,98 @@ async fn a_registered_handle_is_built_for_its_own_cache() {
     }));
     assert!(unknown.is_err());
 }
+
+/// The metric keys a workload registers, by name.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<String>>);
+
+impl Recorded {
+    fn note(&self, key: &metrics::Key) {
+        let mut names = self.0.lock().unwrap();
+        names.push(key.name().to_owned());
+    }
+}
+
+impl metrics::Recorder for Recorded {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        self.note(key);
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.note(key);
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        self.note(key);
+        metrics::Histogram::noop()
+    }
+}
+
+/// With the `metrics` feature every call records its latency and its hit or miss;
+/// without it nothing reaches a recorder, whichever is installed. `cargo test
+/// --workspace` builds this crate with the feature (the example service asks for it);
+/// `tests/tests/metrics_off.rs` runs this test again on a build without it.
+#[test]
+fn metrics_are_recorded_only_with_the_feature() {
+    let recorded = Recorded::default();
+    metrics::with_local_recorder(&recorded, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let core = memory().await;
+            let cache = core.cache::<Profiles>("test");
+            assert_eq!(cache.get(&1).await, None);
+            assert!(cache.set(&1, &ada()).await.unwrap());
+            assert_eq!(cache.get(&1).await, Some(ada()));
+            assert!(cache.invalidate(&1).await);
+        });
+    });
+    let names = recorded.0.into_inner().unwrap();
+    let feature = if cfg!(feature = "metrics") {
+        "on"
+    } else {
+        "off"
+    };
+    println!("with the metrics feature {feature}, recorded: {names:?}");
+    if cfg!(feature = "metrics") {
+        for name in [
+            "cache_operation_duration_seconds",
+            "cache_hits_total",
+            "cache_misses_total",
+        ] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} missing from {names:?}"
+            );
+        }
+    } else {
+        assert_eq!(names, Vec::<String>::new());
+    }
+}
