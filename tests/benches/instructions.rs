@@ -17,6 +17,13 @@
 //! without a decode: `raw-set` (`SET key bytes EX ttl`, with the value encoded as the
 //! library encodes it) and `redis-set`.
 //!
+//! And the batches of [`BATCH`] keys, sequential, as the throughput bench runs them:
+//! `raw-mget` (one `MGET`, each value checked and decoded, into a `Vec`) beside
+//! `redis-mget` (the library's `mget`, into a `HashMap` by key), and `raw-mset` (a
+//! pipeline of `SET key bytes EX ttl`) beside `redis-mset`. The raw sides format their
+//! keys on every call, as the throughput bench's do. A batch call counts as one call;
+//! they run N / 10 and 2N / 10 times.
+//!
 //! Under valgrind the client runs some 50 times slower while the server does not, so
 //! batches are larger than in a timed run: the figure is the client's instructions per
 //! get once coalescing has formed its batches, not a throughput.
@@ -51,7 +58,7 @@ cache_registry! {
 
 const KEY: u64 = 42;
 const WARM_UP: u64 = 500;
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 11] = [
     "raw",
     "redis",
     "memory",
@@ -59,7 +66,13 @@ const TARGETS: [&str; 7] = [
     "redis-64",
     "raw-set",
     "redis-set",
+    "raw-mget",
+    "redis-mget",
+    "raw-mset",
+    "redis-mset",
 ];
+/// Keys of a batch target's calls: the library's limit.
+const BATCH: u64 = 100;
 /// Tasks of the concurrent targets.
 const TASKS: u64 = 64;
 
@@ -95,7 +108,7 @@ fn parent() {
     );
     println!("N = {n}; per call = (Ir at 2N - Ir at N) / N, warm-up {WARM_UP} calls in both runs");
     println!();
-    println!("| target | Ir, N calls | Ir, 2N calls | instructions per get |");
+    println!("| target | Ir, N calls | Ir, 2N calls | instructions per call |");
     println!("| --- | ---: | ---: | ---: |");
     let mut per_call = Vec::new();
     for target in TARGETS {
@@ -103,6 +116,11 @@ fn parent() {
             "memory://".to_owned()
         } else {
             url.clone()
+        };
+        let n = if target.ends_with("-mget") || target.ends_with("-mset") {
+            n / 10
+        } else {
+            n
         };
         let once = callgrind(&exe, target, n, &url);
         let twice = callgrind(&exe, target, 2 * n, &url);
@@ -113,11 +131,14 @@ fn parent() {
     println!();
     println!(
         "library on redis / raw: {:.2}; library on memory:// / raw: {:.2}; \
-         64 tasks, library / raw: {:.2}; set, library / raw: {:.2}",
+         64 tasks, library / raw: {:.2}; set, library / raw: {:.2}; \
+         mget of {BATCH}, library / raw: {:.2}; mset of {BATCH}, library / raw: {:.2}",
         per_call[1] / per_call[0],
         per_call[2] / per_call[0],
         per_call[4] / per_call[3],
-        per_call[6] / per_call[5]
+        per_call[6] / per_call[5],
+        per_call[8] / per_call[7],
+        per_call[10] / per_call[9]
     );
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
 }
@@ -169,6 +190,14 @@ fn child(target: &str, calls: u64, url: &str) {
         }
         if let Some(side) = target.strip_suffix("-set") {
             sets(caches, side == "raw", calls, url).await;
+            return;
+        }
+        if let Some(side) = target.strip_suffix("-mget") {
+            mgets(caches, side == "raw", calls, url).await;
+            return;
+        }
+        if let Some(side) = target.strip_suffix("-mset") {
+            msets(caches, side == "raw", calls, url).await;
             return;
         }
         if target == "raw" {
@@ -274,6 +303,87 @@ async fn sets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
             .query_async::<()>(&mut conn)
             .await
             .expect("SET");
+    }
+}
+
+/// `calls` sequential `mget`s (after a tenth of the warm-up) of keys 0..[`BATCH`].
+async fn mgets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
+    let keys: Vec<u64> = (0..BATCH).collect();
+    let values: Vec<Profile> = keys.iter().map(|&k| Profile::of(k)).collect();
+    assert!(
+        caches
+            .profiles()
+            .mset(keys.iter().zip(&values))
+            .await
+            .expect("mset")
+    );
+    if !raw {
+        for _ in 0..WARM_UP / 10 + calls {
+            let found = caches.profiles().mget(&keys).await.expect("mget");
+            assert_eq!(std::hint::black_box(found).len(), BATCH as usize);
+        }
+        return;
+    }
+    let start = caches.profiles().redis_key(&0);
+    let start = start
+        .strip_suffix('0')
+        .expect("the key's text comes last")
+        .to_owned();
+    let fingerprint = Caches::CACHES[0].fingerprint;
+    drop(caches);
+    let mut conn = raw_connection(url).await;
+    for _ in 0..WARM_UP / 10 + calls {
+        // Keys formatted on every call, as an application (and the throughput bench) does.
+        let redis_keys: Vec<String> = keys.iter().map(|k| format!("{start}{k}")).collect();
+        let found: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&redis_keys)
+            .query_async(&mut conn)
+            .await
+            .expect("MGET");
+        let decoded: Vec<Option<Profile>> = found
+            .iter()
+            .map(|v| v.as_deref().map(|b| decode(b, fingerprint)))
+            .collect();
+        assert_eq!(std::hint::black_box(decoded).len(), BATCH as usize);
+    }
+}
+
+/// `calls` sequential `mset`s (after a tenth of the warm-up) of keys 0..[`BATCH`].
+async fn msets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
+    let keys: Vec<u64> = (0..BATCH).collect();
+    let values: Vec<Profile> = keys.iter().map(|&k| Profile::of(k)).collect();
+    if !raw {
+        for _ in 0..WARM_UP / 10 + calls {
+            let stored = caches.profiles().mset(keys.iter().zip(&values)).await;
+            assert!(stored.expect("mset"));
+        }
+        return;
+    }
+    let start = caches.profiles().redis_key(&0);
+    let start = start
+        .strip_suffix('0')
+        .expect("the key's text comes last")
+        .to_owned();
+    let info = &Caches::CACHES[0];
+    let (fingerprint, ttl) = (info.fingerprint, info.ttl.as_secs());
+    drop(caches);
+    let mut conn = raw_connection(url).await;
+    for _ in 0..WARM_UP / 10 + calls {
+        let mut pipe = redis::pipe();
+        for (k, value) in keys.iter().zip(&values) {
+            let key = format!("{start}{k}");
+            let mut bytes = Vec::with_capacity(64);
+            bytes.push(FRAME_TAG);
+            bytes.extend_from_slice(&fingerprint.to_le_bytes());
+            <Bincode as Codec<Profile>>::encode(value, &mut bytes).expect("encode");
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(bytes)
+                .arg("EX")
+                .arg(ttl)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.expect("pipeline");
     }
 }
 
