@@ -58,6 +58,30 @@ pub(crate) fn redis_key<K: CacheKey + ?Sized>(
     out
 }
 
+/// The Redis keys of one batch: the same text as [`redis_key`], with the start every key
+/// of the cache shares (prefix, namespace, tag, layout) written once for the batch rather
+/// than once per key.
+pub(crate) struct BatchKeys {
+    start: String,
+}
+
+impl BatchKeys {
+    pub(crate) fn new(keys: &cache_keyspace::CacheKeys<'_>) -> Self {
+        BatchKeys {
+            start: keys.prefix(),
+        }
+    }
+
+    /// The Redis key of `key`.
+    pub(crate) fn key<K: CacheKey + ?Sized>(&self, key: &K) -> String {
+        // Room for a UUID or an integer after the start.
+        let mut out = String::with_capacity(self.start.len() + 40);
+        out.push_str(&self.start);
+        key.write_key(&mut out);
+        out
+    }
+}
+
 macro_rules! integer_keys {
     ($($t:ty)*) => {$(
         impl CacheKey for $t {
@@ -221,6 +245,8 @@ mod tests {
             ) {
                 let keys = cache_keyspace::CacheKeys { prefix: p.as_deref(), namespace: &n, hash_tag: false, layout };
                 let full = redis_key(&keys, &k);
+                // A batch spells every key as a single call does.
+                prop_assert_eq!(&BatchKeys::new(&keys).key(&k), &full);
                 // The namespace a reader sees: the prefix joined to the namespace.
                 let joined = match &p { Some(p) => format!("{p}:{n}"), None => n.clone() };
                 for (at, sep) in full.match_indices([':', '@']) {
@@ -253,6 +279,7 @@ mod tests {
             #[test]
             fn hash_tagged_keys_name_their_namespace(n in namespace(), k in key_text()) {
                 let full = redis_key(&cache_keyspace::CacheKeys::plain(&n, true), &k);
+                prop_assert_eq!(&BatchKeys::new(&cache_keyspace::CacheKeys::plain(&n, true)).key(&k), &full);
                 let (tag, rest) = full
                     .strip_prefix('{')
                     .and_then(|r| r.split_once('}'))

@@ -720,13 +720,28 @@ impl<C: Cache> TypedCache<C> {
         &self,
         keys: &[C::Key],
     ) -> Result<HashMap<C::Key, Option<C::Value>>, CacheError> {
-        let distinct = distinct_within_limit::<C>(keys, "mget")?;
+        if keys.len() > MAX_BATCH {
+            // Perhaps within the limit once duplicates are gone; an error if not.
+            let distinct = distinct_within_limit::<C>(keys, "mget")?;
+            let found = self.lookup_many(&distinct).await;
+            return Ok(distinct
+                .into_iter()
+                .zip(found)
+                .map(|(key, lookup)| (key.clone(), lookup.fresh()))
+                .collect());
+        }
+        // The answer's map tells the distinct keys apart: each key is hashed once, not
+        // once into a set and again into the answer. Its order is the same in both
+        // passes, as nothing is inserted between them.
+        let mut answer: HashMap<C::Key, Option<C::Value>> =
+            keys.iter().map(|key| (key.clone(), None)).collect();
+        let distinct: Vec<&C::Key> = answer.keys().collect();
         let found = self.lookup_many(&distinct).await;
-        Ok(distinct
-            .into_iter()
-            .zip(found)
-            .map(|(key, lookup)| (key.clone(), lookup.fresh()))
-            .collect())
+        drop(distinct);
+        for (value, lookup) in answer.values_mut().zip(found) {
+            *value = lookup.fresh();
+        }
+        Ok(answer)
     }
 
     /// Reads distinct `keys` (at most [`MAX_BATCH`]) in one round trip, the first level
@@ -739,8 +754,9 @@ impl<C: Cache> TypedCache<C> {
         let mut redis_keys: Vec<String> = Vec::with_capacity(keys.len());
         let local = self.local();
         let mut hits = 0;
+        let batch_keys = self.batch_keys();
         for (i, key) in keys.iter().enumerate() {
-            let redis_key = self.redis_key(key);
+            let redis_key = batch_keys.key(*key);
             match local.and_then(|l| l.get(&redis_key)) {
                 Some(value) => {
                     hits += 1;
@@ -870,10 +886,14 @@ impl<C: Cache> TypedCache<C> {
     where
         I: IntoIterator<Item = (&'a C::Key, &'a C::Value)>,
     {
-        let mut encoded: Vec<Write> = Vec::new();
-        let mut index: HashMap<&'a C::Key, usize> = HashMap::new();
+        let entries = entries.into_iter();
+        let room = entries.size_hint().0.min(MAX_BATCH);
+        let mut encoded: Vec<Write> = Vec::with_capacity(room);
+        let mut index: HashMap<&'a C::Key, usize> = HashMap::with_capacity(room);
+        let batch_keys = self.batch_keys();
+        let limit = self.value_limit();
         for (key, value) in entries {
-            let bytes = self.encode(value)?;
+            let bytes = Self::encode_within(value, limit)?;
             match index.entry(key) {
                 // A later value for the same key wins, as it would with sequential sets.
                 Entry::Occupied(slot) => encoded[*slot.get()].bytes = bytes,
@@ -888,7 +908,7 @@ impl<C: Cache> TypedCache<C> {
                     }
                     slot.insert(encoded.len());
                     encoded.push(Write {
-                        key: self.redis_key(key),
+                        key: batch_keys.key(key),
                         bytes,
                         ttl: Self::expiry(C::TTL, true),
                     });
@@ -1088,7 +1108,14 @@ impl<C: Cache> TypedCache<C> {
     }
 
     fn redis_keys(&self, keys: &[&C::Key]) -> Vec<String> {
-        keys.iter().map(|k| self.redis_key(k)).collect()
+        let batch_keys = self.batch_keys();
+        keys.iter().map(|k| batch_keys.key(*k)).collect()
+    }
+
+    /// The Redis keys of a batch, the start they share written once.
+    fn batch_keys(&self) -> key::BatchKeys {
+        let prefix = self.shared.prefix();
+        key::BatchKeys::new(&Self::keys(prefix.as_ref().map(|p| p.as_str())))
     }
 
     fn written(&self, result: Result<(), Unavailable>) -> bool {
@@ -1126,18 +1153,31 @@ impl<C: Cache> TypedCache<C> {
     /// The bytes a write stores: the encoded value, compressed with `compress = true`,
     /// within the size limit (`max_bytes`, or the manager's `max_value_bytes`).
     fn encode(&self, value: &C::Value) -> Result<Vec<u8>, CacheError> {
-        let bytes = encode_entry::<C::Value, C::Codec>(value, C::FINGERPRINT, C::COMPRESS)
-            .map_err(|source| CacheError::Serialization {
-                namespace: C::NAMESPACE,
-                source,
-            })?;
-        let (limit, whose) = match C::MAX_BYTES {
+        Self::encode_within(value, self.value_limit())
+    }
+
+    /// The most bytes an encoded value may have, and whose limit that is: the cache's
+    /// `max_bytes`, or the manager's `max_value_bytes`. Read once per batch.
+    fn value_limit(&self) -> (Option<usize>, &'static str) {
+        match C::MAX_BYTES {
             Some(limit) => (Some(limit), "the cache's `max_bytes`"),
             None => (
                 self.shared.max_value_bytes(),
                 "the manager's `max_value_bytes`",
             ),
-        };
+        }
+    }
+
+    /// Encodes `value` as an entry, refused when it is over `limit`.
+    fn encode_within(
+        value: &C::Value,
+        (limit, whose): (Option<usize>, &'static str),
+    ) -> Result<Vec<u8>, CacheError> {
+        let bytes = encode_entry::<C::Value, C::Codec>(value, C::FINGERPRINT, C::COMPRESS)
+            .map_err(|source| CacheError::Serialization {
+                namespace: C::NAMESPACE,
+                source,
+            })?;
         match limit {
             Some(limit) if bytes.len() > limit => Err(CacheError::validation(
                 C::NAMESPACE,
