@@ -4,7 +4,9 @@
 //! Three sequential targets, each a loop on a tokio current-thread runtime, reading a
 //! bincode value of 47 bytes (the throughput bench's `Profile`) that is always there:
 //! - `raw`: hand-written `redis` 1.x, `GET` on one multiplexed connection, with the
-//!   library's response timeout, then the same header check and bincode decode;
+//!   library's response timeout, then the same header check and bincode decode; like
+//!   every raw target it formats its key (`format!("{start}{key}")`) on each call, as an
+//!   application and the throughput bench's raw side do;
 //! - `redis`: the library's `get` against the same `redis-server`;
 //! - `memory`: the library's `get` on `memory://` (no I/O: the library's own cost).
 //!
@@ -20,8 +22,7 @@
 //! And the batches of [`BATCH`] keys, sequential, as the throughput bench runs them:
 //! `raw-mget` (one `MGET`, each value checked and decoded, into a `Vec`) beside
 //! `redis-mget` (the library's `mget`, into a `HashMap` by key), and `raw-mset` (a
-//! pipeline of `SET key bytes EX ttl`) beside `redis-mset`. The raw sides format their
-//! keys on every call, as the throughput bench's do. A batch call counts as one call;
+//! pipeline of `SET key bytes EX ttl`) beside `redis-mset`. A batch call counts as one call;
 //! they run N / 10 and 2N / 10 times.
 //!
 //! Under valgrind the client runs some 50 times slower while the server does not, so
@@ -201,14 +202,14 @@ fn child(target: &str, calls: u64, url: &str) {
             return;
         }
         if target == "raw" {
-            let key = caches.profiles().redis_key(&KEY);
+            let start = key_start(&caches);
             let fingerprint = Caches::CACHES[0].fingerprint;
             // The library's background tasks must not count on the raw side.
             drop(caches);
             let mut conn = raw_connection(url).await;
             for _ in 0..WARM_UP + calls {
                 let bytes: Vec<u8> = redis::cmd("GET")
-                    .arg(&key)
+                    .arg(format!("{start}{KEY}"))
                     .query_async(&mut conn)
                     .await
                     .expect("GET");
@@ -241,12 +242,12 @@ async fn concurrent(caches: &Arc<Caches>, raw: bool, calls: u64, url: &str) {
         .map(|task| {
             let caches = Arc::clone(caches);
             let mut conn = conn.clone();
-            let key = caches.profiles().redis_key(&task);
+            let start = key_start(&caches);
             tokio::spawn(async move {
                 for _ in 0..per_task {
                     if raw {
                         let bytes: Vec<u8> = redis::cmd("GET")
-                            .arg(&key)
+                            .arg(format!("{start}{task}"))
                             .query_async(&mut conn)
                             .await
                             .expect("GET");
@@ -284,7 +285,7 @@ async fn sets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
         }
         return;
     }
-    let key = caches.profiles().redis_key(&KEY);
+    let start = key_start(&caches);
     let info = &Caches::CACHES[0];
     let (fingerprint, ttl) = (info.fingerprint, info.ttl.as_secs());
     // The library's background tasks must not count on the raw side.
@@ -296,7 +297,7 @@ async fn sets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
         bytes.extend_from_slice(&fingerprint.to_le_bytes());
         <Bincode as Codec<Profile>>::encode(&value, &mut bytes).expect("encode");
         redis::cmd("SET")
-            .arg(&key)
+            .arg(format!("{start}{KEY}"))
             .arg(&bytes)
             .arg("EX")
             .arg(ttl)
@@ -324,11 +325,7 @@ async fn mgets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
         }
         return;
     }
-    let start = caches.profiles().redis_key(&0);
-    let start = start
-        .strip_suffix('0')
-        .expect("the key's text comes last")
-        .to_owned();
+    let start = key_start(&caches);
     let fingerprint = Caches::CACHES[0].fingerprint;
     drop(caches);
     let mut conn = raw_connection(url).await;
@@ -359,11 +356,7 @@ async fn msets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
         }
         return;
     }
-    let start = caches.profiles().redis_key(&0);
-    let start = start
-        .strip_suffix('0')
-        .expect("the key's text comes last")
-        .to_owned();
+    let start = key_start(&caches);
     let info = &Caches::CACHES[0];
     let (fingerprint, ttl) = (info.fingerprint, info.ttl.as_secs());
     drop(caches);
@@ -385,6 +378,14 @@ async fn msets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
         }
         pipe.query_async::<()>(&mut conn).await.expect("pipeline");
     }
+}
+
+/// What the cache's Redis keys start with (namespace, layout, `:`): the raw sides
+/// format `{start}{key}` on every call, as an application and the throughput bench do.
+fn key_start(caches: &Caches) -> String {
+    let key = caches.profiles().redis_key(&0);
+    let start = key.strip_suffix('0').expect("the key's text comes last");
+    start.to_owned()
 }
 
 /// The raw side's connection: one multiplexed connection with the library's response
