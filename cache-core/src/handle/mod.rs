@@ -731,15 +731,15 @@ impl<C: Cache> TypedCache<C> {
                 .collect());
         }
         // The answer's map tells the distinct keys apart: each key is hashed once, not
-        // once into a set and again into the answer. Its order is the same in both
-        // passes, as nothing is inserted between them.
+        // once into a set and again into the answer. One pass over it gives each key
+        // beside the slot of its value.
         let mut answer: HashMap<C::Key, Option<C::Value>> =
             keys.iter().map(|key| (key.clone(), None)).collect();
-        let distinct: Vec<&C::Key> = answer.keys().collect();
+        let mut slots: Vec<(&C::Key, &mut Option<C::Value>)> = answer.iter_mut().collect();
+        let distinct: Vec<&C::Key> = slots.iter().map(|(key, _)| *key).collect();
         let found = self.lookup_many(&distinct).await;
-        drop(distinct);
-        for (value, lookup) in answer.values_mut().zip(found) {
-            *value = lookup.fresh();
+        for ((_, slot), lookup) in slots.iter_mut().zip(found) {
+            **slot = lookup.fresh();
         }
         Ok(answer)
     }
