@@ -1,8 +1,11 @@
 //! A throwaway Redis Cluster: masters on loopback, made with `redis-cli --cluster create`.
 //!
 //! Each master is a [`RedisServer`] with `--cluster-enabled yes`, its own `nodes.conf` in
-//! its own directory, and a cluster bus port chosen free (`--cluster-port`) rather than
-//! the default port + 10000, which can land above 65535 for ephemeral ports. By default
+//! its own directory, and a cluster bus port chosen free (`--cluster-port`) with its port
+//! on every attempt to start it ([`RedisServerBuilder::cluster_bus`](crate::RedisServerBuilder::cluster_bus)),
+//! rather than the default port + 10000, which can land above 65535 for ephemeral ports,
+//! or a port fixed before the attempts, which a client's connection can take meanwhile
+//! (seen in CI: five attempts in a row failed on one taken bus port). By default
 //! there are no replicas ([`RedisClusterBuilder::replicas`] adds one per master, joined
 //! with `CLUSTER MEET` and `CLUSTER REPLICATE`), and `cluster-require-full-coverage no`
 //! keeps the other masters serving while one is down, as a cache deployment should be
@@ -76,15 +79,12 @@ impl RedisClusterBuilder {
         let mut tls_ports = Vec::new();
         let mut bus_ports = Vec::new();
         for _ in 0..count {
-            let bus_port = free_port();
-            bus_ports.push(bus_port);
             let mut builder = RedisServer::builder()
+                .cluster_bus()
                 .arg("--cluster-enabled")
                 .arg("yes")
                 .arg("--cluster-config-file")
                 .arg("nodes.conf")
-                .arg("--cluster-port")
-                .arg(bus_port.to_string())
                 .arg("--cluster-node-timeout")
                 .arg(node_timeout.as_millis().to_string())
                 .arg("--cluster-require-full-coverage")
@@ -105,7 +105,9 @@ impl RedisClusterBuilder {
                     .arg("yes");
                 tls_ports.push(port);
             }
-            nodes.push(builder.start());
+            let node = builder.start();
+            bus_ports.push(node.cluster_bus_port().expect("a cluster bus port"));
+            nodes.push(node);
         }
         let replicas = nodes.split_off(self.masters);
         // Clients are pointed at the masters only.

@@ -22,6 +22,7 @@ const NOT_INSTALLED: &str = "redis-server not found on PATH; install it (Debian:
 pub struct RedisServerBuilder {
     password: Option<String>,
     args: Vec<String>,
+    cluster_bus: bool,
 }
 
 impl RedisServerBuilder {
@@ -37,6 +38,16 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Gives the server a cluster bus port of its own (`--cluster-port`), chosen free
+    /// with its port on every attempt to start it, rather than port + 10000 (above 65535
+    /// for a high ephemeral port) or a port fixed beforehand, which a client's
+    /// connection can take meanwhile and fail every attempt. Read it with
+    /// [`RedisServer::cluster_bus_port`].
+    pub fn cluster_bus(mut self) -> Self {
+        self.cluster_bus = true;
+        self
+    }
+
     /// Starts the server and waits until it answers `PING`.
     ///
     /// Panics when `redis-server` is not installed or does not come up within 10 s.
@@ -44,13 +55,20 @@ impl RedisServerBuilder {
         let mut last_log = String::new();
         for _ in 0..BIND_ATTEMPTS {
             let port = free_port();
+            let mut args = self.args.clone();
+            let bus_port = self.cluster_bus.then(|| {
+                let bus_port = free_port_besides(port);
+                args.extend(["--cluster-port".to_owned(), bus_port.to_string()]);
+                bus_port
+            });
             // Dropping a server that failed to start removes its directory with it.
             let mut server = RedisServer {
                 process: None,
                 port,
+                bus_port,
                 dir: unique_temp_dir(),
                 password: self.password.clone(),
-                args: self.args.clone(),
+                args,
             };
             match server.spawn_and_wait() {
                 Ok(()) => return server,
@@ -73,6 +91,8 @@ impl RedisServerBuilder {
 pub struct RedisServer {
     process: Option<Child>,
     port: u16,
+    /// The cluster bus port, with [`RedisServerBuilder::cluster_bus`].
+    bus_port: Option<u16>,
     dir: PathBuf,
     password: Option<String>,
     args: Vec<String>,
@@ -104,6 +124,12 @@ impl RedisServer {
         self.port
     }
 
+    /// The cluster bus port given by [`RedisServerBuilder::cluster_bus`]; it stays the
+    /// same across restarts.
+    pub fn cluster_bus_port(&self) -> Option<u16> {
+        self.bus_port
+    }
+
     /// The password the server requires, if any.
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
@@ -114,7 +140,7 @@ impl RedisServer {
         self.url_on_port(self.port)
     }
 
-    /// [`url`](Self::url) with another port: for a [`RoundTripProxy`] in front of the server.
+    /// [`url`](Self::url) with another port: for a [`RoundTripProxy`](crate::RoundTripProxy) in front of the server.
     pub fn url_on_port(&self, port: u16) -> String {
         match &self.password {
             Some(password) => format!("redis://:{}@127.0.0.1:{port}/0", percent_encode(password)),
@@ -321,6 +347,16 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral loopback port")
+}
+
+/// A free loopback port other than `taken` (which is free too, until its server binds it).
+fn free_port_besides(taken: u16) -> u16 {
+    loop {
+        let port = free_port();
+        if port != taken {
+            return port;
+        }
+    }
 }
 
 pub(crate) fn unique_temp_dir() -> PathBuf {
