@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 
 use crate::RedisServer;
-use crate::server::{free_port, percent_encode};
+use crate::server::percent_encode;
 use crate::tls::TestPki;
 
 /// How long the cluster may take to reach `cluster_state:ok` on every node.
@@ -96,17 +96,18 @@ impl RedisClusterBuilder {
                     .arg(password.clone());
             }
             if let Some(pki) = &pki {
-                let port = free_port();
                 builder = pki
-                    .serve_tls(builder, port)
+                    .serve_tls(builder)
                     .arg("--tls-cluster")
                     .arg("yes")
                     .arg("--tls-replication")
                     .arg("yes");
-                tls_ports.push(port);
             }
             let node = builder.start();
             bus_ports.push(node.cluster_bus_port().expect("a cluster bus port"));
+            if pki.is_some() {
+                tls_ports.push(node.tls_port().expect("a TLS port"));
+            }
             nodes.push(node);
         }
         let replicas = nodes.split_off(self.masters);

@@ -60,14 +60,10 @@ impl SentinelGroupBuilder {
     /// Panics when that takes more than 20 s.
     pub fn start(self) -> SentinelGroup {
         let pki = self.tls.then(TestPki::generate);
-        let tls_ports = pki.as_ref().map(|_| (free_port(), free_port()));
-        let data_node = |extra: &[String], tls_port: Option<u16>| {
+        let data_node = |extra: &[String]| {
             let mut builder = RedisServer::builder();
-            if let (Some(pki), Some(port)) = (&pki, tls_port) {
-                builder = pki
-                    .serve_tls(builder, port)
-                    .arg("--tls-replication")
-                    .arg("yes");
+            if let Some(pki) = &pki {
+                builder = pki.serve_tls(builder).arg("--tls-replication").arg("yes");
             }
             if let Some(password) = &self.password {
                 builder = builder.password(password).arg("--masterauth").arg(password);
@@ -77,18 +73,16 @@ impl SentinelGroupBuilder {
             }
             builder.start()
         };
-        let master = data_node(&[], tls_ports.map(|p| p.0));
+        let master = data_node(&[]);
         // The sentinels and the replica reach the master where it is named: its TLS port
         // with TLS.
-        let master_named = tls_ports.map_or(master.port(), |p| p.0);
-        let replica = data_node(
-            &[
-                "--replicaof".to_owned(),
-                "127.0.0.1".to_owned(),
-                master_named.to_string(),
-            ],
-            tls_ports.map(|p| p.1),
-        );
+        let master_named = master.tls_port().unwrap_or(master.port());
+        let replica = data_node(&[
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            master_named.to_string(),
+        ]);
+        let tls_ports = master.tls_port().zip(replica.tls_port());
         let sentinels = (0..3)
             .map(|_| {
                 Sentinel::start(

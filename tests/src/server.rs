@@ -22,7 +22,8 @@ const NOT_INSTALLED: &str = "redis-server not found on PATH; install it (Debian:
 pub struct RedisServerBuilder {
     password: Option<String>,
     args: Vec<String>,
-    cluster_bus: bool,
+    /// Options that take a port of their own (`--cluster-port`, `--tls-port`).
+    port_options: Vec<&'static str>,
 }
 
 impl RedisServerBuilder {
@@ -38,13 +39,20 @@ impl RedisServerBuilder {
         self
     }
 
-    /// Gives the server a cluster bus port of its own (`--cluster-port`), chosen free
-    /// with its port on every attempt to start it, rather than port + 10000 (above 65535
-    /// for a high ephemeral port) or a port fixed beforehand, which a client's
-    /// connection can take meanwhile and fail every attempt. Read it with
+    /// Gives the server a cluster bus port of its own (`--cluster-port`) rather than
+    /// port + 10000, which is above 65535 for a high ephemeral port. Read it with
     /// [`RedisServer::cluster_bus_port`].
-    pub fn cluster_bus(mut self) -> Self {
-        self.cluster_bus = true;
+    pub fn cluster_bus(self) -> Self {
+        self.port_option("--cluster-port")
+    }
+
+    /// Passes `option` (`--tls-port`, `--cluster-port`) a free loopback port, chosen with
+    /// the server's port on every attempt to start it: a port chosen once, before the
+    /// attempts, can be taken by a client's connection meanwhile and then fails every
+    /// attempt (seen in CI with a cluster bus port). Read it with
+    /// [`RedisServer::port_of`].
+    pub fn port_option(mut self, option: &'static str) -> Self {
+        self.port_options.push(option);
         self
     }
 
@@ -56,16 +64,19 @@ impl RedisServerBuilder {
         for _ in 0..BIND_ATTEMPTS {
             let port = free_port();
             let mut args = self.args.clone();
-            let bus_port = self.cluster_bus.then(|| {
-                let bus_port = free_port_besides(port);
-                args.extend(["--cluster-port".to_owned(), bus_port.to_string()]);
-                bus_port
-            });
+            let mut taken = vec![port];
+            let mut option_ports = Vec::new();
+            for &option in &self.port_options {
+                let chosen = free_port_besides(&taken);
+                taken.push(chosen);
+                args.extend([option.to_owned(), chosen.to_string()]);
+                option_ports.push((option, chosen));
+            }
             // Dropping a server that failed to start removes its directory with it.
             let mut server = RedisServer {
                 process: None,
                 port,
-                bus_port,
+                option_ports,
                 dir: unique_temp_dir(),
                 password: self.password.clone(),
                 args,
@@ -91,8 +102,8 @@ impl RedisServerBuilder {
 pub struct RedisServer {
     process: Option<Child>,
     port: u16,
-    /// The cluster bus port, with [`RedisServerBuilder::cluster_bus`].
-    bus_port: Option<u16>,
+    /// The ports of [`RedisServerBuilder::port_option`], by option.
+    option_ports: Vec<(&'static str, u16)>,
     dir: PathBuf,
     password: Option<String>,
     args: Vec<String>,
@@ -127,7 +138,21 @@ impl RedisServer {
     /// The cluster bus port given by [`RedisServerBuilder::cluster_bus`]; it stays the
     /// same across restarts.
     pub fn cluster_bus_port(&self) -> Option<u16> {
-        self.bus_port
+        self.port_of("--cluster-port")
+    }
+
+    /// The TLS port (`--tls-port`, given by `TestPki::serve_tls`), if it serves TLS.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.port_of("--tls-port")
+    }
+
+    /// The port given to `option` by [`RedisServerBuilder::port_option`]; it stays the
+    /// same across restarts.
+    pub fn port_of(&self, option: &str) -> Option<u16> {
+        self.option_ports
+            .iter()
+            .find(|(o, _)| *o == option)
+            .map(|&(_, port)| port)
     }
 
     /// The password the server requires, if any.
@@ -349,11 +374,12 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral loopback port")
 }
 
-/// A free loopback port other than `taken` (which is free too, until its server binds it).
-fn free_port_besides(taken: u16) -> u16 {
+/// A free loopback port other than those in `taken` (free too, until the server binds
+/// them).
+fn free_port_besides(taken: &[u16]) -> u16 {
     loop {
         let port = free_port();
-        if port != taken {
+        if !taken.contains(&port) {
             return port;
         }
     }

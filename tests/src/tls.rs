@@ -8,7 +8,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 
-use crate::server::{free_port, unique_temp_dir};
+use crate::server::unique_temp_dir;
 use crate::{RedisServer, RedisServerBuilder};
 
 /// A test CA and a server certificate it signed for `127.0.0.1` and `localhost`, as PEM
@@ -64,11 +64,10 @@ impl TestPki {
 
     /// Adds `--tls-port port` and the certificate options to a server's arguments;
     /// clients are not asked for certificates.
-    pub fn serve_tls(&self, builder: RedisServerBuilder, port: u16) -> RedisServerBuilder {
+    pub fn serve_tls(&self, builder: RedisServerBuilder) -> RedisServerBuilder {
         let path = |p: &Path| p.display().to_string();
         builder
-            .arg("--tls-port")
-            .arg(port.to_string())
+            .port_option("--tls-port")
             .arg("--tls-cert-file")
             .arg(path(&self.cert_file()))
             .arg("--tls-key-file")
@@ -117,8 +116,8 @@ impl TlsRedisServer {
     /// Generates a PKI and starts the server with it.
     pub fn start() -> Self {
         let pki = TestPki::generate();
-        let tls_port = free_port();
-        let server = pki.serve_tls(RedisServer::builder(), tls_port).start();
+        let server = pki.serve_tls(RedisServer::builder()).start();
+        let tls_port = server.tls_port().expect("a TLS port");
         TlsRedisServer {
             server,
             tls_port,

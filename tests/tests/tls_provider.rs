@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_manager::{Cache, cache_registry};
-use cache_tests::free_port;
 use cache_tests::tls::TestPki;
 use cache_tests::{RedisServer, wire};
 use rustls::CipherSuite;
@@ -27,13 +26,14 @@ cache_registry! {
 
 /// A TLS 1.3 server offering only `suite` (OpenSSL's name); its TLS port.
 fn server_with(pki: &TestPki, suite: &str) -> (RedisServer, u16) {
-    let port = free_port();
     let builder = RedisServer::builder()
         .arg("--tls-protocols")
         .arg("TLSv1.3")
         .arg("--tls-ciphersuites")
         .arg(suite);
-    (pki.serve_tls(builder, port).start(), port)
+    let server = pki.serve_tls(builder).start();
+    let port = server.tls_port().expect("a TLS port");
+    (server, port)
 }
 
 fn url(pki: &TestPki, port: u16) -> String {
