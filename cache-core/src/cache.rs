@@ -199,3 +199,29 @@ fn serialize_secs<S: serde::Serializer>(ttl: &Duration, s: S) -> Result<S::Ok, S
 fn serialize_hex<S: serde::Serializer>(fp: &u32, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_args!("{fp:08x}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_infos_compare_and_print_by_what_an_operator_sees() {
+        let a = CacheInfo::__for_tests("profiles", "user:profile");
+        let b = CacheInfo::__for_tests("profiles", "user:profile");
+        assert_eq!(
+            a, b,
+            "how a handle is built does not tell two entries apart"
+        );
+        assert_ne!(a, CacheInfo::__for_tests("names", "user:profile"));
+        let shown = format!("{a:?}");
+        for part in [
+            "CacheInfo",
+            "field: \"profiles\"",
+            "namespace: \"user:profile\"",
+            "ttl: 600s",
+        ] {
+            assert!(shown.contains(part), "{part} missing from {shown}");
+        }
+        assert!(!shown.contains("build"), "{shown}");
+    }
+}

@@ -170,6 +170,29 @@ mod tests {
     }
 
     #[test]
+    fn the_shorter_namespace_is_named_as_the_prefix_whichever_comes_first() {
+        for caches in [
+            [("a", "user"), ("b", "user:profile")],
+            [("b", "user:profile"), ("a", "user")],
+        ] {
+            let message = collision(&caches).unwrap();
+            assert!(
+                message.contains(
+                    "namespace `user` (cache `a`) is a `:`-prefix of `user:profile` (cache `b`)"
+                ),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_colon_at_the_same_place_is_not_a_prefix() {
+        // `uses:x` has a `:` where `user` ends, but does not start with `user`.
+        assert_eq!(collision(&[("a", "user"), ("b", "uses:x")]), None);
+        assert_eq!(collision(&[("a", "uses:x"), ("b", "user")]), None);
+    }
+
+    #[test]
     fn long_messages_are_truncated_not_broken() {
         let long = "n".repeat(2000);
         let message = collision(&[("a", &long), ("b", &long)]).unwrap();
