@@ -45,8 +45,10 @@ pub trait CacheKey {
 
 /// The Redis key of `key` among `keys`: `"{namespace}:{key}"`, with the namespace in
 /// braces for a hash tag, the manager's prefix before it and the entries' layout after
-/// it when they apply (see [`CacheKeys`](cache_keyspace::CacheKeys)). The one place keys
-/// are built; `TypedCache::redis_key` and every call go through it.
+/// it when they apply (see [`CacheKeys`](cache_keyspace::CacheKeys)). With
+/// [`BatchKeys`], which spells a batch's keys the same way (a property test holds them
+/// equal), the only place keys are built; `TypedCache::redis_key` and every single-key
+/// call go through it.
 pub(crate) fn redis_key<K: CacheKey + ?Sized>(
     keys: &cache_keyspace::CacheKeys<'_>,
     key: &K,
