@@ -41,11 +41,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cache_manager::codec::{Bincode, Codec, FRAME_LEN, FRAME_TAG};
 use cache_manager::{Cache, CacheConfig, cache_registry};
 use cache_tests::RedisServer;
 use cache_tests::bench_data::Profile;
 use redis::AsyncConnectionConfig;
+
+mod common;
+
+use common::{decode_bincode, encode_bincode};
 
 #[derive(Cache)]
 #[cache(namespace = "instr:bincode", key = u64, value = Profile)]
@@ -267,13 +270,7 @@ async fn concurrent(caches: &Arc<Caches>, raw: bool, calls: u64, url: &str) {
 
 /// The raw side's check of the library's frame and decode of the value.
 fn decode(bytes: &[u8], fingerprint: u32) -> Profile {
-    let body = match bytes {
-        [FRAME_TAG, a, b, c, d, ..] if u32::from_le_bytes([*a, *b, *c, *d]) == fingerprint => {
-            &bytes[FRAME_LEN..]
-        }
-        _ => panic!("not a framed entry of this layout"),
-    };
-    <Bincode as Codec<Profile>>::decode(body).expect("decode")
+    decode_bincode(bytes, fingerprint).expect("a framed entry of this layout")
 }
 
 /// `calls` sequential sets (after the warm-up) of key [`KEY`].
@@ -292,13 +289,9 @@ async fn sets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
     drop(caches);
     let mut conn = raw_connection(url).await;
     for _ in 0..WARM_UP + calls {
-        let mut bytes = Vec::with_capacity(64);
-        bytes.push(FRAME_TAG);
-        bytes.extend_from_slice(&fingerprint.to_le_bytes());
-        <Bincode as Codec<Profile>>::encode(&value, &mut bytes).expect("encode");
         redis::cmd("SET")
             .arg(format!("{start}{KEY}"))
-            .arg(&bytes)
+            .arg(encode_bincode(&value, fingerprint))
             .arg("EX")
             .arg(ttl)
             .query_async::<()>(&mut conn)
@@ -364,14 +357,9 @@ async fn msets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
     for _ in 0..WARM_UP / 10 + calls {
         let mut pipe = redis::pipe();
         for (k, value) in keys.iter().zip(&values) {
-            let key = format!("{start}{k}");
-            let mut bytes = Vec::with_capacity(64);
-            bytes.push(FRAME_TAG);
-            bytes.extend_from_slice(&fingerprint.to_le_bytes());
-            <Bincode as Codec<Profile>>::encode(value, &mut bytes).expect("encode");
             pipe.cmd("SET")
-                .arg(key)
-                .arg(bytes)
+                .arg(format!("{start}{k}"))
+                .arg(encode_bincode(value, fingerprint))
                 .arg("EX")
                 .arg(ttl)
                 .ignore();

@@ -34,13 +34,16 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_manager::codec::FRAME_TAG;
 use cache_manager::{Breaker, Cache, CacheConfig, cache_registry};
 use cache_tests::RedisServer;
 use cache_tests::bench_data::Profile;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
+
+mod common;
+
+use common::{decode_bincode, encode_bincode};
 
 /// Keys of every cache, all populated before the first measurement.
 const KEYS: u64 = 10_000;
@@ -126,29 +129,6 @@ impl Data {
 
 // The raw side's codec: exactly the bytes the library's codecs write, checked against
 // what the library stored before anything is measured.
-
-fn encode_bincode(value: &Profile, fingerprint: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.push(FRAME_TAG);
-    out.extend_from_slice(&fingerprint.to_le_bytes());
-    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
-        .expect("a Profile encodes");
-    out
-}
-
-fn decode_bincode(bytes: &[u8], fingerprint: u32) -> Option<Profile> {
-    let body = match bytes {
-        [FRAME_TAG, a, b, c, d, body @ ..]
-            if u32::from_le_bytes([*a, *b, *c, *d]) == fingerprint =>
-        {
-            body
-        }
-        _ => return None,
-    };
-    let (value, read) =
-        bincode::serde::decode_from_slice(body, bincode::config::standard()).ok()?;
-    (read == body.len()).then_some(value)
-}
 
 fn encode_json(value: &Profile) -> Vec<u8> {
     serde_json::to_vec(value).expect("a Profile encodes")
