@@ -68,6 +68,42 @@ pub async fn command_calls(conn: &MultiplexedConnection) -> BTreeMap<String, u64
         .collect()
 }
 
+/// Starts logging every command the server runs, with its arguments, in its slow log
+/// (`slowlog-log-slower-than 0`), emptied first; [`logged_commands`] reads it.
+pub async fn log_commands(conn: &MultiplexedConnection) {
+    config_set(conn, "slowlog-max-len", "1024").await;
+    config_set(conn, "slowlog-log-slower-than", "0").await;
+    run::<()>(conn, redis::cmd("SLOWLOG").arg("RESET")).await
+}
+
+/// The commands the server ran since [`log_commands`] named `name` (any case), oldest
+/// first, each with its arguments after the name. Redis keeps the first 31 arguments of
+/// a command (and strings' first 128 bytes).
+pub async fn logged_commands(conn: &MultiplexedConnection, name: &str) -> Vec<Vec<String>> {
+    // Each entry: id, unix time, microseconds, [name, args...], client address, name.
+    let entries: Vec<(u64, u64, u64, Vec<String>)> = {
+        let raw: Vec<redis::Value> = run(conn, redis::cmd("SLOWLOG").arg("GET").arg(-1)).await;
+        raw.into_iter()
+            .map(|entry| {
+                let redis::Value::Array(fields) = entry else {
+                    panic!("a slow log entry is not an array: {entry:?}")
+                };
+                redis::from_redis_value(redis::Value::Array(fields.into_iter().take(4).collect()))
+                    .unwrap_or_else(|e| panic!("a slow log entry did not parse: {e}"))
+            })
+            .collect()
+    };
+    let mut commands: Vec<Vec<String>> = entries
+        .into_iter()
+        .rev()
+        .map(|(_, _, _, argv)| argv)
+        .filter(|argv| argv.first().is_some_and(|c| c.eq_ignore_ascii_case(name)))
+        .map(|mut argv| argv.split_off(1))
+        .collect();
+    commands.shrink_to_fit();
+    commands
+}
+
 /// One field of `INFO`, e.g. `total_connections_received`.
 pub async fn info_field(conn: &MultiplexedConnection, field: &str) -> String {
     let info: String = run(conn, &redis::cmd("INFO")).await;

@@ -582,7 +582,7 @@ impl<C: Cache> TypedCache<C> {
         let mut refresh = Vec::new();
         let mut stale_values: HashMap<C::Key, C::Value> = HashMap::new();
         let mut stale_bytes: HashMap<C::Key, Vec<u8>> = HashMap::new();
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::with_hasher(super::FastHash::default());
         for chunk in keys.chunks(MAX_BATCH) {
             let distinct: Vec<&C::Key> = chunk.iter().filter(|k| seen.insert(*k)).collect();
             if distinct.is_empty() {
