@@ -342,15 +342,40 @@ struct Sentinel {
 }
 
 impl Sentinel {
+    /// Starts a sentinel on ports chosen anew on every attempt: a port reported free can
+    /// be taken by another process before the sentinel binds it, and the sentinel then
+    /// exits (as a data node's or a cluster bus's port can).
     fn start(
         master_port: u16,
         auth_pass: Option<&str>,
         password: Option<&str>,
         pki: Option<&TestPki>,
     ) -> Self {
+        const ATTEMPTS: usize = 5;
+        let mut logs = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let ports = (free_port(), pki.map(|_| free_port()));
+            match Self::try_start(ports, master_port, auth_pass, password, pki) {
+                Ok(sentinel) => return sentinel,
+                Err(log) => logs.push(log),
+            }
+        }
+        panic!(
+            "no sentinel came up in {ATTEMPTS} attempts; their logs:\n{}",
+            logs.join("\n---\n")
+        )
+    }
+
+    /// One attempt on `(port, tls_port)`: `Err` with the sentinel's log when it exited
+    /// before answering (a port taken, say).
+    fn try_start(
+        (port, tls_port): (u16, Option<u16>),
+        master_port: u16,
+        auth_pass: Option<&str>,
+        password: Option<&str>,
+        pki: Option<&TestPki>,
+    ) -> Result<Self, String> {
         let dir = unique_temp_dir();
-        let port = free_port();
-        let tls_port = pki.map(|_| free_port());
         let mut conf = format!(
             "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {log}\n\
              sentinel resolve-hostnames no\n\
@@ -405,14 +430,18 @@ impl Sentinel {
                 .process
                 .as_mut()
                 .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                // Dropped: reaped, forgotten by the watchdog, its directory removed.
+                return Err(read_log(&sentinel.log()));
+            }
             assert!(
-                !exited && Instant::now() < deadline,
-                "sentinel on port {port} did not come up; its log:\n{}",
+                Instant::now() < deadline,
+                "sentinel on port {port} did not come up within 10 s; its log:\n{}",
                 read_log(&sentinel.log())
             );
             sleep(Duration::from_millis(10));
         }
-        sentinel
+        Ok(sentinel)
     }
 
     fn log(&self) -> PathBuf {
@@ -448,5 +477,25 @@ impl Drop for Sentinel {
     fn drop(&mut self) {
         self.kill();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, TcpListener};
+
+    use super::*;
+
+    #[test]
+    fn a_sentinel_whose_port_is_taken_is_an_attempt_to_retry_not_a_panic() {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a loopback port");
+        let port = taken.local_addr().expect("its address").port();
+        let master = free_port(); // Nothing there: the sentinel starts all the same.
+        let log = Sentinel::try_start((port, None), master, None, None, None)
+            .expect_err("a sentinel bound a port another socket holds");
+        assert!(log.contains("Address already in use"), "{log}");
+
+        let sentinel = Sentinel::start(master, None, None, None);
+        assert!(answers_ping(sentinel.port));
     }
 }
