@@ -323,6 +323,59 @@ async fn without_tracking_or_resp3_writes_publish_and_levels_stay_coherent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_listener_is_caught_and_its_level_emptied_with_or_without_resp3() {
+    // A paused server keeps every socket open and answers nothing: only a heartbeat
+    // tells the listener that no notice can reach it. Until it does, the level serves
+    // copies of entries that may be changing where it cannot hear.
+    let resp3 = RedisServer::new();
+    let resp2 = RedisServer::builder()
+        .arg("--rename-command")
+        .arg("HELLO")
+        .arg("")
+        .start();
+    for (server, what) in [(&resp3, "tracking over RESP3"), (&resp2, "RESP2 pub/sub")] {
+        let raw = server.raw().await;
+        let a = instance(&server.url()).await;
+        eventually("the listener", async || {
+            let pubsub = wire::clients(&raw)
+                .await
+                .iter()
+                .filter(|l| l.contains(" flags=P ") && l.contains("resp=2"))
+                .count();
+            wire::tracking_clients(&raw).await + pubsub == 1
+        })
+        .await;
+        set_raw(&raw, &a.items().redis_key(&1), "one").await;
+        hold(&a, &raw, 1, "one").await;
+
+        server.pause();
+        let paused = Instant::now();
+        let mut served = 0u32;
+        let caught = loop {
+            if a.items().get(&1).await.is_none() {
+                break Some(paused.elapsed());
+            }
+            served += 1;
+            if paused.elapsed() > Duration::from_secs(5) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        server.resume();
+        let caught = caught.unwrap_or_else(|| {
+            panic!("{what}: the level served its copy for 5 s ({served} reads) while the server answered nothing")
+        });
+        println!("{what}: the level bypassed {caught:?} after the server went silent");
+        // A heartbeat a second, a second for its answer, then the get that finds the
+        // level bypassed waits out its own response timeout (250 ms).
+        assert!(
+            caught < Duration::from_secs(3),
+            "{what}: a silent listener was caught after {caught:?}, not within about 2 s"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_write_reaches_the_level_over_tls() {
     let server = cache_tests::tls::TlsRedisServer::start();
     let raw = server.server.raw().await;

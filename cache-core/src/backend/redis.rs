@@ -1096,12 +1096,22 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
                 Ok(Ok(pubsub)) => {
                     inner.locals.heard(id, true);
                     backoff = first;
-                    let mut messages = pubsub.into_on_message();
+                    let (mut sink, mut messages) = pubsub.split();
+                    let wait = inner.config.response_timeout.max(HEARTBEAT);
                     loop {
                         let message = tokio::select! {
                             message = futures_util::StreamExt::next(&mut messages) => message,
                             // The master moved: hear the new one.
                             _ = target.changed() => None,
+                            // A silent connection (a paused server, a dropped route)
+                            // would never end the stream: it must answer a `PING`.
+                            () = tokio::time::sleep(HEARTBEAT) => {
+                                let ping = sink.ping::<redis::Value>();
+                                match tokio::time::timeout(wait, ping).await {
+                                    Ok(Ok(_)) => continue,
+                                    _ => None,
+                                }
+                            }
                         };
                         let Some(message) = message else { break };
                         let channel = message.get_channel_name().to_owned();
