@@ -71,17 +71,18 @@ pub async fn command_calls(conn: &MultiplexedConnection) -> BTreeMap<String, u64
 /// Starts logging every command the server runs, with its arguments, in its slow log
 /// (`slowlog-log-slower-than 0`), emptied first; [`logged_commands`] reads it.
 pub async fn log_commands(conn: &MultiplexedConnection) {
-    config_set(conn, "slowlog-max-len", "1024").await;
+    config_set(conn, "slowlog-max-len", "100000").await;
     config_set(conn, "slowlog-log-slower-than", "0").await;
     run::<()>(conn, redis::cmd("SLOWLOG").arg("RESET")).await
 }
 
 /// The commands the server ran since [`log_commands`] named `name` (any case), oldest
 /// first, each with its arguments after the name. Redis keeps the first 31 arguments of
-/// a command (and strings' first 128 bytes).
+/// a command, then one `... (N more arguments)` (see [`argument_count`]), and strings'
+/// first 128 bytes.
 pub async fn logged_commands(conn: &MultiplexedConnection, name: &str) -> Vec<Vec<String>> {
     // Each entry: id, unix time, microseconds, [name, args...], client address, name.
-    let entries: Vec<(u64, u64, u64, Vec<String>)> = {
+    let entries: Vec<(u64, u64, u64, Vec<Vec<u8>>)> = {
         let raw: Vec<redis::Value> = run(conn, redis::cmd("SLOWLOG").arg("GET").arg(-1)).await;
         raw.into_iter()
             .map(|entry| {
@@ -96,12 +97,32 @@ pub async fn logged_commands(conn: &MultiplexedConnection, name: &str) -> Vec<Ve
     let mut commands: Vec<Vec<String>> = entries
         .into_iter()
         .rev()
-        .map(|(_, _, _, argv)| argv)
+        .map(|(_, _, _, argv)| {
+            // Values may be binary (bincode): shown lossily, as the log is read by eye.
+            argv.iter()
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect::<Vec<String>>()
+        })
         .filter(|argv| argv.first().is_some_and(|c| c.eq_ignore_ascii_case(name)))
         .map(|mut argv| argv.split_off(1))
         .collect();
     commands.shrink_to_fit();
     commands
+}
+
+/// How many arguments a command from [`logged_commands`] had, counting those the slow
+/// log left out.
+pub fn argument_count(args: &[String]) -> usize {
+    let more = args.last().and_then(|last| {
+        last.strip_prefix("... (")?
+            .strip_suffix(" more arguments)")?
+            .parse::<usize>()
+            .ok()
+    });
+    match more {
+        Some(more) => args.len() - 1 + more,
+        None => args.len(),
+    }
 }
 
 /// One field of `INFO`, e.g. `total_connections_received`.

@@ -46,6 +46,11 @@ pub struct JitterCache;
 #[cache(namespace = "rt:global", ttl = 60, key = u32, value = String, single_flight = "global")]
 pub struct GlobalCache;
 
+/// Fail-safe and remembered absences, with one load per key across every instance.
+#[derive(Cache)]
+#[cache(namespace = "rt:safe_once", ttl = 1, key = u32, value = String, fail_safe = 60, negative_ttl = 1, single_flight = "global")]
+pub struct SafeOnceCache;
+
 cache_registry! {
     /// The caches under test.
     pub struct ReadThrough {
@@ -55,6 +60,7 @@ cache_registry! {
         negative: NegativeCache,
         jitter: JitterCache,
         once: GlobalCache,
+        safe_once: SafeOnceCache,
     }
 }
 
@@ -441,6 +447,92 @@ async fn the_batch_form_loads_each_key_once_across_instances() {
         asked, keys,
         "each key loaded once, by one instance or the other"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_waits_for_another_instance_reads_again_in_batches_of_100() {
+    let server = RedisServer::new();
+    let a = connected(&server.url()).await;
+    let raw = server.raw().await;
+    // Another instance is loading key 0 (its lease, taken by hand, lapses in 300 ms):
+    // a's batch of 300 waits, then reads every key again before taking its leases.
+    let lease = lease_key(&a.once().redis_key(&0));
+    let _: () = redis::cmd("SET")
+        .arg(&lease)
+        .arg("another instance")
+        .arg("PX")
+        .arg(300)
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    wire::log_commands(&raw).await;
+    let keys: Vec<u32> = (0..300).collect();
+    let got = within(
+        Duration::from_secs(10),
+        "mget_or_load",
+        a.once().mget_or_load(&keys, |keys| async move {
+            Ok::<_, DbDown>(keys.into_iter().map(|k| (k, k.to_string())).collect())
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.len(), 300);
+
+    let sizes: Vec<usize> = wire::logged_commands(&raw, "MGET")
+        .await
+        .iter()
+        .map(|args| wire::argument_count(args))
+        .collect();
+    assert!(
+        sizes.len() >= 6,
+        "the first read and the read after the wait, 3 MGETs each: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().all(|&keys| keys <= 100),
+        "an MGET of more than 100 keys: {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_another_instance_found_gone_is_not_answered_from_its_old_fallback() {
+    let server = RedisServer::new();
+    let (a, b) = (
+        connected(&server.url()).await,
+        connected(&server.url()).await,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = HashMap::from([(1, "old one".to_owned()), (2, "old two".to_owned())]);
+    assert!(a.safe_once().mset(&old).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // b loads key 1 and finds it gone (slowly); meanwhile a asks for keys 1 and 2, waits
+    // for b's load of key 1, and its own load of key 2 fails: key 2's fallback answers.
+    let (b_got, a_got) = within(Duration::from_secs(10), "both loads", async {
+        tokio::join!(
+            b.safe_once().get_or_load(&1, || async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                Ok::<Option<String>, DbDown>(None)
+            }),
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                a.safe_once()
+                    .mget_or_load(&[1, 2], |_| async {
+                        Err::<HashMap<u32, String>, _>(DbDown)
+                    })
+                    .await
+            },
+        )
+    })
+    .await;
+    assert_eq!(b_got, Ok(None));
+    assert_eq!(
+        a_got,
+        Ok(HashMap::from([(2, "old two".to_owned())])),
+        "key 1 is gone (another instance found it so): its old value is no answer"
+    );
+    // The absence b remembered stands: a's failed load touched nothing of key 1.
+    assert_eq!(a.safe_once().get(&1).await, None);
+    assert_eq!(b.safe_once().get(&1).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -609,13 +609,18 @@ impl<C: Cache> TypedCache<C> {
         }
         let mut leases = Vec::new();
         if C::SINGLE_FLIGHT == SingleFlight::Global && !missing.is_empty() {
-            let answered;
-            (missing, leases, answered) = self.take_leases(missing).await;
-            for key in answered.keys() {
-                stale_values.remove(key);
-                stale_bytes.remove(key);
+            let settled;
+            (missing, leases, settled) = self.take_leases(missing).await;
+            // Keys another instance loaded meanwhile, or found absent: their fallbacks
+            // are older than what it stored, and are no answer (nor extended by the
+            // throttle of a failed load).
+            for (key, value) in settled {
+                stale_values.remove(&key);
+                stale_bytes.remove(&key);
+                if let Some(value) = value {
+                    found.insert(key, value);
+                }
             }
-            found.extend(answered);
         }
         // Refreshes already run in the background for some keys: not twice.
         refresh.retain(|k| !self.flights().in_background(k) && !self.refresh_backing_off(k));
@@ -795,7 +800,8 @@ impl<C: Cache> TypedCache<C> {
     }
 
     /// Leases for the loads of many keys: the keys this instance loads, with their
-    /// leases, and what other instances loaded meanwhile.
+    /// leases, and what other instances settled meanwhile (a value, or `None` for an
+    /// absence they remembered).
     ///
     /// All or nothing, in the keys' order: a caller that meets a key another instance
     /// is loading gives back the leases it took, waits for that load to end, reads what
@@ -806,11 +812,11 @@ impl<C: Cache> TypedCache<C> {
     async fn take_leases(
         &self,
         mut keys: Vec<C::Key>,
-    ) -> (Vec<C::Key>, Vec<Lease>, HashMap<C::Key, C::Value>) {
+    ) -> (Vec<C::Key>, Vec<Lease>, HashMap<C::Key, Option<C::Value>>) {
         let wait = self.shared.config().single_flight_wait;
         let give_up = Instant::now() + wait;
         let token = format!("{:016x}", fastrand::u64(..)).into_bytes();
-        let mut answered = HashMap::new();
+        let mut settled = HashMap::new();
         keys.sort_by_cached_key(|k| self.redis_key(k));
         loop {
             let backend = self.shared.backend();
@@ -833,30 +839,35 @@ impl<C: Cache> TypedCache<C> {
                         break;
                     }
                     // Leases cannot be asked for: load without them.
-                    Err(_) => return (keys, Vec::new(), answered),
+                    Err(_) => return (keys, Vec::new(), settled),
                 }
             }
             let Some(mut watch) = contended else {
-                return (keys, leases, answered);
+                return (keys, leases, settled);
             };
             futures_util::future::join_all(leases.into_iter().map(Lease::release)).await;
             let next_look = (Instant::now() + recheck_every(wait)).min(give_up);
             let _ = tokio::time::timeout_at(next_look, watch.ended()).await;
             let pending: Vec<&C::Key> = keys.iter().collect();
-            let lookups = self.lookup_many(&pending).await;
+            let mut lookups = Vec::with_capacity(keys.len());
+            for chunk in pending.chunks(MAX_BATCH) {
+                lookups.extend(self.lookup_many(chunk).await);
+            }
             let mut still = Vec::with_capacity(keys.len());
             for (key, lookup) in keys.iter().zip(lookups) {
                 match lookup {
                     Lookup::Fresh { value, .. } => {
-                        answered.insert(key.clone(), value);
+                        settled.insert(key.clone(), Some(value));
                     }
-                    Lookup::Absent => {}
+                    Lookup::Absent => {
+                        settled.insert(key.clone(), None);
+                    }
                     _ => still.push(key.clone()),
                 }
             }
             keys = still;
             if keys.is_empty() || Instant::now() >= give_up {
-                return (keys, Vec::new(), answered);
+                return (keys, Vec::new(), settled);
             }
         }
     }
