@@ -1002,9 +1002,10 @@ impl<C: Cache> TypedCache<C> {
             return write().await;
         };
         keys.clone().into_iter().for_each(|k| local.remove(k));
-        let written = write().await;
-        keys.into_iter().for_each(|k| local.remove(k));
-        written
+        // Again when the write ends, or when its caller drops it unfinished (a timeout, a
+        // request gone): the write may have landed all the same.
+        let _again = OnDrop(move || keys.clone().into_iter().for_each(|k| local.remove(k)));
+        write().await
     }
 
     /// Removes the entries of many keys in one round trip (on a Redis Cluster, one per
@@ -1207,6 +1208,16 @@ fn per_call_ttl<C: Cache>(ttl: Duration) -> Result<Duration, CacheError> {
 
 /// The distinct keys of a batch call, in first-seen order; more than [`MAX_BATCH`] is
 /// `Err(CacheError::Validation)` naming the call, before anything is sent.
+/// Runs its function when dropped: at the end of the scope, or of a future dropped
+/// unfinished.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 fn distinct_within_limit<'k, C: Cache>(
     keys: &'k [C::Key],
     call: &str,

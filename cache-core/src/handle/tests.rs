@@ -478,6 +478,29 @@ impl Cache for LocalProfiles {
     const LOCAL_CAPACITY: u64 = 10;
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_dropped_unfinished_still_forgets_the_copy_a_read_put_back_meanwhile() {
+    let core = memory().await;
+    let cache = core.cache::<LocalProfiles>("local");
+    let key = cache.redis_key(&1);
+    // A write starts: its first forget runs, then it waits on Redis (here, forever).
+    let mut write = Box::pin(cache.forgetting([key.as_str()], std::future::pending::<()>));
+    assert!(futures_util::FutureExt::now_or_never(write.as_mut()).is_none());
+    // Meanwhile a read of this instance, begun after that forget, puts the old value
+    // in: its generation is current.
+    let level = cache.local().expect("memory:// keeps the level readable");
+    level.insert_if_current(key.clone(), &ada(), level.generation(), None);
+    assert_eq!(level.get(&key), Some(ada()));
+    // The caller gives up on the write, which may have landed in Redis: the copy read
+    // before it must go, as no announcement of this instance's own write comes back.
+    drop(write);
+    assert_eq!(
+        level.get(&key),
+        None,
+        "a copy older than the write stays in the level"
+    );
+}
+
 /// Runs `call` 1000 times in a row on a current-thread runtime beside a task that
 /// counts how often it ran: a call that completes without waiting must still yield
 /// to the runtime now and then (tokio's cooperative budget), or the other task never
