@@ -180,3 +180,59 @@ async fn pump(
         }
     }
 }
+
+/// A loopback address whose target can be moved, as a DNS name or a virtual IP is moved
+/// by a failover: new connections go to the current target, those already made stay
+/// with the server they reached.
+pub struct MovableAddress {
+    port: u16,
+    target: Arc<std::sync::atomic::AtomicU16>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl MovableAddress {
+    /// Listens on a free loopback port, forwarding new connections to `target_port`.
+    pub async fn start(target_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the movable address");
+        let port = listener.local_addr().expect("its address").port();
+        let target = Arc::new(std::sync::atomic::AtomicU16::new(target_port));
+        let accept = tokio::spawn({
+            let target = Arc::clone(&target);
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let to = target.load(Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        if let Ok(mut server) =
+                            tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, to)).await
+                        {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            }
+        });
+        MovableAddress {
+            port,
+            target,
+            accept,
+        }
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends connections made from now on to `target_port`.
+    pub fn move_to(&self, target_port: u16) {
+        self.target.store(target_port, Ordering::SeqCst);
+    }
+}
+
+impl Drop for MovableAddress {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}

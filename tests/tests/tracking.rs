@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_manager::{Cache, CacheConfig, cache_registry};
-use cache_tests::{RedisServer, wire};
+use cache_tests::{MovableAddress, RedisServer, wire};
 use redis::aio::MultiplexedConnection;
 
 /// Text values, so a raw client writes what the cache reads; a first level that would
@@ -373,6 +373,78 @@ async fn a_silent_listener_is_caught_and_its_level_emptied_with_or_without_resp3
             "{what}: a silent listener was caught after {caught:?}, not within about 2 s"
         );
     }
+}
+
+/// Closes the connections of every client of the server behind `raw` but `raw`'s own
+/// and the tracking listener's: what a demoted primary's callers see.
+async fn drop_calls_connections(raw: &MultiplexedConnection) {
+    let own: u64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    for line in wire::clients(raw).await {
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let id: u64 = field("id").and_then(|id| id.parse().ok()).unwrap();
+        if id == own || field("flags").is_some_and(|f| f.contains('t')) {
+            continue;
+        }
+        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut raw.clone())
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_address_leads_to_another_server_the_level_follows_it() {
+    // A failover behind a DNS name or a virtual IP: the calls reconnect to the new
+    // primary while the listener's connection still reaches the old server, which hears
+    // nothing of the new primary's writes.
+    let (old, new) = (RedisServer::new(), RedisServer::new());
+    let (old_raw, new_raw) = (old.raw().await, new.raw().await);
+    let address = MovableAddress::start(old.port()).await;
+    let a = instance(&format!("redis://127.0.0.1:{}", address.port())).await;
+    eventually("the listener on the old server", async || {
+        wire::tracking_clients(&old_raw).await == 1
+    })
+    .await;
+    let key = a.items().redis_key(&1);
+    set_raw(&old_raw, &key, "old").await;
+    hold(&a, &old_raw, 1, "old").await;
+    set_raw(&new_raw, &key, "new").await;
+
+    address.move_to(new.port());
+    drop_calls_connections(&old_raw).await;
+    // A call that misses the level finds the connection gone and reconnects: to the
+    // new server now.
+    eventually("the calls on the new server", async || {
+        a.items().get(&2).await;
+        wire::clients(&new_raw).await.len() >= 2
+    })
+    .await;
+    let followed = within(
+        "the level to serve the new server's value",
+        Duration::from_secs(3),
+        async || a.items().get(&1).await.as_deref() == Some("new"),
+    )
+    .await;
+    println!("the level served the new server's value {followed:?} after the calls reconnected");
+    // Held in the level again, and kept coherent by the server the calls go to.
+    hold(&a, &new_raw, 1, "new").await;
+    set_raw(&new_raw, &key, "newer").await;
+    within("a write on the new server", WITHIN, async || {
+        a.items().get(&1).await.as_deref() == Some("newer")
+    })
+    .await;
+    assert_eq!(wire::tracking_clients(&new_raw).await, 1);
+    assert_eq!(wire::tracking_clients(&old_raw).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

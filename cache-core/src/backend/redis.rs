@@ -1326,6 +1326,8 @@ impl Inner {
 async fn supervise(inner: Arc<Inner>) {
     let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
     let mut backoff = first;
+    // Whether a connection was up before (the first attempt is `start_with`'s).
+    let mut connected_before = inner.conn.load().is_some();
     loop {
         if inner.conn.load().is_some() {
             match &inner.sentinels {
@@ -1343,6 +1345,14 @@ async fn supervise(inner: Arc<Inner>) {
                 inner.conn.store(Some(Arc::new(conn)));
                 inner.outage.came_back(&inner.url);
                 backoff = first;
+                if connected_before {
+                    // The address may lead elsewhere now (a DNS name or a virtual IP
+                    // moved by a failover) while the listener's connection still
+                    // hears the old server: it reconnects too, and the levels start
+                    // over, bypassed until it hears the server the calls go to.
+                    inner.target.send_modify(|_| {});
+                }
+                connected_before = true;
             }
             Err(error) => {
                 inner.outage.reconnect_failed(&inner.url, error);
