@@ -448,6 +448,72 @@ async fn when_the_address_leads_to_another_server_the_level_follows_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_refused_while_a_script_runs_is_asked_again_not_given_up() {
+    // While a script runs past `busy-reply-threshold`, `HELLO 3` is answered but
+    // `CLIENT TRACKING` is refused with `BUSY` (and so is the fallback's `SUBSCRIBE`): a
+    // passing state, not a server without tracking. Given up for pub/sub, the level
+    // would miss every write that is not published (a plain client's, a tracking
+    // instance's).
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    wire::config_set(&raw, "busy-reply-threshold", "50").await;
+    let busy = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let script = tokio::spawn(async move {
+        // Runs until killed (or for some seconds at most on a fast machine).
+        redis::cmd("EVAL")
+            .arg("local i = 0 while i < 20000000000 do i = i + 1 end return 1")
+            .arg(0)
+            .query_async::<redis::Value>(&mut busy.clone())
+            .await
+    });
+    eventually("the server to be busy", async || {
+        let other = redis::Client::open(server.url()).unwrap();
+        match other.get_multiplexed_async_connection().await {
+            Ok(mut conn) => redis::cmd("PING")
+                .query_async::<()>(&mut conn)
+                .await
+                .is_err_and(|e| e.code() == Some("BUSY")),
+            Err(e) => e.code() == Some("BUSY"),
+        }
+    })
+    .await;
+    let a = instance(&server.url()).await;
+    // The listener meets the script: give it time to ask for tracking.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    let _ = within("the script to end", Duration::from_secs(5), async || {
+        script.is_finished()
+    })
+    .await;
+
+    let key = a.items().redis_key(&1);
+    set_raw(&raw, &key, "v1").await;
+    // The calls' connection met the script too, and comes back after its backoff.
+    eventually("the calls to be served", async || {
+        a.items().get(&1).await.as_deref() == Some("v1")
+    })
+    .await;
+    eventually("the listener to track", async || {
+        wire::tracking_clients(&raw).await == 1
+    })
+    .await;
+    hold(&a, &raw, 1, "v1").await;
+    set_raw(&raw, &key, "v2").await;
+    within("a plain client's write", WITHIN, async || {
+        a.items().get(&1).await.as_deref() == Some("v2")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_write_reaches_the_level_over_tls() {
     let server = cache_tests::tls::TlsRedisServer::start();
     let raw = server.server.raw().await;

@@ -1157,6 +1157,17 @@ fn refused(error: &RedisError) -> bool {
         || error.is_timeout())
 }
 
+/// Whether the server refused `CLIENT TRACKING` for good (an ACL without it, a server or
+/// proxy that lacks it) rather than for now: busy with a script (which `HELLO` passes),
+/// loading its data, a replica without its master. Only the first makes the levels fall
+/// back to pub/sub for the connection's life: an instance that did so on a passing
+/// refusal would go on missing every write its tracking peers do not publish. The others
+/// are retried as a failed connection is.
+fn tracking_refused(error: &RedisError) -> bool {
+    const FOR_NOW: [&str; 5] = ["BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
+    refused(error) && !error.code().is_some_and(|code| FOR_NOW.contains(&code))
+}
+
 impl Inner {
     /// Opens a listener's RESP3 connection: tracking for the first levels where the
     /// server has it, pub/sub otherwise; pushes reach [`heard_push`].
@@ -1197,7 +1208,7 @@ impl Inner {
                 match cmd.query_async::<()>(&mut conn).await {
                     Ok(()) => true,
                     // Tracking refused (an ACL without it, a proxy): pub/sub.
-                    Err(e) if refused(&e) => {
+                    Err(e) if tracking_refused(&e) => {
                         tracing::info!(
                             backend = "redis",
                             url = %self.url,
