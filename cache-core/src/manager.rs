@@ -134,6 +134,10 @@ impl ManagerCore {
             }
             Target::Cluster(settings) => {
                 self.shared.set_config(settings.config.clone());
+                // Unreadable until every master's listener hears: a cluster whose seeds
+                // do not answer starts none, and what the levels hold came from the
+                // previous backend.
+                locals.reset(false);
                 Backend::Cluster(ClusterBackend::start(*settings, Arc::clone(locals)).await)
             }
         };

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use cache_manager::{Cache, cache_registry};
-use cache_tests::{RedisServer, wire};
+use cache_tests::{RedisServer, free_port, wire};
 use redis::aio::MultiplexedConnection;
 
 #[derive(Cache)]
@@ -269,6 +269,34 @@ async fn the_writer_never_keeps_a_stale_copy_under_concurrent_reads() {
             a.items().get(&1).await,
             Some(new),
             "round {round}: the writer served its old value"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_backend_that_cannot_be_reached_serves_nothing_the_old_one_left_in_the_level() {
+    for url in [
+        format!("redis+cluster://127.0.0.1:{}", free_port()),
+        format!("redis://127.0.0.1:{}", free_port()),
+        format!("redis+sentinel://127.0.0.1:{}/mymaster", free_port()),
+    ] {
+        let caches = Caches::new();
+        caches.connect("memory://").await.expect("connect");
+        caches
+            .items()
+            .set(&1, &"from memory".to_owned())
+            .await
+            .unwrap();
+        assert_eq!(caches.items().get(&1).await.as_deref(), Some("from memory"));
+        // Nothing answers there: calls degrade, and the level holds what memory:// had.
+        tokio::time::timeout(Duration::from_secs(10), caches.connect(&url))
+            .await
+            .expect("connect returned")
+            .expect("connect");
+        assert_eq!(
+            caches.items().get(&1).await,
+            None,
+            "{url}: a first-level copy from the previous backend was served"
         );
     }
 }
