@@ -77,10 +77,12 @@ pub trait LocalLevel<V>: Invalidate {
     fn new(capacity: u64, ttl: Duration) -> Self;
     /// The entry of a Redis key.
     fn get(&self, key: &str) -> Option<V>;
-    /// A counter that moves on every removal, read before fetching from Redis.
-    fn generation(&self) -> u64;
-    /// Stores a value fetched from Redis, unless an invalidation happened since
-    /// `generation` was read: the value may be older than the invalidation. It is kept
+    /// A counter that moves on every removal of `key` (and of the keys that share its
+    /// stripe), read before fetching `key` from Redis.
+    fn generation(&self, key: &str) -> u64;
+    /// Stores a value fetched from Redis, unless an invalidation of `key` (or of a key
+    /// that shares its stripe) happened since its `generation` was read: the value may be
+    /// older than the invalidation. It is kept
     /// at most `fresh_for`, the time its Redis entry had left when it was read (unknown:
     /// the level's own TTL), so a copy never outlives its entry even when the entry's
     /// expiry is reported late.
@@ -106,7 +108,7 @@ impl<V: 'static> LocalLevel<V> for NoLocal {
     fn get(&self, _: &str) -> Option<V> {
         match *self {}
     }
-    fn generation(&self) -> u64 {
+    fn generation(&self, _: &str) -> u64 {
         match *self {}
     }
     fn insert_if_current(&self, _: String, _: &V, _: u64, _: Option<Duration>) {
@@ -128,7 +130,20 @@ impl Invalidate for NoLocal {
 #[doc(hidden)]
 pub struct Moka<V> {
     entries: moka::sync::Cache<String, Held<V>>,
-    generation: AtomicU64,
+    /// Generations by stripe of keys: a removal refuses the reads in flight of its own
+    /// stripe only. With one counter for the whole level, every write in the namespace
+    /// (anyone's, heard through tracking) refused every read in flight, and under a
+    /// steady flow of writes the level hardly ever filled.
+    generations: [AtomicU64; STRIPES],
+}
+
+/// Stripes of a level's generations: a write refuses one read in flight in this many.
+const STRIPES: usize = 64;
+
+/// The stripe of a key: a fixed hash, the same for a key's reads and its removals.
+fn stripe(key: &str) -> usize {
+    use std::hash::BuildHasher as _;
+    (foldhash::fast::FixedState::with_seed(0).hash_one(key) % STRIPES as u64) as usize
 }
 
 /// A copy and how long its Redis entry still lived when it was read.
@@ -172,7 +187,7 @@ impl<V: Clone + Send + Sync + 'static> LocalLevel<V> for Moka<V> {
                 .time_to_live(ttl)
                 .expire_after(UntilRedisExpiry)
                 .build(),
-            generation: AtomicU64::new(0),
+            generations: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -180,8 +195,8 @@ impl<V: Clone + Send + Sync + 'static> LocalLevel<V> for Moka<V> {
         self.entries.get(key).map(|held| held.value)
     }
 
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    fn generation(&self, key: &str) -> u64 {
+        self.generations[stripe(key)].load(Ordering::Acquire)
     }
 
     fn insert_if_current(
@@ -194,14 +209,15 @@ impl<V: Clone + Send + Sync + 'static> LocalLevel<V> for Moka<V> {
         if fresh_for.is_some_and(|f| f.is_zero()) {
             return;
         }
-        if self.generation.load(Ordering::Acquire) == generation {
+        let current = &self.generations[stripe(&key)];
+        if current.load(Ordering::Acquire) == generation {
             let held = Held {
                 value: value.clone(),
                 fresh_for,
             };
             self.entries.insert(key.clone(), held);
             // An invalidation that raced the insert must still win.
-            if self.generation.load(Ordering::Acquire) != generation {
+            if current.load(Ordering::Acquire) != generation {
                 self.entries.invalidate(&key);
             }
         }
@@ -210,12 +226,14 @@ impl<V: Clone + Send + Sync + 'static> LocalLevel<V> for Moka<V> {
 
 impl<V: Clone + Send + Sync + 'static> Invalidate for Moka<V> {
     fn remove(&self, key: &str) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.generations[stripe(key)].fetch_add(1, Ordering::AcqRel);
         self.entries.invalidate(key);
     }
 
     fn clear(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        for generation in &self.generations {
+            generation.fetch_add(1, Ordering::AcqRel);
+        }
         self.entries.invalidate_all();
     }
 }
@@ -550,8 +568,54 @@ mod tests {
 
     fn fill(level: &Moka<String>, keys: &[&str]) {
         for key in keys {
-            level.insert_if_current((*key).to_owned(), &"v".to_owned(), level.generation(), None);
+            level.insert_if_current(
+                (*key).to_owned(),
+                &"v".to_owned(),
+                level.generation(key),
+                None,
+            );
         }
+    }
+
+    #[test]
+    fn a_removal_refuses_the_reads_in_flight_of_its_own_stripe_only() {
+        let level = <Moka<String> as LocalLevel<String>>::new(100, Duration::from_secs(60));
+        let key = "user:1";
+        let elsewhere = (0..)
+            .map(|i| format!("user:other:{i}"))
+            .find(|k| stripe(k) != stripe(key))
+            .unwrap();
+        let beside = (0..)
+            .map(|i| format!("user:beside:{i}"))
+            .find(|k| stripe(k) == stripe(key))
+            .unwrap();
+        let v = "v".to_owned();
+        let read_while = |write: &dyn Fn()| {
+            level.remove(key);
+            let generation = level.generation(key);
+            write();
+            level.insert_if_current(key.to_owned(), &v, generation, None);
+            level.get(key).is_some()
+        };
+        assert!(
+            read_while(&|| level.remove(&elsewhere)),
+            "a write of another key refused the read of {key}"
+        );
+        assert!(!read_while(&|| level.remove(key)), "its own removal");
+        assert!(
+            !read_while(&|| level.remove(&beside)),
+            "a key of its stripe"
+        );
+        assert!(!read_while(&|| level.clear()), "the level emptied");
+
+        // Under a steady flow of writes to other keys, reads still fill the level.
+        let kept = (0..1000)
+            .filter(|i| read_while(&|| level.remove(&format!("user:w:{i}"))))
+            .count();
+        assert!(
+            kept > 900,
+            "{kept} of 1000 reads kept under writes to other keys"
+        );
     }
 
     #[test]

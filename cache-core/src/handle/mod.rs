@@ -439,9 +439,9 @@ impl<C: Cache> TypedCache<C> {
                 fresh_for: None,
             };
         }
-        // The level's generation and when Redis was asked: a copy lives at most what the
-        // entry had left, counted from before the question.
-        let generation = local.map(|l| (l.generation(), std::time::Instant::now()));
+        // The key's generation in the level and when Redis was asked: a copy lives at
+        // most what the entry had left, counted from before the question.
+        let generation = local.map(|l| (l.generation(&redis_key), std::time::Instant::now()));
         let backend = self.shared.backend();
         // A copy kept in the first level must not outlive its Redis entry: read how long
         // the entry has left in the same round trip.
@@ -772,9 +772,18 @@ impl<C: Cache> TypedCache<C> {
         if redis_keys.is_empty() {
             return out;
         }
-        // The level's generation and when Redis was asked: a copy lives at most what the
-        // entry had left, counted from before the question.
-        let generation = local.map(|l| (l.generation(), std::time::Instant::now()));
+        // Each key's generation in the level and when Redis was asked: a copy lives at
+        // most what the entry had left, counted from before the question.
+        let asked = local.map(|_| std::time::Instant::now());
+        let mut generations = local
+            .map(|l| {
+                redis_keys
+                    .iter()
+                    .map(|k| l.generation(k))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .into_iter();
         let backend = self.shared.backend();
         let fetched = if Self::TIMED || local.is_some() {
             backend.mget_timed(&redis_keys).await
@@ -804,6 +813,7 @@ impl<C: Cache> TypedCache<C> {
         let (mut misses, mut degraded) = (0, None);
         let mut corrupt = Vec::new();
         for ((i, redis_key), fetched) in wanted.into_iter().zip(redis_keys).zip(fetched) {
+            let generation = asked.and_then(|asked| Some((generations.next()?, asked)));
             out[i] = match fetched {
                 Err(why) => {
                     degraded.get_or_insert(why);

@@ -489,7 +489,7 @@ async fn a_write_dropped_unfinished_still_forgets_the_copy_a_read_put_back_meanw
     // Meanwhile a read of this instance, begun after that forget, puts the old value
     // in: its generation is current.
     let level = cache.local().expect("memory:// keeps the level readable");
-    level.insert_if_current(key.clone(), &ada(), level.generation(), None);
+    level.insert_if_current(key.clone(), &ada(), level.generation(&key), None);
     assert_eq!(level.get(&key), Some(ada()));
     // The caller gives up on the write, which may have landed in Redis: the copy read
     // before it must go, as no announcement of this instance's own write comes back.
