@@ -241,6 +241,59 @@ async fn main() {
         micros(percentile(&raw_reach, 0.99)),
         micros(*raw_reach.last().unwrap()),
     );
+
+    // Filling the level while other keys of its namespace are written: every write is a
+    // notice to b's level. A read that went to Redis keeps its value unless a removal
+    // it could be older than came meanwhile; the hot keys change once (so b holds none
+    // of them), then are read five times each.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (raw, stop) = (raw.clone(), std::sync::Arc::clone(&stop));
+        let keys: Vec<String> = (0..10_000u64)
+            .map(|k| b.names().redis_key(&(100_000 + k)))
+            .collect();
+        async move {
+            let started = Instant::now();
+            let mut written = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut conn = raw.clone();
+                let _: () = redis::cmd("SET")
+                    .arg(&keys[(written % 10_000) as usize])
+                    .arg("elsewhere")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                written += 1;
+            }
+            written as f64 / started.elapsed().as_secs_f64()
+        }
+    });
+    for k in 0..1000u64 {
+        wire::set(
+            &raw,
+            &b.names().redis_key(&k),
+            format!("changed {k}").as_bytes(),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    wire::reset_stats(&raw).await;
+    let started = Instant::now();
+    for _ in 0..5 {
+        for k in 0..1000u64 {
+            b.names().get(&k).await;
+        }
+    }
+    let reading = started.elapsed();
+    let calls = wire::command_calls(&raw).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes_per_s = writer.await.unwrap();
+    let to_redis = calls.get("get").copied().unwrap_or(0) + calls.get("mget").copied().unwrap_or(0);
+    println!(
+        "filling the level under {:.0} writes/s to other keys of its namespace: 5000 reads of 1000 keys in {:.0} ms, {to_redis} of them went to Redis (1000 if every first read's value was kept)",
+        writes_per_s,
+        reading.as_secs_f64() * 1e3,
+    );
 }
 
 /// Reads until a read is a local hit: `read` twice, the second sending nothing to Redis (a
