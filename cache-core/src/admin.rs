@@ -266,7 +266,9 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Removes every key of the caches of `namespace`, whatever their spelling (see
     /// [`clear_patterns`]), with `SCAN MATCH` and `UNLINK` in batches of about
-    /// [`SCAN_COUNT`], never `KEYS`.
+    /// [`SCAN_COUNT`], never `KEYS`; then announces each pattern on the library's
+    /// invalidation channel, as the library's own `clear` does, so first levels that hear
+    /// by pub/sub (a server without `CLIENT TRACKING`) empty the namespace.
     /// `removed_so_far` hears the running total after each batch.
     ///
     /// # Errors
@@ -292,6 +294,18 @@ impl Server {
             .await;
             total += removed;
             if let Err(error) = result {
+                return Err((total, self.scrub(&error.to_string())));
+            }
+            // As the library's own clear does: instances whose first levels hear by
+            // pub/sub (a server without tracking) empty the namespace's level; those
+            // Redis tells of each removal ignore it.
+            let channel = crate::local::Channels::for_prefix(self.prefix.as_deref()).invalidate;
+            let announced = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(format!("cachectl|{pattern}"))
+                .query_async::<i64>(&mut self.connection)
+                .await;
+            if let Err(error) = announced {
                 return Err((total, self.scrub(&error.to_string())));
             }
         }

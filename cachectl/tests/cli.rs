@@ -197,6 +197,60 @@ fn clear_removes_one_namespace_only_after_confirmation() {
     assert_eq!(count(&mut c, "session:token:*"), 10);
 }
 
+#[derive(cache_manager::Cache)]
+#[cache(namespace = "user:name", ttl = 600, key = u64, value = String, codec = "string", local = 100, local_ttl = 600)]
+struct Names;
+
+cache_manager::cache_registry! {
+    struct Caches {
+        names: Names,
+    }
+}
+
+#[test]
+fn clear_empties_first_levels_that_hear_by_pub_sub() {
+    // A server without CLIENT TRACKING (refused by its ACL): the library's levels learn of
+    // changes only from messages; Redis says nothing of cachectl's UNLINKs.
+    let server = RedisServer::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let caches = runtime.block_on(async {
+        cache_tests::wire::refuse_tracking(&server.raw().await).await;
+        let caches = Caches::new();
+        caches.connect(&server.url()).await.unwrap();
+        let raw = server.raw().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !cache_tests::wire::clients(&raw)
+            .await
+            .iter()
+            .any(|l| l.contains(" flags=P "))
+        {
+            assert!(std::time::Instant::now() < deadline, "no pub/sub listener");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        caches.names().set(&1, &"Ada".to_owned()).await.unwrap();
+        cache_tests::wire::assert_held(&raw, "user:name:1", "Ada", async || {
+            caches.names().get(&1).await
+        })
+        .await;
+        caches
+    });
+
+    let out = cachectl(&server.url(), &["clear", "user:name", "--yes"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("removed 1 key"), "{}", text(&out));
+
+    runtime.block_on(async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while caches.names().get(&1).await.is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the level served a value cachectl cleared for 2 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+}
+
 #[test]
 fn clear_removes_a_hash_tagged_cache_and_leaves_its_neighbours() {
     let server = RedisServer::new();
