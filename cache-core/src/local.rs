@@ -328,6 +328,10 @@ pub(crate) struct LocalLevels {
     next_listener: AtomicU64,
     /// How invalidations reach the listeners: [`Heard`] as a number.
     heard_by: AtomicU8,
+    /// Whether other instances' levels hear by pub/sub (their server connection refused
+    /// tracking, an ACL for one service and not another): then writes announce even
+    /// where Redis tells this instance's levels itself. Seen by the listener's heartbeat.
+    peers_by_pubsub: AtomicBool,
     /// Identifies this manager's own messages, which it ignores.
     pub(crate) instance: String,
     /// Callers waiting for another instance's load: the listener wakes them too.
@@ -422,9 +426,15 @@ impl LocalLevels {
     }
 
     /// Whether writes must publish their keys for other instances' levels: unless Redis
-    /// is known to push invalidations itself.
+    /// is known to push invalidations itself, to this instance and to every other one.
     pub(crate) fn writes_announce(&self) -> bool {
-        self.heard_by() != Heard::Tracking
+        self.heard_by() != Heard::Tracking || self.peers_by_pubsub.load(Ordering::Acquire)
+    }
+
+    /// What the heartbeat found: whether any connection listens on the invalidation
+    /// channel (a level that hears by pub/sub).
+    pub(crate) fn set_peers_by_pubsub(&self, listening: bool) {
+        self.peers_by_pubsub.store(listening, Ordering::Release);
     }
 
     /// A listener found out how the server lets it hear invalidations.

@@ -159,6 +159,24 @@ pub async fn refuse_tracking(conn: &MultiplexedConnection) {
     .await
 }
 
+/// Adds a user `name` with password `password` who may do everything but `CLIENT
+/// TRACKING`: one service's ACL where another's allows it.
+pub async fn add_user_without_tracking(conn: &MultiplexedConnection, name: &str, password: &str) {
+    run::<()>(
+        conn,
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(name)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .arg("-client|tracking"),
+    )
+    .await
+}
+
 /// Connections with tracking on (`t` in `CLIENT LIST`'s flags): the first-level listeners.
 pub async fn tracking_clients(conn: &MultiplexedConnection) -> usize {
     clients(conn)
@@ -174,8 +192,9 @@ pub async fn tracking_clients(conn: &MultiplexedConnection) -> usize {
 /// Checks that `read` (a cache's `get` of `key`) returns `expected` and is served by the
 /// first level: a second read sends no `GET` or `MGET` to the server behind `conn`. A
 /// write made just before may still have its invalidation on the way (Redis tells every
-/// tracking connection, the writer's own too), which drops the copy when it lands; so the
-/// check is repeated until it holds, for at most a second.
+/// tracking connection, the writer's own too), which drops the copy when it lands, and a
+/// level that hears by pub/sub is read only some 2 s after its listener subscribed; so the
+/// check is repeated until it holds, for at most 5 s.
 pub async fn assert_held<F: AsyncFnMut() -> Option<String>>(
     conn: &MultiplexedConnection,
     key: &str,
@@ -192,7 +211,7 @@ pub async fn assert_held<F: AsyncFnMut() -> Option<String>>(
             return;
         }
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(1),
+            started.elapsed() < std::time::Duration::from_secs(5),
             "the copy of {key} was not held in the level: {calls:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;

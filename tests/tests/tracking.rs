@@ -179,6 +179,10 @@ async fn a_copy_never_outlives_its_entry_even_when_nothing_says_it_expired() {
             .any(|l| l.contains("flags=P"))
     })
     .await;
+    // The level is read once the listener has been subscribed long enough for other
+    // instances to announce their writes: wait for that on another key.
+    set_raw(&raw, &a.items().redis_key(&2), "long").await;
+    hold(&a, &raw, 2, "long").await;
     let key = a.items().redis_key(&1);
     let _: () = redis::cmd("PSETEX")
         .arg(&key)
@@ -509,6 +513,37 @@ async fn tracking_refused_while_a_script_runs_is_asked_again_not_given_up() {
     set_raw(&raw, &key, "v2").await;
     within("a plain client's write", WITHIN, async || {
         a.items().get(&1).await.as_deref() == Some("v2")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_refused_tracking_still_hears_the_writes_of_instances_that_track() {
+    // One service's ACL allows CLIENT TRACKING, another's does not: `a` is told of
+    // changes by Redis and `b` only by messages, so `a`'s writes must be announced.
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    wire::add_user_without_tracking(&raw, "reports", "reports-pw").await;
+    let a = instance(&server.url()).await;
+    let b = instance(&format!(
+        "redis://reports:reports-pw@127.0.0.1:{}",
+        server.port()
+    ))
+    .await;
+    eventually("a tracking, b subscribed", async || {
+        let subscribed = wire::clients(&raw)
+            .await
+            .iter()
+            .filter(|l| l.contains(" flags=P ") && l.contains("user=reports"))
+            .count();
+        wire::tracking_clients(&raw).await == 1 && subscribed == 1
+    })
+    .await;
+    a.items().set(&1, &"one".to_owned()).await.unwrap();
+    hold(&b, &raw, 1, "one").await;
+    a.items().set(&1, &"two".to_owned()).await.unwrap();
+    within("b to hear a's write", WITHIN, async || {
+        b.items().get(&1).await.as_deref() == Some("two")
     })
     .await;
 }

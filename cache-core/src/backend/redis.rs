@@ -1073,6 +1073,7 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
             let started = inner.hear(&server, &lost, designated);
             match tokio::time::timeout(inner.config.connect_timeout, started).await {
                 Ok(Ok(conn)) => {
+                    inner.until_peers_announce().await;
                     inner.locals.heard(id, true);
                     backoff = first;
                     inner.keep_hearing(conn, &lost, &mut target).await;
@@ -1094,6 +1095,7 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
             let subscribed = inner.subscribe(&server, designated);
             match tokio::time::timeout(inner.config.connect_timeout, subscribed).await {
                 Ok(Ok(pubsub)) => {
+                    inner.until_peers_announce().await;
                     inner.locals.heard(id, true);
                     backoff = first;
                     let (mut sink, mut messages) = pubsub.split();
@@ -1285,7 +1287,36 @@ impl Inner {
             if !matches!(answered.await, Ok(Ok(()))) {
                 return;
             }
+            if self.locals.heard_by() == local::Heard::Tracking {
+                self.look_for_pubsub_peers(&mut conn, wait).await;
+            }
         }
+    }
+
+    /// For a listener that hears by pub/sub: waits until every instance whose levels Redis
+    /// tells itself has seen this one subscribed (their heartbeat, then a write in flight
+    /// decided before it) and announces its writes, before the levels are read.
+    async fn until_peers_announce(&self) {
+        if self.locals.heard_by() == local::Heard::PubSub {
+            tokio::time::sleep(2 * HEARTBEAT + self.config.response_timeout).await;
+        }
+    }
+
+    /// Whether any connection listens on the invalidation channel: another instance whose
+    /// levels hear by pub/sub (tracking refused to it), which only messages reach. Writes
+    /// announce while one does. Not known (a refusal, no answer): they announce.
+    async fn look_for_pubsub_peers(&self, conn: &mut MultiplexedConnection, wait: Duration) {
+        let mut numsub = redis::cmd("PUBSUB");
+        numsub.arg("NUMSUB").arg(&self.channels.invalidate);
+        let counted = tokio::time::timeout(
+            wait,
+            numsub.query_async::<std::collections::HashMap<String, i64>>(conn),
+        );
+        let listening = match counted.await {
+            Ok(Ok(counts)) => counts.values().any(|&n| n > 0),
+            _ => true,
+        };
+        self.locals.set_peers_by_pubsub(listening);
     }
 
     /// Applies what a listener's RESP3 connection pushed: an invalidation from tracking
