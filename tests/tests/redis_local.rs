@@ -300,3 +300,59 @@ async fn a_new_backend_that_cannot_be_reached_serves_nothing_the_old_one_left_in
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opened_by_timeouts_keeps_the_listener_and_the_level() {
+    // A spell of timeouts opens the breaker; the calls reconnect to the same server
+    // (same run_id): nothing was missed, so the level keeps what it holds.
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let a = Caches::new();
+    a.connect(&format!(
+        "{}?response_timeout_ms=100&failure_threshold=2",
+        server.url()
+    ))
+    .await
+    .expect("connect");
+    eventually("the listener", async || listener_ids(&raw).await.len() == 1).await;
+    let listener = listener_ids(&raw).await;
+    a.items().set(&1, &"one".to_owned()).await.unwrap();
+    a.plain().set(&9, &"nine".to_owned()).await.unwrap();
+    eventually("the copy held", async || {
+        a.items().get(&1).await;
+        let before = reads_sent(&raw).await;
+        a.items().get(&1).await.as_deref() == Some("one") && reads_sent(&raw).await == before
+    })
+    .await;
+
+    server.pause();
+    let mut degraded = 0;
+    for _ in 0..3 {
+        if a.plain().get(&9).await.is_none() {
+            degraded += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.resume();
+    assert_eq!(
+        degraded, 3,
+        "the calls did not time out while the server was paused"
+    );
+    eventually("the calls back", async || {
+        a.plain().get(&9).await.as_deref() == Some("nine")
+    })
+    .await;
+
+    assert_eq!(
+        listener_ids(&raw).await,
+        listener,
+        "the listener was replaced"
+    );
+    let before = reads_sent(&raw).await;
+    assert_eq!(a.items().get(&1).await.as_deref(), Some("one"));
+    assert_eq!(
+        reads_sent(&raw).await,
+        before,
+        "the level was emptied by a reconnection to the same server"
+    );
+}

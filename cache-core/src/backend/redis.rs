@@ -103,6 +103,9 @@ struct Inner {
     topology_changed: Option<Arc<Notify>>,
     /// With `redis+sentinel://`: who names the master to connect to.
     sentinels: Option<Arc<Sentinels>>,
+    /// Whether the calls' connection reached a server before, and that server's `run_id`
+    /// (`None` unknown): a reconnection that finds another one moves the listener too.
+    reached: std::sync::Mutex<(bool, Option<String>)>,
 }
 
 impl Drop for RedisBackend {
@@ -202,6 +205,7 @@ impl RedisBackend {
             locals,
             topology_changed: start.topology_changed,
             sentinels: start.sentinels,
+            reached: std::sync::Mutex::new((false, None)),
         });
         // Heard before the first attempt, so a failover during it is not missed.
         let watcher = inner
@@ -209,7 +213,8 @@ impl RedisBackend {
             .as_ref()
             .map(|s| tokio::spawn(sentinel::watch(Arc::clone(s))));
         match inner.connect().await {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                inner.reached(&mut conn).await;
                 inner.conn.store(Some(Arc::new(conn)));
                 tracing::info!(
                     backend,
@@ -1293,6 +1298,31 @@ impl Inner {
         }
     }
 
+    /// Records which server a new calls' connection reached (`INFO server`'s `run_id`);
+    /// `true` when the calls reached a server before and this is another one, or it
+    /// cannot say (`INFO` refused): a reconnection to the same server (a breaker opened
+    /// by a spell of timeouts) leaves the listener and the levels alone.
+    async fn reached(&self, conn: &mut MultiplexedConnection) -> bool {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let info = tokio::time::timeout(
+            self.config.response_timeout,
+            cmd.query_async::<String>(conn),
+        );
+        let run_id = match info.await {
+            Ok(Ok(info)) => info
+                .lines()
+                .find_map(|line| line.strip_prefix("run_id:"))
+                .map(|id| id.trim().to_owned()),
+            _ => None,
+        };
+        let mut reached = self.reached.lock().unwrap_or_else(|p| p.into_inner());
+        let (before, known) = &*reached;
+        let moved = *before && (run_id.is_none() || *known != run_id);
+        *reached = (true, run_id);
+        moved
+    }
+
     /// For a listener that hears by pub/sub: waits until every instance whose levels Redis
     /// tells itself has seen this one subscribed (their heartbeat, then a write in flight
     /// decided before it) and announces its writes, before the levels are read.
@@ -1368,8 +1398,6 @@ impl Inner {
 async fn supervise(inner: Arc<Inner>) {
     let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
     let mut backoff = first;
-    // Whether a connection was up before (the first attempt is `start_with`'s).
-    let mut connected_before = inner.conn.load().is_some();
     loop {
         if inner.conn.load().is_some() {
             match &inner.sentinels {
@@ -1382,19 +1410,20 @@ async fn supervise(inner: Arc<Inner>) {
             continue;
         }
         match inner.connect().await {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                if inner.reached(&mut conn).await {
+                    // The address leads elsewhere now (a DNS name or a virtual IP moved
+                    // by a failover) while the listener's connection may still hear the
+                    // old server: the levels start over (what they hold came from there)
+                    // before any call reaches the new one, and the listener reconnects
+                    // too, the levels bypassed until it hears the server the calls go to.
+                    inner.locals.forget_all();
+                    inner.target.send_modify(|_| {});
+                }
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 inner.conn.store(Some(Arc::new(conn)));
                 inner.outage.came_back(&inner.url);
                 backoff = first;
-                if connected_before {
-                    // The address may lead elsewhere now (a DNS name or a virtual IP
-                    // moved by a failover) while the listener's connection still
-                    // hears the old server: it reconnects too, and the levels start
-                    // over, bypassed until it hears the server the calls go to.
-                    inner.target.send_modify(|_| {});
-                }
-                connected_before = true;
             }
             Err(error) => {
                 inner.outage.reconnect_failed(&inner.url, error);
