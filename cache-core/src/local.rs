@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -328,10 +328,11 @@ pub(crate) struct LocalLevels {
     next_listener: AtomicU64,
     /// How invalidations reach the listeners: [`Heard`] as a number.
     heard_by: AtomicU8,
-    /// Whether other instances' levels hear by pub/sub (their server connection refused
-    /// tracking, an ACL for one service and not another): then writes announce even
-    /// where Redis tells this instance's levels itself. Seen by the listener's heartbeat.
-    peers_by_pubsub: AtomicBool,
+    /// How many listeners last saw another instance's level hearing by pub/sub (their
+    /// connection refused tracking, an ACL for one service and not another): while any
+    /// did, writes announce even where Redis tells this instance's levels itself. Each
+    /// listener looks when it connects and after every heartbeat.
+    peers_by_pubsub: AtomicUsize,
     /// Identifies this manager's own messages, which it ignores.
     pub(crate) instance: String,
     /// Callers waiting for another instance's load: the listener wakes them too.
@@ -428,13 +429,21 @@ impl LocalLevels {
     /// Whether writes must publish their keys for other instances' levels: unless Redis
     /// is known to push invalidations itself, to this instance and to every other one.
     pub(crate) fn writes_announce(&self) -> bool {
-        self.heard_by() != Heard::Tracking || self.peers_by_pubsub.load(Ordering::Acquire)
+        self.heard_by() != Heard::Tracking || self.peers_by_pubsub.load(Ordering::Acquire) > 0
     }
 
-    /// What the heartbeat found: whether any connection listens on the invalidation
-    /// channel (a level that hears by pub/sub).
-    pub(crate) fn set_peers_by_pubsub(&self, listening: bool) {
-        self.peers_by_pubsub.store(listening, Ordering::Release);
+    /// A listener's look for levels that hear by pub/sub: what it saw before (`false` at
+    /// first) and now (`false` when it stops).
+    pub(crate) fn saw_pubsub_peers(&self, before: bool, now: bool) {
+        match (before, now) {
+            (false, true) => {
+                self.peers_by_pubsub.fetch_add(1, Ordering::AcqRel);
+            }
+            (true, false) => {
+                self.peers_by_pubsub.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
     }
 
     /// A listener found out how the server lets it hear invalidations.

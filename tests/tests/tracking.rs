@@ -524,23 +524,20 @@ async fn an_instance_refused_tracking_still_hears_the_writes_of_instances_that_t
     let server = RedisServer::new();
     let raw = server.raw().await;
     wire::add_user_without_tracking(&raw, "reports", "reports-pw").await;
-    let a = instance(&server.url()).await;
     let b = instance(&format!(
         "redis://reports:reports-pw@127.0.0.1:{}",
         server.port()
     ))
     .await;
-    eventually("a tracking, b subscribed", async || {
-        let subscribed = wire::clients(&raw)
-            .await
-            .iter()
-            .filter(|l| l.contains(" flags=P ") && l.contains("user=reports"))
-            .count();
-        wire::tracking_clients(&raw).await == 1 && subscribed == 1
+    set_raw(&raw, &b.items().redis_key(&1), "one").await;
+    hold(&b, &raw, 1, "one").await;
+    // a starts while b's level is already read: its first write must be announced, not
+    // only those after its first heartbeat.
+    let a = instance(&server.url()).await;
+    eventually("a tracking", async || {
+        wire::tracking_clients(&raw).await == 1
     })
     .await;
-    a.items().set(&1, &"one".to_owned()).await.unwrap();
-    hold(&b, &raw, 1, "one").await;
     a.items().set(&1, &"two".to_owned()).await.unwrap();
     within("b to hear a's write", WITHIN, async || {
         b.items().get(&1).await.as_deref() == Some("two")

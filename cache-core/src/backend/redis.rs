@@ -1077,11 +1077,15 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
         let heard = if resp3 {
             let started = inner.hear(&server, &lost, designated);
             match tokio::time::timeout(inner.config.connect_timeout, started).await {
-                Ok(Ok(conn)) => {
+                Ok(Ok((conn, peers))) => {
+                    let seen = PeersSeen {
+                        locals: &inner.locals,
+                        seen: peers,
+                    };
                     inner.until_peers_announce().await;
                     inner.locals.heard(id, true);
                     backoff = first;
-                    inner.keep_hearing(conn, &lost, &mut target).await;
+                    inner.keep_hearing(conn, seen, &lost, &mut target).await;
                     true
                 }
                 Ok(Err(e)) if no_resp3(&e) => {
@@ -1164,6 +1168,26 @@ fn refused(error: &RedisError) -> bool {
         || error.is_timeout())
 }
 
+/// What a tracking listener last saw of levels that hear by pub/sub, counted in
+/// [`LocalLevels`] until it stops looking (dropped with its connection).
+struct PeersSeen<'a> {
+    locals: &'a LocalLevels,
+    seen: bool,
+}
+
+impl PeersSeen<'_> {
+    fn saw(&mut self, now: bool) {
+        self.locals.saw_pubsub_peers(self.seen, now);
+        self.seen = now;
+    }
+}
+
+impl Drop for PeersSeen<'_> {
+    fn drop(&mut self) {
+        self.locals.saw_pubsub_peers(self.seen, false);
+    }
+}
+
 /// Whether the server refused `CLIENT TRACKING` for good (an ACL without it, a server or
 /// proxy that lacks it) rather than for now: busy with a script (which `HELLO` passes),
 /// loading its data, a replica without its master. Only the first makes the levels fall
@@ -1183,7 +1207,7 @@ impl Inner {
         server: &Server,
         lost: &Arc<Notify>,
         designated: bool,
-    ) -> Result<MultiplexedConnection, RedisError> {
+    ) -> Result<(MultiplexedConnection, bool), RedisError> {
         let on_push = {
             let (inner, lost) = (Arc::downgrade(self), Arc::clone(lost));
             move |push: PushInfo| -> Result<(), std::convert::Infallible> {
@@ -1231,6 +1255,9 @@ impl Inner {
         if !channels.is_empty() {
             conn.subscribe(&channels).await?;
         }
+        // Before writes stop announcing: whether another instance's level needs them to.
+        let peers = tracking && self.look_for_pubsub_peers(&mut conn).await;
+        self.locals.saw_pubsub_peers(false, peers);
         if levels {
             self.locals.set_heard_by(if tracking {
                 local::Heard::Tracking
@@ -1238,7 +1265,7 @@ impl Inner {
                 local::Heard::PubSub
             });
         }
-        Ok(conn)
+        Ok((conn, peers))
     }
 
     /// Opens a listener's RESP2 pub/sub connection, for a server without RESP3.
@@ -1277,6 +1304,7 @@ impl Inner {
     async fn keep_hearing(
         &self,
         mut conn: MultiplexedConnection,
+        mut peers: PeersSeen<'_>,
         lost: &Notify,
         target: &mut watch::Receiver<Option<Arc<Server>>>,
     ) {
@@ -1293,7 +1321,8 @@ impl Inner {
                 return;
             }
             if self.locals.heard_by() == local::Heard::Tracking {
-                self.look_for_pubsub_peers(&mut conn, wait).await;
+                let now = self.look_for_pubsub_peers(&mut conn).await;
+                peers.saw(now);
             }
         }
     }
@@ -1328,25 +1357,28 @@ impl Inner {
     /// decided before it) and announces its writes, before the levels are read.
     async fn until_peers_announce(&self) {
         if self.locals.heard_by() == local::Heard::PubSub {
-            tokio::time::sleep(2 * HEARTBEAT + self.config.response_timeout).await;
+            // A heartbeat's sleep, its `PING` and its look, each answered within `wait`,
+            // then a write decided just before, within its response timeout.
+            let wait = self.config.response_timeout.max(HEARTBEAT);
+            tokio::time::sleep(HEARTBEAT + 2 * wait + self.config.response_timeout).await;
         }
     }
 
     /// Whether any connection listens on the invalidation channel: another instance whose
     /// levels hear by pub/sub (tracking refused to it), which only messages reach. Writes
     /// announce while one does. Not known (a refusal, no answer): they announce.
-    async fn look_for_pubsub_peers(&self, conn: &mut MultiplexedConnection, wait: Duration) {
+    async fn look_for_pubsub_peers(&self, conn: &mut MultiplexedConnection) -> bool {
+        let wait = self.config.response_timeout.max(HEARTBEAT);
         let mut numsub = redis::cmd("PUBSUB");
         numsub.arg("NUMSUB").arg(&self.channels.invalidate);
         let counted = tokio::time::timeout(
             wait,
             numsub.query_async::<std::collections::HashMap<String, i64>>(conn),
         );
-        let listening = match counted.await {
+        match counted.await {
             Ok(Ok(counts)) => counts.values().any(|&n| n > 0),
             _ => true,
-        };
-        self.locals.set_peers_by_pubsub(listening);
+        }
     }
 
     /// Applies what a listener's RESP3 connection pushed: an invalidation from tracking
