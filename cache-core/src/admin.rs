@@ -274,7 +274,8 @@ impl Server {
     /// # Errors
     ///
     /// `Err((removed, reason))` for a namespace that breaks the grammar (nothing sent),
-    /// or when the server fails midway: `removed` keys were removed until then.
+    /// when the server fails midway (`removed` keys were removed until then), or when it
+    /// refuses the announcement (every key was removed).
     pub async fn clear(
         &mut self,
         namespace: &str,
@@ -283,10 +284,10 @@ impl Server {
         let patterns =
             clear_patterns(namespace, self.prefix.as_deref()).map_err(|e| (0, e.to_string()))?;
         let mut total = 0;
-        for pattern in patterns {
+        for pattern in &patterns {
             let (removed, result) = scan_unlink(
                 &mut self.connection,
-                &pattern,
+                pattern,
                 SCAN_COUNT,
                 self.cluster_node,
                 &mut |n| removed_so_far(total + n),
@@ -296,17 +297,26 @@ impl Server {
             if let Err(error) = result {
                 return Err((total, self.scrub(&error.to_string())));
             }
-            // As the library's own clear does: instances whose first levels hear by
-            // pub/sub (a server without tracking) empty the namespace's level; those
-            // Redis tells of each removal ignore it.
-            let channel = crate::local::Channels::for_prefix(self.prefix.as_deref()).invalidate;
+        }
+        // As the library's own clear does: instances whose first levels hear by pub/sub
+        // (a server without tracking) empty the namespace's level; those Redis tells of
+        // each removal ignore it. After every pattern is cleared, so a user allowed to
+        // remove keys but not to publish still removes them all.
+        let channel = crate::local::Channels::for_prefix(self.prefix.as_deref()).invalidate;
+        for pattern in &patterns {
             let announced = redis::cmd("PUBLISH")
-                .arg(channel)
+                .arg(&channel)
                 .arg(format!("cachectl|{pattern}"))
                 .query_async::<i64>(&mut self.connection)
                 .await;
             if let Err(error) = announced {
-                return Err((total, self.scrub(&error.to_string())));
+                return Err((
+                    total,
+                    format!(
+                        "the keys were removed, but not announced to first levels that hear by pub/sub (PUBLISH failed: {}); those keep their copies until local_ttl",
+                        self.scrub(&error.to_string())
+                    ),
+                ));
             }
         }
         Ok(total)

@@ -252,6 +252,35 @@ fn clear_empties_first_levels_that_hear_by_pub_sub() {
 }
 
 #[test]
+fn a_user_who_may_not_publish_still_clears_every_layout_and_is_told() {
+    let server = RedisServer::new();
+    let mut c = conn(&server.url());
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("ops")
+        .arg("on")
+        .arg(">ops-pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-publish")
+        .query(&mut c)
+        .unwrap();
+    fill(&mut c, "user:name", 5, Some(600));
+    fill(&mut c, "{user:name}", 5, Some(600));
+    let url = format!("redis://ops:ops-pw@127.0.0.1:{}", server.port());
+    let out = cachectl(&url, &["clear", "user:name", "--yes"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not announced"), "{}", text(&out));
+    assert_eq!(count(&mut c, "user:name:*"), 0);
+    assert_eq!(
+        count(&mut c, "{user:name}:*"),
+        0,
+        "the second layout was left"
+    );
+}
+
+#[test]
 fn clear_removes_a_hash_tagged_cache_and_leaves_its_neighbours() {
     let server = RedisServer::new();
     let mut c = conn(&server.url());
