@@ -454,14 +454,14 @@ async fn a_batch_that_waits_for_another_instance_reads_again_in_batches_of_100()
     let server = RedisServer::new();
     let a = connected(&server.url()).await;
     let raw = server.raw().await;
-    // Another instance is loading key 0 (its lease, taken by hand, lapses in 300 ms):
+    // Another instance is loading key 0 (its lease, taken by hand, lapses in 2 s):
     // a's batch of 300 waits, then reads every key again before taking its leases.
     let lease = lease_key(&a.once().redis_key(&0));
     let _: () = redis::cmd("SET")
         .arg(&lease)
         .arg("another instance")
         .arg("PX")
-        .arg(300)
+        .arg(2_000)
         .query_async(&mut raw.clone())
         .await
         .unwrap();
@@ -501,6 +501,8 @@ async fn a_key_another_instance_found_gone_is_not_answered_from_its_old_fallback
         connected(&server.url()).await,
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let raw = server.raw().await;
+    let lease = lease_key(&a.safe_once().redis_key(&1));
     let old = HashMap::from([(1, "old one".to_owned()), (2, "old two".to_owned())]);
     assert!(a.safe_once().mset(&old).await.unwrap());
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -514,7 +516,10 @@ async fn a_key_another_instance_found_gone_is_not_answered_from_its_old_fallback
                 Ok::<Option<String>, DbDown>(None)
             }),
             async {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Once b holds the lease of key 1 (it loads it).
+                while !wire::exists(&raw, &lease).await {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
                 a.safe_once()
                     .mget_or_load(&[1, 2], |_| async {
                         Err::<HashMap<u32, String>, _>(DbDown)

@@ -360,21 +360,22 @@ async fn a_silent_listener_is_caught_and_its_level_emptied_with_or_without_resp3
                 break Some(paused.elapsed());
             }
             served += 1;
-            if paused.elapsed() > Duration::from_secs(5) {
+            if paused.elapsed() > Duration::from_secs(8) {
                 break None;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         server.resume();
         let caught = caught.unwrap_or_else(|| {
-            panic!("{what}: the level served its copy for 5 s ({served} reads) while the server answered nothing")
+            panic!("{what}: the level served its copy for 8 s ({served} reads) while the server answered nothing")
         });
         println!("{what}: the level bypassed {caught:?} after the server went silent");
         // A heartbeat a second, a second for its answer, then the get that finds the
-        // level bypassed waits out its own response timeout (250 ms).
+        // level bypassed waits out its own response timeout (250 ms): 2.25 s at most,
+        // with room for a slow machine's scheduling.
         assert!(
-            caught < Duration::from_secs(3),
-            "{what}: a silent listener was caught after {caught:?}, not within about 2 s"
+            caught < Duration::from_secs(5),
+            "{what}: a silent listener was caught after {caught:?}, not within about 2.25 s"
         );
     }
 }

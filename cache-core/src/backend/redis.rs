@@ -1481,6 +1481,40 @@ async fn supervise(inner: Arc<Inner>) {
 mod tests {
     use super::*;
 
+    /// The error a server's reply `line` (`-CODE text`) becomes.
+    fn server_error(line: &str) -> RedisError {
+        redis::parse_redis_value(format!("{line}\r\n").as_bytes())
+            .expect("a RESP error line")
+            .extract_error()
+            .expect_err("an error reply")
+    }
+
+    #[test]
+    fn passing_refusals_of_tracking_are_retried_and_lasting_ones_fall_back() {
+        for line in [
+            "-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "-LOADING Redis is loading the dataset in memory",
+            "-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "-TRYAGAIN Multiple keys request during rehashing of slot",
+            "-CLUSTERDOWN The cluster is down",
+        ] {
+            assert!(
+                !tracking_refused(&server_error(line)),
+                "taken as lasting: {line}"
+            );
+        }
+        for line in [
+            "-NOPERM User default has no permissions to run the 'client|tracking' command",
+            "-ERR unknown subcommand 'TRACKING'. Try CLIENT HELP.",
+            "-ERR unknown command 'CLIENT', with args beginning with: 'TRACKING'",
+        ] {
+            assert!(
+                tracking_refused(&server_error(line)),
+                "taken as passing: {line}"
+            );
+        }
+    }
+
     #[test]
     fn jitter_stays_within_half_and_all_of_the_wait() {
         for _ in 0..1000 {

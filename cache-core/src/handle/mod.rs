@@ -1216,8 +1216,6 @@ fn per_call_ttl<C: Cache>(ttl: Duration) -> Result<Duration, CacheError> {
     Ok(Duration::from_millis(ttl.as_millis() as u64))
 }
 
-/// The distinct keys of a batch call, in first-seen order; more than [`MAX_BATCH`] is
-/// `Err(CacheError::Validation)` naming the call, before anything is sent.
 /// Runs its function when dropped: at the end of the scope, or of a future dropped
 /// unfinished.
 struct OnDrop<F: FnMut()>(F);
@@ -1228,6 +1226,8 @@ impl<F: FnMut()> Drop for OnDrop<F> {
     }
 }
 
+/// The distinct keys of a batch call, in first-seen order; more than [`MAX_BATCH`] is
+/// `Err(CacheError::Validation)` naming the call, before anything is sent.
 fn distinct_within_limit<'k, C: Cache>(
     keys: &'k [C::Key],
     call: &str,
