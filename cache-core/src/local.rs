@@ -333,7 +333,7 @@ pub(crate) struct LocalLevels {
     /// did, writes announce even where Redis tells this instance's levels itself. Each
     /// listener looks when it connects and after every heartbeat.
     peers_by_pubsub: AtomicUsize,
-    /// Identifies this manager's own messages, which it ignores.
+    /// Names this manager in its messages (read by eye: every message is applied).
     pub(crate) instance: String,
     /// Callers waiting for another instance's load: the listener wakes them too.
     pub(crate) loads: Arc<LoadWaiters>,
@@ -512,14 +512,13 @@ impl LocalLevels {
 
     /// Applies a pub/sub invalidation message: `{instance}|{redis key}`, the key under
     /// the manager's `prefix` (messages of another prefix are not heard, see
-    /// [`Channels`]). Own messages are ignored: the writer already updated its level.
+    /// [`Channels`]). This instance's own messages too: the writer dropped its copy
+    /// around the write, but a write its caller dropped after sending it can land after
+    /// that, behind a read of the old value; its message comes after it and drops that.
     pub(crate) fn apply(&self, message: &str, prefix: Option<&str>) {
-        let Some((instance, full_key)) = message.split_once('|') else {
+        let Some((_instance, full_key)) = message.split_once('|') else {
             return;
         };
-        if instance == self.instance {
-            return;
-        }
         self.invalidate(full_key, prefix);
     }
 
@@ -663,12 +662,6 @@ mod tests {
         );
         assert!(tagged.get("{team:member}:2").is_some());
 
-        levels.apply(&levels.message("user:2"), None);
-        assert!(
-            user.get("user:2").is_some(),
-            "an instance's own message was applied"
-        );
-
         levels.apply("peer|{team:member}:*", None);
         assert!(
             tagged.get("{team:member}:2").is_none(),
@@ -689,6 +682,12 @@ mod tests {
             laid.get("team:lead@0000abcd:2").is_none(),
             "a clear of every layout"
         );
+        // This instance's own message too: a write dropped after it was sent may land
+        // behind a read of the old value, and its message is what drops that copy.
+        fill(&user, &["user:2"]);
+        levels.apply(&levels.message("user:2"), None);
+        assert!(user.get("user:2").is_none(), "its own message was ignored");
+
         levels.apply("peer|nobody:1", None);
         levels.apply("garbage without a separator", None);
     }

@@ -998,10 +998,10 @@ impl<C: Cache> TypedCache<C> {
     }
 
     /// Runs the write of `keys` that `write` starts with this instance's first-level
-    /// copies of them dropped before it starts and again after it ends: a concurrent
-    /// read of this instance may have put the old value back meanwhile, and an instance
-    /// ignores its own announcements. Other instances drop theirs when the write's
-    /// announcement reaches them. (A function rather than a future, for the reason
+    /// copies of them dropped before it starts and again after it ends (or is dropped): a
+    /// concurrent read of this instance may have put the old value back meanwhile, and
+    /// where Redis tracks keys its notice may come after the next read. Other instances
+    /// drop theirs when Redis's notice or the write's announcement reaches them. (A function rather than a future, for the reason
     /// `observed` gives: a future argument is kept twice in this one's state.)
     async fn forgetting<'k, T, F: Future<Output = T>>(
         &self,
