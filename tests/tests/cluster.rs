@@ -750,6 +750,31 @@ async fn keys_moved_during_a_migration_degrade_on_ask_and_are_served_after_it() 
         .expect("ASKING + GET on the importing master");
     assert!(on_target.is_some(), "the migrated key is not on the target");
 
+    // An `ASK` says nothing `CLUSTER SLOTS` would: the slot still belongs to the source
+    // until the migration ends. Reads of the moved key ask for no new slot map.
+    let mut raws = Vec::new();
+    for node in cluster.nodes() {
+        let raw = node.raw().await;
+        wire::reset_stats(&raw).await;
+        raws.push(raw);
+    }
+    for _ in 0..20 {
+        assert_eq!(quick("get", members.get(&1)).await, None);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut refreshes = 0;
+    for raw in &raws {
+        refreshes += wire::command_calls(raw)
+            .await
+            .get("cluster|slots")
+            .copied()
+            .unwrap_or(0);
+    }
+    assert!(
+        refreshes <= 1,
+        "{refreshes} slot-map refreshes for 20 reads answered ASK in 400 ms"
+    );
+
     // The migration ends: the target owns the slot, and both keys are served from it
     // after at most a redirection.
     // Every key left in the slot: the staying member, and the cache's layout registry

@@ -948,22 +948,24 @@ impl Inner {
         }
     }
 
-    /// In a cluster, whether `error` says the slot map changed; it then wakes the refresh.
+    /// In a cluster, whether `error` is about the slot map (a redirection, the cluster
+    /// down) rather than a refused command; `MOVED` and `CLUSTERDOWN` wake the refresh.
     fn topology_hint(&self, error: &RedisError) -> bool {
         use redis::{ErrorKind, ServerErrorKind};
         let Some(changed) = &self.topology_changed else {
             return false;
         };
-        let hint = matches!(
-            error.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::ClusterDown
-            )
-        );
-        if hint {
-            changed.notify_one();
+        match error.kind() {
+            ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::ClusterDown) => {
+                changed.notify_one();
+                true
+            }
+            // A slot being migrated: `CLUSTER SLOTS` still names the source until the
+            // migration ends (then keys answer `MOVED`), so a refresh would learn nothing,
+            // and one per `ASK` reply was some 50 a second per caller.
+            ErrorKind::Server(ServerErrorKind::Ask) => true,
+            _ => false,
         }
-        hint
     }
 
     /// Forgets `conn` (unless it was already replaced) and wakes the supervisor.

@@ -1,6 +1,6 @@
 //! The slot map: which master serves each hash slot, learned with `CLUSTER SLOTS` and
 //! kept current by a background task: at once when a reply says it changed (`MOVED`,
-//! `ASK`, `CLUSTERDOWN`), every second while a master is unreachable (it may have failed
+//! `CLUSTERDOWN`; not `ASK`, which a migration answers until it ends), every second while a master is unreachable (it may have failed
 //! over to a replica), and every 30 s otherwise.
 
 use std::sync::Arc;
