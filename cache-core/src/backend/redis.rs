@@ -1455,8 +1455,11 @@ async fn supervise(inner: Arc<Inner>) {
                     inner.target.send_modify(|_| {});
                 }
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
-                inner.conn.store(Some(Arc::new(conn)));
+                // The outage ends before a call can use the connection: a call failing
+                // at once must find it over, or its `went_down` would be lost to the
+                // `came_back` after it (the breaker open, health saying up).
                 inner.outage.came_back(&inner.url);
+                inner.conn.store(Some(Arc::new(conn)));
                 backoff = first;
             }
             Err(error) => {

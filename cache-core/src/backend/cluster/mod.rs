@@ -387,10 +387,16 @@ impl ClusterBackend {
             removed += n;
             failure = failure.or(why);
         }
-        if announce && first.link.announces() {
+        // Through a master that is up: pub/sub reaches every node from any of them.
+        let announcer = topology
+            .nodes
+            .iter()
+            .find(|n| n.link.is_up())
+            .unwrap_or(first);
+        if announce && announcer.link.announces() {
             let mut pipe = redis::pipe();
-            first.link.announce(&mut pipe, pattern);
-            if let Err(why) = first.link.pipeline::<()>(&pipe).await {
+            announcer.link.announce(&mut pipe, pattern);
+            if let Err(why) = announcer.link.pipeline::<()>(&pipe).await {
                 failure = failure.or(Some(why));
             }
         }
