@@ -30,9 +30,17 @@ pub struct SentinelGroupBuilder {
     password: Option<String>,
     sentinel_password: Option<String>,
     tls: bool,
+    debug_commands: bool,
 }
 
 impl SentinelGroupBuilder {
+    /// The master and the replica accept `DEBUG` (`--enable-debug-command yes`), to put
+    /// them in states tests need (a reload, for one that is still loading its data).
+    pub fn debug_commands(mut self) -> Self {
+        self.debug_commands = true;
+        self
+    }
+
     /// Every node and sentinel also serves TLS with a certificate of a [`TestPki`] CA,
     /// the sentinels monitor and announce the TLS ports, and replication runs over TLS;
     /// [`url`](SentinelGroup::url) is then `rediss+sentinel://` to the sentinels' TLS
@@ -67,6 +75,9 @@ impl SentinelGroupBuilder {
             }
             if let Some(password) = &self.password {
                 builder = builder.password(password).arg("--masterauth").arg(password);
+            }
+            if self.debug_commands {
+                builder = builder.arg("--enable-debug-command").arg("yes");
             }
             for arg in extra {
                 builder = builder.arg(arg);

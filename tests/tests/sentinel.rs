@@ -642,3 +642,91 @@ async fn hold(caches: &Caches, raw: &MultiplexedConnection, key: u64, expected: 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_still_loading_its_data_is_not_reconnected_to_in_a_loop() {
+    // A master that restarted with a large dataset answers `ROLE` (master) while it
+    // loads, and `-LOADING` to everything else, `PING` included; the sentinels keep
+    // naming it. Taken on `ROLE` alone, every call reopened the breaker and the
+    // supervisor reconnected at once, without backoff, for as long as the load lasted.
+    let _watchdog = Watchdog::start("the loading master test", Duration::from_secs(90));
+    let group = SentinelGroup::builder().debug_commands().start();
+    let caches = connected(&group.url()).await;
+    assert!(
+        quick("set", caches.items().set(&1, &"one".to_owned()))
+            .await
+            .unwrap()
+    );
+    let raw = group.master.raw().await;
+    // About 2 s of loading, answering other clients every KB.
+    wire::config_set(&raw, "key-load-delay", "100").await;
+    wire::config_set(&raw, "loading-process-events-interval-bytes", "1024").await;
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(20_000)
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    let connections = async || -> u64 {
+        wire::info_field(&raw, "total_connections_received")
+            .await
+            .parse()
+            .unwrap()
+    };
+    let before = connections().await;
+    // On a connection of its own that waits as long as the reload takes.
+    let mut reloading = redis::Client::open(format!("redis://127.0.0.1:{}", group.master.port()))
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .unwrap();
+    let reload = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("RELOAD")
+            .query_async::<()>(&mut reloading)
+            .await
+    });
+    let started = Instant::now();
+    let (mut loading_seen, mut probes) = (false, 0u64);
+    while !reload.is_finished() && started.elapsed() < Duration::from_secs(30) {
+        probes += 1;
+        quick("get", caches.items().get(&1)).await;
+        let mut probe = redis::Client::open(format!("redis://127.0.0.1:{}", group.master.port()))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await;
+        if let Ok(conn) = &mut probe {
+            loading_seen |= redis::cmd("PING")
+                .query_async::<()>(conn)
+                .await
+                .is_err_and(|e| e.code() == Some("LOADING"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let loading_for = started.elapsed();
+    reload.await.unwrap().expect("DEBUG RELOAD");
+    assert!(
+        loading_seen,
+        "the master never answered LOADING: the test proved nothing"
+    );
+    // The test's own probes are one connection each; the manager's are the rest.
+    let after = connections().await;
+    let by_manager = after.saturating_sub(before + probes);
+    println!(
+        "connections while the master loaded for {loading_for:?}: {by_manager} by the manager, {probes} probes ({before} -> {after})"
+    );
+    // Backoff doubling from 50 ms for the calls, a heartbeat a second for the listener:
+    // some 10-20 in a few seconds. Without the backoff: one per couple of calls (103).
+    assert!(
+        by_manager <= 30,
+        "the manager reconnected {by_manager} times in {loading_for:?} to a master that was loading"
+    );
+    within(
+        "the calls served again",
+        Duration::from_secs(10),
+        async || caches.items().get(&1).await.as_deref() == Some("one"),
+    )
+    .await;
+}

@@ -844,8 +844,11 @@ impl Inner {
                 .client
                 .get_multiplexed_async_connection_with_config(&self.redis_config)
                 .await?;
+            // Also for a master the sentinels name: `ROLE` is answered while the server
+            // loads its data, everything else `-LOADING`; the `PING` keeps the breaker
+            // open (and the backoff growing) until it serves.
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
             if self.sentinels.is_none() {
-                redis::cmd("PING").query_async::<()>(&mut conn).await?;
                 let role = redis::cmd("ROLE")
                     .query_async::<redis::Role>(&mut conn)
                     .await;
