@@ -428,8 +428,12 @@ impl LocalLevels {
 
     /// Whether writes must publish their keys for other instances' levels: unless Redis
     /// is known to push invalidations itself, to this instance and to every other one.
+    /// While a listener is away (the levels unreadable) nobody is looking for levels that
+    /// hear by pub/sub, so writes announce.
     pub(crate) fn writes_announce(&self) -> bool {
-        self.heard_by() != Heard::Tracking || self.peers_by_pubsub.load(Ordering::Acquire) > 0
+        self.heard_by() != Heard::Tracking
+            || self.peers_by_pubsub.load(Ordering::Acquire) > 0
+            || !self.coherent()
     }
 
     /// A listener's look for levels that hear by pub/sub: what it saw before (`false` at

@@ -325,6 +325,13 @@ async fn a_breaker_opened_by_timeouts_keeps_the_listener_and_the_level() {
     })
     .await;
 
+    let connections = async || -> u64 {
+        wire::info_field(&raw, "total_connections_received")
+            .await
+            .parse()
+            .unwrap()
+    };
+    let connected_before = connections().await;
     server.pause();
     let mut degraded = 0;
     for _ in 0..3 {
@@ -342,6 +349,12 @@ async fn a_breaker_opened_by_timeouts_keeps_the_listener_and_the_level() {
         a.plain().get(&9).await.as_deref() == Some("nine")
     })
     .await;
+    // The breaker opened and the calls reconnected (the raw probes' connections are
+    // kept): a new connection, so a reconnection to the same server was tested.
+    assert!(
+        connections().await > connected_before,
+        "the calls never reconnected: the breaker did not open"
+    );
 
     assert_eq!(
         listener_ids(&raw).await,

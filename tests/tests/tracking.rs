@@ -547,6 +547,77 @@ async fn an_instance_refused_tracking_still_hears_the_writes_of_instances_that_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracking_instance_whose_listener_is_away_still_announces() {
+    // While its listener is away nobody looks for levels that hear by pub/sub: its
+    // writes must not count on that look's last answer.
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    wire::add_user_without_tracking(&raw, "reports", "reports-pw").await;
+    let b = instance(&format!(
+        "redis://reports:reports-pw@127.0.0.1:{}",
+        server.port()
+    ))
+    .await;
+    let a = instance(&server.url()).await;
+    eventually("a tracking", async || {
+        wire::tracking_clients(&raw).await == 1
+    })
+    .await;
+    set_raw(&raw, &b.items().redis_key(&1), "one").await;
+    hold(&b, &raw, 1, "one").await;
+
+    // a's listener is cut, and no new connection is let in: it stays away.
+    // Room for the connections there are, less the one cut.
+    let clients = wire::clients(&raw).await.len();
+    wire::config_set(&raw, "maxclients", &(clients - 1).to_string()).await;
+    let tracker = wire::clients(&raw)
+        .await
+        .into_iter()
+        .find(|l| {
+            let flags = l.split(' ').find_map(|f| f.strip_prefix("flags="));
+            flags.is_some_and(|f| f.contains('t'))
+        })
+        .and_then(|l| {
+            l.strip_prefix("id=")?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("a's listener");
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(tracker)
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        wire::tracking_clients(&raw).await,
+        0,
+        "a's listener came back"
+    );
+
+    a.items().set(&1, &"two".to_owned()).await.unwrap();
+    let heard = Instant::now();
+    let mut served = None;
+    while heard.elapsed() < WITHIN {
+        served = b.items().get(&1).await;
+        if served.as_deref() == Some("two") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    wire::config_set(&raw, "maxclients", "10000").await;
+    assert_eq!(
+        served.as_deref(),
+        Some("two"),
+        "b kept a's old value: a's write went unannounced while its listener was away"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_write_reaches_the_level_over_tls() {
     let server = cache_tests::tls::TlsRedisServer::start();
     let raw = server.server.raw().await;

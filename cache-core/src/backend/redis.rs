@@ -20,7 +20,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -106,6 +106,8 @@ struct Inner {
     /// Whether the calls' connection reached a server before, and that server's `run_id`
     /// (`None` unknown): a reconnection that finds another one moves the listener too.
     reached: std::sync::Mutex<(bool, Option<String>)>,
+    /// This backend's listener in [`LocalLevels`] (0: none).
+    listener_id: AtomicU64,
 }
 
 impl Drop for RedisBackend {
@@ -206,6 +208,7 @@ impl RedisBackend {
             topology_changed: start.topology_changed,
             sentinels: start.sentinels,
             reached: std::sync::Mutex::new((false, None)),
+            listener_id: AtomicU64::new(0),
         });
         // Heard before the first attempt, so a failover during it is not missed.
         let watcher = inner
@@ -273,6 +276,7 @@ impl RedisBackend {
         let needed = locals.any() || (listen && locals.listen_needed());
         let listener = needed.then(|| {
             let id = locals.claim(inner.topology_changed.is_none());
+            inner.listener_id.store(id, Ordering::Release);
             (
                 tokio::spawn(self::listen(Arc::clone(&inner), id, listen)),
                 id,
@@ -505,8 +509,9 @@ impl RedisBackend {
         self.inner.announce(pipe, key);
     }
 
-    /// Whether writes publish their keys for other instances' first levels: only where
-    /// the server has no `CLIENT TRACKING`.
+    /// Whether writes publish their keys for other instances' first levels: where the
+    /// server has no `CLIENT TRACKING`, or another instance's level hears by pub/sub, or
+    /// the listener is away.
     pub(crate) fn announces(&self) -> bool {
         self.inner.locals.writes_announce()
     }
@@ -1334,8 +1339,9 @@ impl Inner {
 
     /// Records which server a new calls' connection reached (`INFO server`'s `run_id`);
     /// `true` when the calls reached a server before and this is another one, or it
-    /// cannot say (`INFO` refused): a reconnection to the same server (a breaker opened
-    /// by a spell of timeouts) leaves the listener and the levels alone.
+    /// cannot say (`INFO` refused by an ACL): a reconnection to the same server (a breaker
+    /// opened by a spell of timeouts) leaves the listener and the levels alone. An `INFO`
+    /// not answered in time changes nothing.
     async fn reached(&self, conn: &mut MultiplexedConnection) -> bool {
         let mut cmd = redis::cmd("INFO");
         cmd.arg("server");
@@ -1348,7 +1354,11 @@ impl Inner {
                 .lines()
                 .find_map(|line| line.strip_prefix("run_id:"))
                 .map(|id| id.trim().to_owned()),
-            _ => None,
+            // Refused (`INFO` is `@dangerous` to ACLs): never known, so every
+            // reconnection counts as a move.
+            Ok(Err(e)) if refused(&e) => None,
+            // No answer in time, just after a spell of them: the same server, most likely.
+            _ => return false,
         };
         let mut reached = self.reached.lock().unwrap_or_else(|p| p.into_inner());
         let (before, known) = &*reached;
@@ -1454,7 +1464,11 @@ async fn supervise(inner: Arc<Inner>) {
                     // old server: the levels start over (what they hold came from there)
                     // before any call reaches the new one, and the listener reconnects
                     // too, the levels bypassed until it hears the server the calls go to.
-                    inner.locals.forget_all();
+                    match inner.listener_id.load(Ordering::Acquire) {
+                        0 => inner.locals.forget_all(),
+                        // Away until it reconnects: the levels emptied and bypassed.
+                        id => inner.locals.heard(id, false),
+                    }
                     inner.target.send_modify(|_| {});
                 }
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
