@@ -1349,18 +1349,24 @@ impl Inner {
             self.config.response_timeout,
             cmd.query_async::<String>(conn),
         );
-        let run_id = match info.await {
-            Ok(Ok(info)) => info
-                .lines()
-                .find_map(|line| line.strip_prefix("run_id:"))
-                .map(|id| id.trim().to_owned()),
+        let answered = match info.await {
+            Ok(Ok(info)) => Some(
+                info.lines()
+                    .find_map(|line| line.strip_prefix("run_id:"))
+                    .map(|id| id.trim().to_owned()),
+            ),
             // Refused (`INFO` is `@dangerous` to ACLs): never known, so every
             // reconnection counts as a move.
-            Ok(Err(e)) if refused(&e) => None,
+            Ok(Err(e)) if refused(&e) => Some(None),
             // No answer in time, just after a spell of them: the same server, most likely.
-            _ => return false,
+            _ => None,
         };
         let mut reached = self.reached.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(run_id) = answered else {
+            // Reached all the same: the next server that answers is compared.
+            reached.0 = true;
+            return false;
+        };
         let (before, known) = &*reached;
         let moved = *before && (run_id.is_none() || *known != run_id);
         *reached = (true, run_id);
