@@ -205,11 +205,12 @@ fn child(target: &str, calls: u64, url: &str) {
             return;
         }
         if target == "raw" {
-            let start = key_start(&caches);
-            let fingerprint = Caches::CACHES[0].fingerprint;
-            // The library's background tasks must not count on the raw side.
-            drop(caches);
-            let mut conn = raw_connection(url).await;
+            let RawSide {
+                start,
+                fingerprint,
+                mut conn,
+                ..
+            } = raw_side(caches, url).await;
             for _ in 0..WARM_UP + calls {
                 let bytes: Vec<u8> = redis::cmd("GET")
                     .arg(format!("{start}{KEY}"))
@@ -282,12 +283,12 @@ async fn sets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
         }
         return;
     }
-    let start = key_start(&caches);
-    let info = &Caches::CACHES[0];
-    let (fingerprint, ttl) = (info.fingerprint, info.ttl.as_secs());
-    // The library's background tasks must not count on the raw side.
-    drop(caches);
-    let mut conn = raw_connection(url).await;
+    let RawSide {
+        start,
+        fingerprint,
+        ttl,
+        mut conn,
+    } = raw_side(caches, url).await;
     for _ in 0..WARM_UP + calls {
         redis::cmd("SET")
             .arg(format!("{start}{KEY}"))
@@ -318,10 +319,12 @@ async fn mgets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
         }
         return;
     }
-    let start = key_start(&caches);
-    let fingerprint = Caches::CACHES[0].fingerprint;
-    drop(caches);
-    let mut conn = raw_connection(url).await;
+    let RawSide {
+        start,
+        fingerprint,
+        mut conn,
+        ..
+    } = raw_side(caches, url).await;
     for _ in 0..WARM_UP / 10 + calls {
         // Keys formatted on every call, as an application (and the throughput bench) does.
         let redis_keys: Vec<String> = keys.iter().map(|k| format!("{start}{k}")).collect();
@@ -349,11 +352,12 @@ async fn msets(caches: Arc<Caches>, raw: bool, calls: u64, url: &str) {
         }
         return;
     }
-    let start = key_start(&caches);
-    let info = &Caches::CACHES[0];
-    let (fingerprint, ttl) = (info.fingerprint, info.ttl.as_secs());
-    drop(caches);
-    let mut conn = raw_connection(url).await;
+    let RawSide {
+        start,
+        fingerprint,
+        ttl,
+        mut conn,
+    } = raw_side(caches, url).await;
     for _ in 0..WARM_UP / 10 + calls {
         let mut pipe = redis::pipe();
         for (k, value) in keys.iter().zip(&values) {
@@ -374,6 +378,28 @@ fn key_start(caches: &Caches) -> String {
     let key = caches.profiles().redis_key(&0);
     let start = key.strip_suffix('0').expect("the key's text comes last");
     start.to_owned()
+}
+
+/// What a raw side takes from the library's declaration (the keys' start, the value's
+/// fingerprint, the TTL in seconds) and its connection, opened once the manager is
+/// dropped: the library's background tasks must not count on the raw side.
+struct RawSide {
+    start: String,
+    fingerprint: u32,
+    ttl: u64,
+    conn: redis::aio::MultiplexedConnection,
+}
+
+async fn raw_side(caches: Arc<Caches>, url: &str) -> RawSide {
+    let info = &Caches::CACHES[0];
+    let (start, fingerprint, ttl) = (key_start(&caches), info.fingerprint, info.ttl.as_secs());
+    drop(caches);
+    RawSide {
+        start,
+        fingerprint,
+        ttl,
+        conn: raw_connection(url).await,
+    }
 }
 
 /// The raw side's connection: one multiplexed connection with the library's response

@@ -177,16 +177,41 @@ pub async fn add_user_without_tracking(conn: &MultiplexedConnection, name: &str,
     .await
 }
 
-/// Connections with tracking on (`t` in `CLIENT LIST`'s flags): the first-level listeners.
-pub async fn tracking_clients(conn: &MultiplexedConnection) -> usize {
+/// The ids of the clients whose `CLIENT LIST` flags satisfy `flags` (`t`: tracking, `P`:
+/// subscribed; `N`: no flag), in list order.
+pub async fn client_ids(conn: &MultiplexedConnection, flags: impl Fn(&str) -> bool) -> Vec<u64> {
     clients(conn)
         .await
         .iter()
         .filter(|line| {
-            let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="));
-            flags.is_some_and(|f| f.contains('t'))
+            let field = line.split(' ').find_map(|f| f.strip_prefix("flags="));
+            field.is_some_and(&flags)
         })
-        .count()
+        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Connections with tracking on (`t` in `CLIENT LIST`'s flags): the first-level listeners.
+pub async fn tracking_clients(conn: &MultiplexedConnection) -> usize {
+    client_ids(conn, |flags| flags.contains('t')).await.len()
+}
+
+/// `CLIENT KILL ID id`: the connection closed by the server. An error when it is gone.
+pub async fn kill_client(conn: &MultiplexedConnection, id: u64) -> redis::RedisResult<()> {
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(id)
+        .query_async(&mut conn.clone())
+        .await
+}
+
+/// `total_connections_received` of `INFO`: every connection the server accepted.
+pub async fn connections_received(conn: &MultiplexedConnection) -> u64 {
+    info_field(conn, "total_connections_received")
+        .await
+        .parse()
+        .expect("a count")
 }
 
 /// Checks that `read` (a cache's `get` of `key`) returns `expected` and is served by the

@@ -42,18 +42,7 @@ async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
 /// The listeners connected: connections tracking keys for first levels (`t`) or
 /// subscribed to channels (`P`), and their ids.
 async fn listener_ids(raw: &MultiplexedConnection) -> Vec<u64> {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut raw.clone())
-        .await
-        .unwrap();
-    list.lines()
-        .filter(|line| {
-            let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="));
-            flags.is_some_and(|f| f.contains('t') || f.contains('P'))
-        })
-        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
-        .collect()
+    wire::client_ids(raw, |flags| flags.contains('t') || flags.contains('P')).await
 }
 
 async fn subscribers(raw: &MultiplexedConnection) -> usize {
@@ -158,13 +147,7 @@ async fn a_lost_subscription_empties_the_local_level_so_missed_invalidations_can
     assert_eq!(listeners.len(), 2, "one listener per manager");
     wire::config_set(&raw, "requirepass", "listeners-kept-out").await;
     for id in listeners {
-        let _: () = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(id)
-            .query_async(&mut raw.clone())
-            .await
-            .unwrap();
+        wire::kill_client(&raw, id).await.unwrap();
     }
     wire::set(&raw, &a.items().redis_key(&3), &new_bytes).await;
     let written = Instant::now();
@@ -325,13 +308,7 @@ async fn a_breaker_opened_by_timeouts_keeps_the_listener_and_the_level() {
     })
     .await;
 
-    let connections = async || -> u64 {
-        wire::info_field(&raw, "total_connections_received")
-            .await
-            .parse()
-            .unwrap()
-    };
-    let connected_before = connections().await;
+    let connected_before = wire::connections_received(&raw).await;
     server.pause();
     let mut degraded = 0;
     for _ in 0..3 {
@@ -352,7 +329,7 @@ async fn a_breaker_opened_by_timeouts_keeps_the_listener_and_the_level() {
     // The breaker opened and the calls reconnected (the raw probes' connections are
     // kept): a new connection, so a reconnection to the same server was tested.
     assert!(
-        connections().await > connected_before,
+        wire::connections_received(&raw).await > connected_before,
         "the calls never reconnected: the breaker did not open"
     );
 

@@ -667,13 +667,7 @@ async fn a_master_still_loading_its_data_is_not_reconnected_to_in_a_loop() {
         .query_async(&mut raw.clone())
         .await
         .unwrap();
-    let connections = async || -> u64 {
-        wire::info_field(&raw, "total_connections_received")
-            .await
-            .parse()
-            .unwrap()
-    };
-    let before = connections().await;
+    let before = wire::connections_received(&raw).await;
     // On a connection of its own that waits as long as the reload takes.
     let mut reloading = redis::Client::open(format!("redis://127.0.0.1:{}", group.master.port()))
         .unwrap()
@@ -713,7 +707,7 @@ async fn a_master_still_loading_its_data_is_not_reconnected_to_in_a_loop() {
     );
     // The test's own probes are one connection each, and one more did the reload; the
     // manager's are the rest.
-    let after = connections().await;
+    let after = wire::connections_received(&raw).await;
     let by_manager = after.saturating_sub(before + probes + 1);
     println!(
         "connections while the master loaded for {loading_for:?}: {by_manager} by the manager, {probes} probes ({before} -> {after})"

@@ -388,22 +388,11 @@ async fn drop_calls_connections(raw: &MultiplexedConnection) {
         .query_async(&mut raw.clone())
         .await
         .unwrap();
-    for line in wire::clients(raw).await {
-        let field = |name: &str| {
-            line.split(' ')
-                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-                .map(str::to_owned)
-        };
-        let id: u64 = field("id").and_then(|id| id.parse().ok()).unwrap();
-        if id == own || field("flags").is_some_and(|f| f.contains('t')) {
-            continue;
+    for id in wire::client_ids(raw, |flags| !flags.contains('t')).await {
+        if id != own {
+            // One gone meanwhile is as good as killed.
+            let _ = wire::kill_client(raw, id).await;
         }
-        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(id)
-            .query_async(&mut raw.clone())
-            .await;
     }
 }
 
@@ -518,18 +507,24 @@ async fn tracking_refused_while_a_script_runs_is_asked_again_not_given_up() {
     .await;
 }
 
+/// An instance connected as a user whose ACL refuses `CLIENT TRACKING` (another
+/// service's): its level hears by pub/sub.
+async fn refused_tracking(server: &RedisServer, raw: &MultiplexedConnection) -> Caches {
+    wire::add_user_without_tracking(raw, "reports", "reports-pw").await;
+    instance(&format!(
+        "redis://reports:reports-pw@127.0.0.1:{}",
+        server.port()
+    ))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_refused_tracking_still_hears_the_writes_of_instances_that_track() {
     // One service's ACL allows CLIENT TRACKING, another's does not: `a` is told of
     // changes by Redis and `b` only by messages, so `a`'s writes must be announced.
     let server = RedisServer::new();
     let raw = server.raw().await;
-    wire::add_user_without_tracking(&raw, "reports", "reports-pw").await;
-    let b = instance(&format!(
-        "redis://reports:reports-pw@127.0.0.1:{}",
-        server.port()
-    ))
-    .await;
+    let b = refused_tracking(&server, &raw).await;
     set_raw(&raw, &b.items().redis_key(&1), "one").await;
     hold(&b, &raw, 1, "one").await;
     // a starts while b's level is already read: its first write must be announced, not
@@ -552,12 +547,7 @@ async fn a_tracking_instance_whose_listener_is_away_still_announces() {
     // writes must not count on that look's last answer.
     let server = RedisServer::new();
     let raw = server.raw().await;
-    wire::add_user_without_tracking(&raw, "reports", "reports-pw").await;
-    let b = instance(&format!(
-        "redis://reports:reports-pw@127.0.0.1:{}",
-        server.port()
-    ))
-    .await;
+    let b = refused_tracking(&server, &raw).await;
     let a = instance(&server.url()).await;
     eventually("a tracking", async || {
         wire::tracking_clients(&raw).await == 1
@@ -570,28 +560,11 @@ async fn a_tracking_instance_whose_listener_is_away_still_announces() {
     // Room for the connections there are, less the one cut.
     let clients = wire::clients(&raw).await.len();
     wire::config_set(&raw, "maxclients", &(clients - 1).to_string()).await;
-    let tracker = wire::clients(&raw)
+    let tracker = *wire::client_ids(&raw, |flags| flags.contains('t'))
         .await
-        .into_iter()
-        .find(|l| {
-            let flags = l.split(' ').find_map(|f| f.strip_prefix("flags="));
-            flags.is_some_and(|f| f.contains('t'))
-        })
-        .and_then(|l| {
-            l.strip_prefix("id=")?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+        .first()
         .expect("a's listener");
-    let _: () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("ID")
-        .arg(tracker)
-        .query_async(&mut raw.clone())
-        .await
-        .unwrap();
+    wire::kill_client(&raw, tracker).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         wire::tracking_clients(&raw).await,
