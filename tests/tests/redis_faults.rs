@@ -557,6 +557,52 @@ async fn client_kill_of_the_library_connection_degrades_then_reconnects() {
     assert_eq!(health.breaker, Breaker::Closed, "{health:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_off_as_soon_as_they_are_made_are_not_reopened_at_once() {
+    // A server that closes every connection right after accepting it (an operator's
+    // script killing clients, a proxy) is not answered by a reconnection per failed
+    // call: the reconnections back off as they do from a server that refuses them.
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let manager = Arc::new(FaultManager::new());
+    manager.connect(&server.url()).await.expect("connect");
+    assert!(works(&manager, 1).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = tokio::spawn({
+        let (manager, stop) = (Arc::clone(&manager), Arc::clone(&stop));
+        async move {
+            let mut made = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                quick("get", manager.items().get(&1)).await;
+                made += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            made
+        }
+    });
+    let before = wire::connections_received(&raw).await;
+    let started = std::time::Instant::now();
+    let mut kills = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        kills += kill_other_clients(&raw).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let connections = wire::connections_received(&raw).await - before;
+    stop.store(true, Ordering::Relaxed);
+    let made = quick("the calls to end", calls).await.expect("no panic");
+    println!(
+        "{made} gets in 3 s while every connection was killed at once: {connections} connections, {kills} killed"
+    );
+    // Backing off from 50 ms and doubling: 6 to 9 attempts in 3 s. Reconnecting as soon
+    // as a call finds the connection gone: one every 10 ms or so, hundreds.
+    assert!(
+        connections <= 20,
+        "{connections} connections in 3 s, each killed at once: the reconnections do not back off"
+    );
+    // Left alone, the caches work again (the backoff is capped at 5 s).
+    eventually("the caches to work again", || works(&manager, 2)).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn server_that_starts_requiring_a_password_degrades_logs_why_and_recovers() {
     let logs = LogCapture::start();

@@ -380,6 +380,51 @@ async fn a_silent_listener_is_caught_and_its_level_emptied_with_or_without_resp3
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_cut_off_as_soon_as_it_connects_backs_off() {
+    // A server that closes the listener's connection right after accepting it (an
+    // operator's script killing clients, an output buffer limit hit by every burst of
+    // invalidations, a proxy) must not be answered by a reconnection each time: the
+    // listener waits, and longer each time, as for a server that refuses it.
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let a = instance(&server.url()).await;
+    eventually("the listener", async || {
+        wire::tracking_clients(&raw).await == 1
+    })
+    .await;
+    let before = wire::connections_received(&raw).await;
+    let started = Instant::now();
+    let mut kills = 0u32;
+    while started.elapsed() < Duration::from_secs(3) {
+        for id in wire::client_ids(&raw, |flags| flags.contains('t')).await {
+            // One gone meanwhile is as good as killed.
+            if wire::kill_client(&raw, id).await.is_ok() {
+                kills += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let connections = wire::connections_received(&raw).await - before;
+    println!(
+        "the listener reconnected {connections} times in 3 s while each connection was killed at once ({kills} kills)"
+    );
+    // Backing off from 50 ms and doubling: 6 to 9 attempts in 3 s. Reconnecting at once
+    // after each kill: one every 10 ms or so, hundreds.
+    assert!(
+        connections <= 20,
+        "the listener reconnected {connections} times in 3 s, each connection killed at once: it does not back off"
+    );
+    // Left alone, it connects again (within the 5 s the backoff is capped at) and the
+    // level serves again.
+    eventually("the listener back", async || {
+        wire::tracking_clients(&raw).await == 1
+    })
+    .await;
+    set_raw(&raw, &a.items().redis_key(&1), "one").await;
+    hold(&a, &raw, 1, "one").await;
+}
+
 /// Closes the connections of every client of the server behind `raw` but `raw`'s own
 /// and the tracking listener's: what a demoted primary's callers see.
 async fn drop_calls_connections(raw: &MultiplexedConnection) {

@@ -1094,9 +1094,9 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
                     };
                     inner.until_peers_announce().await;
                     inner.locals.heard(id, true);
-                    backoff = first;
-                    inner.keep_hearing(conn, seen, &lost, &mut target).await;
-                    true
+                    let since = Instant::now();
+                    let moved = inner.keep_hearing(conn, seen, &lost, &mut target).await;
+                    moved || lasted(since)
                 }
                 Ok(Err(e)) if no_resp3(&e) => {
                     tracing::info!(
@@ -1116,14 +1116,18 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
                 Ok(Ok(pubsub)) => {
                     inner.until_peers_announce().await;
                     inner.locals.heard(id, true);
-                    backoff = first;
+                    let since = Instant::now();
+                    let mut moved = false;
                     let (mut sink, mut messages) = pubsub.split();
                     let wait = inner.config.response_timeout.max(HEARTBEAT);
                     loop {
                         let message = tokio::select! {
                             message = futures_util::StreamExt::next(&mut messages) => message,
                             // The master moved: hear the new one.
-                            _ = target.changed() => None,
+                            _ = target.changed() => {
+                                moved = true;
+                                None
+                            }
                             // A silent connection (a paused server, a dropped route)
                             // would never end the stream: it must answer a `PING`.
                             () = tokio::time::sleep(HEARTBEAT) => {
@@ -1142,14 +1146,19 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
                     }
                     // The server may come back upgraded: ask for RESP3 again.
                     resp3 = true;
-                    true
+                    moved || lasted(since)
                 }
                 _ => false,
             }
         };
         inner.locals.heard(id, false);
-        if !heard {
-            // A new master ends the wait: it may answer where the old one did not.
+        if heard {
+            // It was heard for a while, or the master moved: reconnect at once.
+            backoff = first;
+        } else {
+            // Refused, or cut off as soon as it connected (clients killed by a script, an
+            // output buffer limit hit again and again): wait, longer each time. A new
+            // master ends the wait: it may answer where the old one did not.
             tokio::select! {
                 () = tokio::time::sleep(jittered(backoff)) => {}
                 _ = target.changed() => {}
@@ -1157,6 +1166,14 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
             backoff = (backoff * 2).min(longest);
         }
     }
+}
+
+/// Whether a connection (the calls', or a listener's heard from `since`) lasted long
+/// enough to count as a success: a second, a listener's heartbeat. One lost sooner counts
+/// as a failed attempt, so a server that cuts every connection off at once is not answered
+/// by a reconnection each time, and the backoff keeps growing.
+fn lasted(since: Instant) -> bool {
+    since.elapsed() >= HEARTBEAT
 }
 
 /// Whether the server does not speak RESP3 (before Redis 6, or `HELLO` renamed away): an
@@ -1310,25 +1327,26 @@ impl Inner {
     }
 
     /// Waits until a listener's connection is lost, stops answering a `PING`, or goes to
-    /// a server that is no longer the target (the sentinels named another master).
+    /// a server that is no longer the target (the sentinels named another master): `true`
+    /// for the last.
     async fn keep_hearing(
         &self,
         mut conn: MultiplexedConnection,
         mut peers: PeersSeen<'_>,
         lost: &Notify,
         target: &mut watch::Receiver<Option<Arc<Server>>>,
-    ) {
+    ) -> bool {
         loop {
             tokio::select! {
-                () = lost.notified() => return,
-                _ = target.changed() => return,
+                () = lost.notified() => return false,
+                _ = target.changed() => return true,
                 () = tokio::time::sleep(HEARTBEAT) => {}
             }
             let ping = redis::cmd("PING");
             let wait = self.config.response_timeout.max(HEARTBEAT);
             let answered = tokio::time::timeout(wait, ping.query_async::<()>(&mut conn));
             if !matches!(answered.await, Ok(Ok(()))) {
-                return;
+                return false;
             }
             if self.locals.heard_by() == local::Heard::Tracking {
                 let now = self.look_for_pubsub_peers(&mut conn).await;
@@ -1447,10 +1465,13 @@ impl Inner {
 }
 
 /// Keeps a connection up: sleeps while the breaker is closed, reconnects with capped
-/// exponential backoff while it is open.
+/// exponential backoff while it is open. A connection lost within a second of being made
+/// does not reset the backoff (see [`lasted`]).
 async fn supervise(inner: Arc<Inner>) {
     let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
     let mut backoff = first;
+    // When the connection in use was made.
+    let mut connected = None;
     loop {
         if inner.conn.load().is_some() {
             match &inner.sentinels {
@@ -1461,6 +1482,17 @@ async fn supervise(inner: Arc<Inner>) {
                 },
             }
             continue;
+        }
+        if let Some(since) = connected.take() {
+            if lasted(since) {
+                backoff = first;
+            } else {
+                // Cut off as soon as it was made (clients killed by a script, a proxy):
+                // wait before the next, as after a refusal, so such a server is not
+                // answered by a reconnection per failed call.
+                inner.pause(backoff).await;
+                backoff = (backoff * 2).min(longest);
+            }
         }
         match inner.connect().await {
             Ok(mut conn) => {
@@ -1483,24 +1515,31 @@ async fn supervise(inner: Arc<Inner>) {
                 // `came_back` after it (the breaker open, health saying up).
                 inner.outage.came_back(&inner.url);
                 inner.conn.store(Some(Arc::new(conn)));
-                backoff = first;
+                connected = Some(Instant::now());
             }
             Err(error) => {
                 inner.outage.reconnect_failed(&inner.url, error);
                 inner
                     .outage
                     .still_down(&inner.url, inner.config.summary_interval);
-                let pause = tokio::time::sleep(jittered(backoff));
-                match &inner.sentinels {
-                    None => pause.await,
-                    // A new master announced ends the wait: it is there now.
-                    Some(sentinels) => tokio::select! {
-                        () = pause => {}
-                        () = sentinels.announced() => {}
-                    },
-                }
+                inner.pause(backoff).await;
                 backoff = (backoff * 2).min(longest);
             }
+        }
+    }
+}
+
+impl Inner {
+    /// The supervisor's wait before its next connection attempt: `backoff`, jittered; with
+    /// sentinels, a new master announced ends it (it is there now).
+    async fn pause(&self, backoff: Duration) {
+        let pause = tokio::time::sleep(jittered(backoff));
+        match &self.sentinels {
+            None => pause.await,
+            Some(sentinels) => tokio::select! {
+                () = pause => {}
+                () = sentinels.announced() => {}
+            },
         }
     }
 }
