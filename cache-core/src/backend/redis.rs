@@ -824,11 +824,11 @@ impl Inner {
     /// current one when most name another; the supervisor then connects to it. With no
     /// sentinel answering, the master in use stays.
     async fn check_master(&self, sentinels: &Sentinels) {
-        let Ok(masters) = sentinels.locate().await else {
+        let Ok(ranked) = sentinels.locate_ranked().await else {
             return;
         };
-        if let (Some(named), Some(conn)) = (masters.first(), self.conn.load_full())
-            && self.master().as_ref() != Some(named)
+        if let (Some(current), Some(conn)) = (self.master(), self.conn.load_full())
+            && let Some(named) = sentinel::moved_from(&ranked, &current)
         {
             self.open_breaker(
                 &conn,

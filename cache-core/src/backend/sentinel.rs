@@ -109,18 +109,16 @@ impl Sentinels {
     /// disagree for a moment; the connection checks `ROLE` on each in turn). `Err`: no
     /// sentinel answered, or none knows the master name, said plainly.
     pub(crate) async fn locate(&self) -> Result<Vec<NodeAddr>, String> {
+        let ranked = self.locate_ranked().await?;
+        Ok(ranked.into_iter().map(|(addr, _)| addr).collect())
+    }
+
+    /// [`locate`](Self::locate) with how many sentinels named each address.
+    pub(crate) async fn locate_ranked(&self) -> Result<Vec<(NodeAddr, usize)>, String> {
         let answers = self.ask_all().await;
-        let mut named: Vec<(NodeAddr, usize)> = Vec::new();
-        for addr in answers.iter().filter_map(|(_, a)| a.as_ref().ok()?.clone()) {
-            match named.iter_mut().find(|(a, _)| *a == addr) {
-                Some((_, votes)) => *votes += 1,
-                None => named.push((addr, 1)),
-            }
-        }
+        let named = rank(answers.iter().filter_map(|(_, a)| a.as_ref().ok()?.clone()));
         if !named.is_empty() {
-            // Stable: on a tie, the order of the URL's sentinels.
-            named.sort_by_key(|(_, votes)| std::cmp::Reverse(*votes));
-            return Ok(named.into_iter().map(|(addr, _)| addr).collect());
+            return Ok(named);
         }
         let answered: Vec<String> = answers
             .iter()
@@ -183,6 +181,37 @@ impl Sentinels {
     }
 }
 
+/// The addresses the sentinels named, each with how many named it, the most named first;
+/// on a tie, in the order of the URL's sentinels (the first to name it).
+fn rank(named: impl Iterator<Item = NodeAddr>) -> Vec<(NodeAddr, usize)> {
+    let mut ranked: Vec<(NodeAddr, usize)> = Vec::new();
+    for addr in named {
+        match ranked.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, votes)) => *votes += 1,
+            None => ranked.push((addr, 1)),
+        }
+    }
+    // Stable: a tie keeps the order of first naming.
+    ranked.sort_by_key(|(_, votes)| std::cmp::Reverse(*votes));
+    ranked
+}
+
+/// The master to leave `current` for, when more sentinels name it than name `current`:
+/// while they disagree evenly (a sentinel with a stale view, a failover half announced)
+/// the connection stays where it is, instead of leaving a working master for one that
+/// may refuse it and coming back, again at every check.
+pub(crate) fn moved_from<'a>(
+    ranked: &'a [(NodeAddr, usize)],
+    current: &NodeAddr,
+) -> Option<&'a NodeAddr> {
+    let (top, votes) = ranked.first()?;
+    let current_votes = ranked
+        .iter()
+        .find(|(addr, _)| addr == current)
+        .map_or(0, |(_, votes)| *votes);
+    (top != current && *votes > current_votes).then_some(top)
+}
+
 /// Fails unless the server behind `conn` says it is a master: a sentinel's answer may be
 /// a moment old, and a restarted old master believes it still is one only until the
 /// sentinels demote it, which `ROLE` on this very connection would then show.
@@ -235,5 +264,46 @@ async fn watch_one(sentinels: &Sentinels, sentinel: &NodeAddr) {
         }
         tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(longest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(port: u16) -> NodeAddr {
+        NodeAddr::new("127.0.0.1", port)
+    }
+
+    #[test]
+    fn the_most_named_master_comes_first_and_a_tie_keeps_the_order_of_naming() {
+        let ranked = rank([at(2), at(1), at(1), at(3)].into_iter());
+        assert_eq!(ranked, vec![(at(1), 2), (at(2), 1), (at(3), 1)]);
+        let tie = rank([at(2), at(1)].into_iter());
+        assert_eq!(tie, vec![(at(2), 1), (at(1), 1)]);
+        assert!(rank(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn the_connection_leaves_its_master_only_when_more_sentinels_name_another() {
+        // Most name another: leave.
+        assert_eq!(
+            moved_from(&rank([at(2), at(2), at(1)].into_iter()), &at(1)),
+            Some(&at(2))
+        );
+        // None names the current one any more: leave.
+        assert_eq!(moved_from(&rank([at(2)].into_iter()), &at(1)), Some(&at(2)));
+        // A tie, the other named first: stay.
+        assert_eq!(moved_from(&rank([at(2), at(1)].into_iter()), &at(1)), None);
+        assert_eq!(
+            moved_from(&rank([at(2), at(2), at(1), at(1)].into_iter()), &at(1)),
+            None
+        );
+        // Most name the current one: stay.
+        assert_eq!(
+            moved_from(&rank([at(1), at(2), at(1)].into_iter()), &at(1)),
+            None
+        );
+        assert_eq!(moved_from(&[], &at(1)), None);
     }
 }
