@@ -397,6 +397,60 @@ mod tests {
     }
 
     #[test]
+    fn compression_starts_at_the_threshold_and_only_where_it_makes_the_entry_smaller() {
+        // A `String` of n < 128 bytes is one length byte and n bytes; longer ones take
+        // three length bytes (bincode's varint): bodies of COMPRESS_ABOVE - 1 and exactly
+        // COMPRESS_ABOVE bytes.
+        let below = text_of(COMPRESS_ABOVE - 4);
+        let at = text_of(COMPRESS_ABOVE - 3);
+        assert_eq!(
+            encode_entry::<_, Bincode>(&below, 7, false).unwrap().len() - FRAME_LEN,
+            COMPRESS_ABOVE - 1
+        );
+        assert_eq!(
+            encode_entry::<_, Bincode>(&at, 7, false).unwrap().len() - FRAME_LEN,
+            COMPRESS_ABOVE
+        );
+        assert_eq!(
+            encode_entry::<_, Bincode>(&below, 7, true).unwrap()[0],
+            FRAME_TAG
+        );
+        assert_eq!(
+            encode_entry::<_, Bincode>(&at, 7, true).unwrap()[0],
+            COMPRESSED_TAG
+        );
+
+        // Bodies from all noise to mostly repeats: what is stored is whichever of the two
+        // forms is smaller, the plain one on a tie (a compressed entry carries 4 more
+        // bytes, its length before compression).
+        let mut rng = fastrand::Rng::with_seed(11);
+        let (mut compressed, mut plain, mut ties) = (0, 0, 0);
+        for noise in 0..=2000 {
+            let mut value: Vec<u8> = (0..noise).map(|_| rng.u8(..)).collect();
+            value.resize(2000, b'x');
+            let unpacked = encode_entry::<_, Bincode>(&value, 7, false).unwrap();
+            let body = &unpacked[FRAME_LEN..];
+            let packed_form = FRAME_LEN + 4 + lz4_flex::block::compress(body).len();
+            let stored = encode_entry::<_, Bincode>(&value, 7, true).unwrap();
+            if packed_form < unpacked.len() {
+                assert_eq!(stored[0], COMPRESSED_TAG, "{noise} bytes of noise");
+                assert_eq!(stored.len(), packed_form);
+                compressed += 1;
+            } else {
+                assert_eq!(stored, unpacked, "{noise} bytes of noise");
+                plain += 1;
+                ties += usize::from(packed_form == unpacked.len());
+            }
+            assert_eq!(decode_entry::<Vec<u8>, Bincode>(&stored, 7).unwrap(), value);
+        }
+        assert!(
+            compressed > 0 && plain > 0,
+            "{compressed} compressed, {plain} plain"
+        );
+        assert!(ties > 0, "no body whose two forms are the same size");
+    }
+
+    #[test]
     fn a_decompression_bomb_is_corrupt_and_allocates_nothing() {
         let frame = |len: u32, packed: &[u8]| {
             let mut bytes = vec![COMPRESSED_TAG, 7, 0, 0, 0];
