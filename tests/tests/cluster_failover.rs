@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use cache_manager::{Cache, CacheConfig, cache_registry};
 use cache_tests::cluster::RedisCluster;
+use cache_tests::wire;
 
 /// Values spell out their key and the write that stored them.
 #[derive(Cache)]
@@ -221,6 +222,36 @@ async fn a_cluster_that_refuses_every_key_degrades_every_call_and_recovers() {
         items.stats()
     );
     assert!(!quick("health", manager.health()).await.healthy);
+
+    // Every call answered CLUSTERDOWN asks for a refresh of the slot map, which finds it
+    // unchanged: under calls for 3 s, a few `CLUSTER SLOTS`, not one per 50 ms backoff.
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
+    let mut conns = Vec::new();
+    for &index in &survivors {
+        let conn = cluster.raw(index).await;
+        wire::reset_stats(&conn).await;
+        conns.push(conn);
+    }
+    let started = Instant::now();
+    let mut calls = 0u32;
+    while started.elapsed() < Duration::from_secs(3) {
+        quick("get", items.get(&here)).await;
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut refreshes = 0;
+    for conn in &conns {
+        refreshes += wire::command_calls(conn)
+            .await
+            .get("cluster|slots")
+            .copied()
+            .unwrap_or(0);
+    }
+    println!("{calls} gets answered CLUSTERDOWN in 3 s: {refreshes} CLUSTER SLOTS");
+    assert!(
+        refreshes <= 10,
+        "{refreshes} CLUSTER SLOTS in 3 s of calls answered CLUSTERDOWN: a refresh per hint"
+    );
 
     // The master comes back (with its slots, from its nodes.conf): the cluster serves
     // again and so does the manager, without a connect call.

@@ -91,7 +91,7 @@ impl ClusterBackend {
             locals,
         });
         match inner.refresh().await {
-            Ok(()) => tracing::info!(
+            Ok(_) => tracing::info!(
                 backend = "redis-cluster",
                 url = %inner.url,
                 masters = inner.topology.load().nodes.len(),

@@ -1,7 +1,8 @@
 //! The slot map: which master serves each hash slot, learned with `CLUSTER SLOTS` and
-//! kept current by a background task: at once when a reply says it changed (`MOVED`,
-//! `CLUSTERDOWN`; not `ASK`, which a migration answers until it ends), every second while a master is unreachable (it may have failed
-//! over to a replica), and every 30 s otherwise.
+//! kept current by a background task: soon after a reply says it changed (`MOVED`,
+//! `CLUSTERDOWN`; not `ASK`, which a migration answers until it ends; see [`supervise`]
+//! for how soon), every second while a master is unreachable (it may have failed over to
+//! a replica), and every 30 s otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +54,8 @@ impl Topology {
 impl Cluster {
     /// Learns the slot map from the first node that answers `CLUSTER SLOTS`: the masters
     /// already connected, then the URL's nodes. Connects to masters it did not know.
-    pub(super) async fn refresh(&self) -> Result<(), String> {
+    /// `Ok(true)` when the map changed.
+    pub(super) async fn refresh(&self) -> Result<bool, String> {
         let (ranges, asked) = self.fetch_slots().await?;
         let current = self.topology.load_full();
         let mut addrs: Vec<NodeAddr> = Vec::new();
@@ -81,7 +83,7 @@ impl Cluster {
             && current.nodes.len() == addrs.len()
             && current.nodes.iter().zip(&addrs).all(|(n, a)| n.addr == *a);
         if unchanged {
-            return Ok(());
+            return Ok(false);
         }
 
         // Connections to masters already known are kept; new ones connect concurrently.
@@ -133,7 +135,7 @@ impl Cluster {
             );
         }
         self.topology.store(Arc::new(Topology { slots, nodes }));
-        Ok(())
+        Ok(true)
     }
 
     /// `CLUSTER SLOTS` as `(first slot, last slot, master host, master port)`, and the
@@ -179,9 +181,16 @@ impl Cluster {
 }
 
 /// Keeps the slot map current: on a hint from a node, and periodically.
+///
+/// Hints come with replies, so under traffic they come in bursts, and for as long as the
+/// cause lasts: a cluster refusing keys with `CLUSTERDOWN` until a failover ends answers
+/// every call with one. Refreshes are spaced by the shortest backoff, and while they find
+/// the map unchanged the spacing doubles, up to the degraded refresh interval (1 s),
+/// instead of one `CLUSTER SLOTS` per backoff (20 a second) for the whole outage.
 pub(super) async fn supervise(inner: Arc<Cluster>) {
     let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
     let mut backoff = first;
+    let mut spacing = first;
     let mut last_refresh = Instant::now();
     loop {
         if inner.outage.is_down() {
@@ -198,12 +207,19 @@ pub(super) async fn supervise(inner: Arc<Cluster>) {
                 _ = inner.changed.notified() => {}
                 _ = tokio::time::sleep_until(last_refresh + every) => {}
             }
-            // A burst of redirections asks for one refresh, not one each.
-            tokio::time::sleep_until(last_refresh + first).await;
+            // A burst of hints asks for one refresh, not one each.
+            tokio::time::sleep_until(last_refresh + spacing).await;
         }
         last_refresh = Instant::now();
         match inner.refresh().await {
-            Ok(()) => inner.outage.came_back(&inner.url),
+            Ok(changed) => {
+                spacing = if changed {
+                    first
+                } else {
+                    (spacing * 2).min(REFRESH_WHILE_DEGRADED.max(first))
+                };
+                inner.outage.came_back(&inner.url);
+            }
             Err(error) => inner.outage.went_down(&inner.url, error),
         }
     }
