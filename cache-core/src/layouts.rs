@@ -108,6 +108,14 @@ mod tests {
     use super::*;
     use crate::backend::memory::MemoryStore;
 
+    #[test]
+    fn the_other_layouts_are_every_listed_one_but_this_one() {
+        let layouts = Layouts::new(7, Duration::from_secs(600));
+        assert_eq!(layouts.others(vec![3, 7, 0, 1]), vec![3, 0, 1]);
+        assert_eq!(layouts.others(vec![7]), Vec::<u32>::new());
+        assert_eq!(layouts.others(Vec::new()), Vec::<u32>::new());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_refresh_is_claimed_once_per_interval_and_at_once_in_a_new_backend() {
         let layouts = Layouts::new(7, Duration::from_secs(600));

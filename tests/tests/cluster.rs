@@ -931,3 +931,143 @@ async fn concurrent_gets_on_a_cluster_all_hit() {
     assert_eq!(hits, 64 * 50, "concurrent gets on a cluster missed");
     assert_eq!(manager.profiles().stats().degraded, 0);
 }
+
+/// A cache whose loads are single-flighted across instances: one node of the cluster
+/// must listen for the ends of other instances' loads.
+#[derive(Cache)]
+#[cache(namespace = "scale:global", ttl = 60, key = u32, value = String, single_flight = "global")]
+pub struct GlobalLoadCache;
+
+cache_registry! {
+    /// A manager whose only listener is the one for the ends of loads.
+    pub struct LoadsManager {
+        loads: GlobalLoadCache,
+    }
+}
+
+/// How many connections of the node behind `conn` are subscribed to the loads channel.
+async fn loads_subscribers(conn: &redis::aio::MultiplexedConnection) -> i64 {
+    let counts: Vec<(String, i64)> = run(
+        conn,
+        redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("cache-manager:loads"),
+    )
+    .await;
+    counts.iter().map(|(_, n)| n).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loads_listener_moves_when_its_master_leaves_the_cluster() {
+    // A scale-in: every slot of the master whose connection listens for the ends of
+    // loads goes to another master, and the slot map no longer names it. Another master
+    // must listen from then on, or every instance's waiters would only poll.
+    let cluster = RedisCluster::new();
+    let manager = LoadsManager::new();
+    let config =
+        CacheConfig::new().with_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    manager.connect_with(&cluster.url(), &config).await.unwrap();
+    let mut conns = Vec::new();
+    for index in 0..3 {
+        conns.push(cluster.raw(index).await);
+    }
+    let started = Instant::now();
+    let listening = loop {
+        let mut found = None;
+        for (index, conn) in conns.iter().enumerate() {
+            if loads_subscribers(conn).await > 0 {
+                found = Some(index);
+            }
+        }
+        if let Some(index) = found {
+            break index;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no master listens for the ends of loads"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let to = (listening + 1) % 3;
+
+    // Its slots: unassigned everywhere, then claimed by the target, which makes its claim
+    // win with a new epoch.
+    let slots: Vec<redis::Value> = run(&conns[listening], redis::cmd("CLUSTER").arg("SLOTS")).await;
+    let port = i64::from(cluster.nodes()[listening].port());
+    let mut ranges = Vec::new();
+    for range in slots {
+        let redis::Value::Array(fields) = range else {
+            continue;
+        };
+        let (
+            Some(redis::Value::Int(first)),
+            Some(redis::Value::Int(last)),
+            Some(redis::Value::Array(master)),
+        ) = (fields.first(), fields.get(1), fields.get(2))
+        else {
+            continue;
+        };
+        if master.get(1) == Some(&redis::Value::Int(port)) {
+            ranges.push((*first, *last));
+        }
+    }
+    assert!(!ranges.is_empty(), "the listening master serves no slot");
+    for conn in &conns {
+        let mut del = redis::cmd("CLUSTER");
+        del.arg("DELSLOTSRANGE");
+        for (first, last) in &ranges {
+            del.arg(*first).arg(*last);
+        }
+        run::<()>(conn, &del).await;
+    }
+    let mut add = redis::cmd("CLUSTER");
+    add.arg("ADDSLOTSRANGE");
+    for (first, last) in &ranges {
+        add.arg(*first).arg(*last);
+    }
+    run::<()>(&conns[to], &add).await;
+    let _: redis::Value = run(&conns[to], redis::cmd("CLUSTER").arg("BUMPEPOCH")).await;
+
+    // Calls to the moved slots meet a redirection (or a refusal until the news spreads),
+    // and the slot map is refreshed: it no longer names the master that listened.
+    let moved = Instant::now();
+    loop {
+        for key in 0..50u32 {
+            quick("get", manager.loads().get(&key)).await;
+        }
+        let health = manager.health().await;
+        let gone = !health
+            .nodes
+            .iter()
+            .any(|n| n.address.ends_with(&format!(":{port}")));
+        if gone && health.nodes.len() == 2 {
+            break;
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(10),
+            "the slot map still names the emptied master: {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    loop {
+        let mut subscribed = 0;
+        for (index, conn) in conns.iter().enumerate() {
+            if index != listening {
+                subscribed += loads_subscribers(conn).await;
+            }
+        }
+        if subscribed == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{subscribed} connections of the remaining masters listen for the ends of loads, 5 s after the scale-in"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "the loads listener moved {:?} after the scale-in was seen",
+        started.elapsed()
+    );
+}

@@ -89,12 +89,19 @@ impl Cluster {
         // Connections to masters already known are kept; new ones connect concurrently.
         // Every master tracks its keys for the first levels; one listens for pub/sub
         // messages (the ends of loads): a kept one that already does, or else the first
-        // new one.
-        let kept = |addr: &NodeAddr| current.nodes.iter().find(|n| n.addr == *addr);
-        let listening = addrs.iter().filter_map(kept).any(|n| n.link.listens());
-        let listener = (!listening)
-            .then(|| addrs.iter().find(|a| kept(a).is_none()))
-            .flatten();
+        // new one. When the one that listened left the cluster (a scale-in) and no master
+        // is new, a kept one is connected anew to listen, where loads need it.
+        let known = |addr: &NodeAddr| current.nodes.iter().find(|n| n.addr == *addr);
+        let listening = addrs.iter().filter_map(known).any(|n| n.link.listens());
+        let listener = if listening {
+            None
+        } else {
+            addrs
+                .iter()
+                .find(|a| known(a).is_none())
+                .or_else(|| addrs.first().filter(|_| self.locals.global_flights()))
+        };
+        let kept = |addr: &NodeAddr| known(addr).filter(|_| listener != Some(addr));
         let links = join_all(addrs.iter().map(|addr| async move {
             if let Some(node) = kept(addr) {
                 return Ok(Arc::clone(&node.link));
