@@ -577,6 +577,11 @@ impl<C: Cache> TypedCache<C> {
         Fut: Future<Output = Result<HashMap<C::Key, C::Value>, E>>,
         C::Loads: Runs<Fut>,
     {
+        if keys.is_empty() {
+            // Nothing to read, but a call all the same: a loop of them must yield too.
+            tokio::task::consume_budget().await;
+            return Ok(HashMap::new());
+        }
         let mut found = HashMap::with_capacity(keys.len());
         let mut missing = Vec::new();
         let mut refresh = Vec::new();
@@ -904,7 +909,7 @@ impl<C: Cache> TypedCache<C> {
     /// # }
     /// ```
     #[deprecated(
-        since = "0.2.0",
+        since = "0.1.0",
         note = "renamed `mget_or_load`, like `mget` and `mset`"
     )]
     pub async fn get_many_or_load<F, Fut, E>(

@@ -1085,7 +1085,7 @@ impl<C: Cache> TypedCache<C> {
     /// # }
     /// ```
     #[deprecated(
-        since = "0.2.0",
+        since = "0.1.0",
         note = "renamed `minvalidate`, like `mget` and `mset`"
     )]
     pub async fn invalidate_many(&self, keys: &[C::Key]) -> Result<u64, CacheError> {

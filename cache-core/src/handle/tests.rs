@@ -568,6 +568,10 @@ async fn every_call_that_completes_at_once_yields_to_the_runtime() {
         cache.mget_or_load(&[1], |_| async { Ok::<_, ()>(HashMap::new()) })
     })
     .await;
+    other_task_runs_during("empty mget_or_load", || {
+        cache.mget_or_load(&[], |_| async { Ok::<_, ()>(HashMap::new()) })
+    })
+    .await;
 
     core.disconnect().await;
     other_task_runs_during("get, not connected", || cache.get(&1)).await;
