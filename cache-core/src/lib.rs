@@ -34,7 +34,7 @@ mod registry;
 mod shared;
 mod stats;
 
-pub use cache::{Cache, CacheInfo, MAX_BATCH, SingleFlight};
+pub use cache::{Cache, MAX_BATCH, SingleFlight};
 /// The namespace grammar and the layout of Redis keys, shared with the derive.
 pub use cache_keyspace as keyspace;
 pub use codec::Codec;
@@ -43,6 +43,7 @@ pub use error::{CacheError, CodecError};
 pub use handle::TypedCache;
 pub use health::{Breaker, Health, HealthStatus, NodeHealth, SentinelHealth};
 pub use key::CacheKey;
+pub use registry::CacheInfo;
 pub use stats::CacheStats;
 
 /// Items the macros expand to. Not public API: no stability promise.

@@ -7,12 +7,12 @@ use crate::backend::Backend;
 use crate::backend::cluster::ClusterBackend;
 use crate::backend::memory::MemoryStore;
 use crate::backend::redis::RedisBackend;
-use crate::cache::{Cache, CacheInfo, SingleFlight};
+use crate::cache::Cache;
 use crate::config::{self, CacheConfig, Target};
 use crate::error::CacheError;
 use crate::handle::TypedCache;
 use crate::health::Health;
-use crate::local::LocalLevel;
+use crate::registry::{self, CacheInfo};
 use crate::shared::Shared;
 use crate::stats::{CacheStats, Counters};
 
@@ -51,25 +51,16 @@ impl ManagerCore {
 
     /// A handle on this manager's connection for cache `C`, registered as `field`.
     pub fn cache<C: Cache>(&self, field: &'static str) -> TypedCache<C> {
-        let local = <C::Local as LocalLevel<C::Value>>::ENABLED.then(|| {
-            let level = Arc::new(<C::Local as LocalLevel<C::Value>>::new(
-                C::LOCAL_CAPACITY,
-                C::LOCAL_TTL,
-            ));
-            self.shared
-                .locals
-                .register(C::NAMESPACE, TypedCache::<C>::key_start(), level.clone());
-            level
-        });
-        if C::SINGLE_FLIGHT == SingleFlight::Global {
-            self.shared.locals.register_global_flights();
-        }
-        let counters = Arc::new(Counters::new(C::NAMESPACE));
+        let (handle, counters) = registry::handle_on::<C>(&self.shared, field);
+        self.counted(field, C::NAMESPACE, counters);
+        handle
+    }
+
+    fn counted(&self, field: &'static str, namespace: &'static str, counters: Arc<Counters>) {
         self.counters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((field, C::NAMESPACE, Arc::clone(&counters)));
-        TypedCache::new(Arc::clone(&self.shared), field, counters, local)
+            .push((field, namespace, counters));
     }
 
     /// The handle of the registered cache `field`, typed as the registry's field declares
@@ -82,8 +73,14 @@ impl ManagerCore {
     /// When no cache `field` of type `C` was registered: only code that calls this
     /// directly, with another type than its registry's, can get there.
     pub fn registered<C: 'static>(&self, field: &'static str) -> TypedCache<C> {
-        let built = self.caches.iter().find(|info| info.field == field);
-        match built.and_then(|info| (info.build.0)(self, field).downcast().ok()) {
+        let info = self.caches.iter().find(|info| info.field == field);
+        let built = info.and_then(|info| {
+            let (handle, counters) = (info.build.0)(&self.shared, field);
+            let handle = handle.downcast::<TypedCache<C>>().ok()?;
+            self.counted(field, info.namespace, counters);
+            Some(handle)
+        });
+        match built {
             Some(handle) => *handle,
             None => panic!(
                 "no cache `{field}` of type `{}` is registered",

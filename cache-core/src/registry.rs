@@ -1,6 +1,146 @@
-//! Compile-time checks run by `cache_registry!`.
+//! What `cache_registry!` builds on: the table of registered caches ([`CacheInfo`]), how
+//! each handle is built from its entry, and the compile-time checks run on the table.
 
-use crate::cache::CacheInfo;
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cache::{Cache, SingleFlight};
+use crate::codec::Codec;
+use crate::handle::TypedCache;
+use crate::local::LocalLevel;
+use crate::shared::Shared;
+use crate::stats::Counters;
+
+/// One registered cache, as an operator sees it: field, namespace, TTL, codec.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct CacheInfo {
+    /// The registry field (and accessor) name.
+    pub field: &'static str,
+    /// The namespace of the cache's keys.
+    pub namespace: &'static str,
+    /// The default expiry of entries.
+    #[serde(rename = "ttl_secs", serialize_with = "serialize_secs")]
+    pub ttl: Duration,
+    /// The codec name.
+    pub codec: &'static str,
+    /// The declared `version`.
+    pub version: u32,
+    /// The fingerprint stored in framed entries, as 8 hex digits.
+    #[serde(serialize_with = "serialize_hex")]
+    pub fingerprint: u32,
+    /// Whether keys carry the namespace as a Redis Cluster hash tag: `{namespace}:key`.
+    pub hash_tag: bool,
+    /// Builds the cache's handle on a manager: the one place a registry needs `C: Cache`.
+    #[serde(skip)]
+    pub(crate) build: BuildHandle,
+}
+
+impl fmt::Debug for CacheInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheInfo")
+            .field("field", &self.field)
+            .field("namespace", &self.namespace)
+            .field("ttl", &self.ttl)
+            .field("codec", &self.codec)
+            .field("version", &self.version)
+            .field("fingerprint", &self.fingerprint)
+            .field("hash_tag", &self.hash_tag)
+            .finish()
+    }
+}
+
+/// Builds a cache's `TypedCache<C>` on a manager's shared state, boxed, with its
+/// counters: a registry's `new()` unboxes it as the type its field declares, without
+/// asking `C: Cache` a second time.
+#[derive(Clone, Copy)]
+pub(crate) struct BuildHandle(pub(crate) fn(&Arc<Shared>, &'static str) -> Built);
+
+/// A handle built by [`BuildHandle`], boxed, and its counters.
+pub(crate) type Built = (Box<dyn Any>, Arc<Counters>);
+
+impl PartialEq for BuildHandle {
+    /// The other fields tell caches apart; how a handle is built follows from them.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for BuildHandle {}
+
+impl CacheInfo {
+    #[doc(hidden)]
+    pub const fn __new<C: Cache>(field: &'static str) -> Self {
+        CacheInfo {
+            field,
+            namespace: C::NAMESPACE,
+            ttl: C::TTL,
+            codec: <C::Codec as Codec<C::Value>>::NAME,
+            version: C::VERSION,
+            fingerprint: C::FINGERPRINT,
+            hash_tag: C::HASH_TAG,
+            build: BuildHandle(build_handle::<C>),
+        }
+    }
+}
+
+#[cfg(test)]
+impl CacheInfo {
+    /// An entry with only a field and a namespace, for tests of the registry's checks.
+    pub(crate) fn __for_tests(field: &'static str, namespace: &'static str) -> Self {
+        CacheInfo {
+            field,
+            namespace,
+            ttl: Duration::from_secs(600),
+            codec: "bincode",
+            version: 0,
+            fingerprint: 0,
+            hash_tag: false,
+            build: BuildHandle(|_, _| (Box::new(()), Arc::new(Counters::new("test")))),
+        }
+    }
+}
+
+fn build_handle<C: Cache>(shared: &Arc<Shared>, field: &'static str) -> Built {
+    let (handle, counters) = handle_on::<C>(shared, field);
+    (Box::new(handle), counters)
+}
+
+/// A handle for cache `C`, registered as `field`, on a manager's shared state, and its
+/// counters: its first level (if declared) and its single flights are registered there.
+pub(crate) fn handle_on<C: Cache>(
+    shared: &Arc<Shared>,
+    field: &'static str,
+) -> (TypedCache<C>, Arc<Counters>) {
+    let local = <C::Local as LocalLevel<C::Value>>::ENABLED.then(|| {
+        let level = Arc::new(<C::Local as LocalLevel<C::Value>>::new(
+            C::LOCAL_CAPACITY,
+            C::LOCAL_TTL,
+        ));
+        shared
+            .locals
+            .register(C::NAMESPACE, TypedCache::<C>::key_start(), level.clone());
+        level
+    });
+    if C::SINGLE_FLIGHT == SingleFlight::Global {
+        shared.locals.register_global_flights();
+    }
+    let counters = Arc::new(Counters::new(C::NAMESPACE));
+    let handle = TypedCache::new(Arc::clone(shared), field, Arc::clone(&counters), local);
+    (handle, counters)
+}
+
+fn serialize_secs<S: serde::Serializer>(ttl: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(ttl.as_secs())
+}
+
+fn serialize_hex<S: serde::Serializer>(fp: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{fp:08x}"))
+}
 
 /// Whether keys of the two namespaces could collide: they are equal, or one is a
 /// `:`-prefix of the other.
@@ -127,6 +267,27 @@ const fn is_colon_prefix(short: &[u8], long: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_infos_compare_and_print_by_what_an_operator_sees() {
+        let a = CacheInfo::__for_tests("profiles", "user:profile");
+        let b = CacheInfo::__for_tests("profiles", "user:profile");
+        assert_eq!(
+            a, b,
+            "how a handle is built does not tell two entries apart"
+        );
+        assert_ne!(a, CacheInfo::__for_tests("names", "user:profile"));
+        let shown = format!("{a:?}");
+        for part in [
+            "CacheInfo",
+            "field: \"profiles\"",
+            "namespace: \"user:profile\"",
+            "ttl: 600s",
+        ] {
+            assert!(shown.contains(part), "{part} missing from {shown}");
+        }
+        assert!(!shown.contains("build"), "{shown}");
+    }
 
     fn collision(caches: &[(&'static str, &str)]) -> Option<String> {
         // Namespaces are `'static` in a registry: leak the few these tests make.

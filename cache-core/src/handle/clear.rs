@@ -81,9 +81,10 @@ impl<C: Cache> TypedCache<C> {
 mod tests {
     use std::time::Duration;
 
-    use crate::cache::{Cache, CacheInfo};
+    use crate::cache::Cache;
     use crate::codec;
     use crate::manager::ManagerCore;
+    use crate::registry::CacheInfo;
 
     enum Profiles {}
     impl crate::__private::Declared for Profiles {}

@@ -933,10 +933,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use crate::cache::{Cache, CacheInfo, MAX_BATCH};
+    use crate::cache::{Cache, MAX_BATCH};
     use crate::codec;
     use crate::handle::TypedCache;
     use crate::manager::ManagerCore;
+    use crate::registry::CacheInfo;
 
     enum Names {}
     impl crate::__private::Declared for Names {}

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::backend::Backend;
-use crate::cache::CacheInfo;
 use crate::codec;
 use crate::manager::ManagerCore;
+use crate::registry::CacheInfo;
 
 /// Declares a test cache of `u32` keys and `String` values with the given settings.
 macro_rules! cache {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::cache::CacheInfo;
 use crate::codec::{self, FRAME_TAG};
 use crate::manager::ManagerCore;
+use crate::registry::CacheInfo;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Profile {
