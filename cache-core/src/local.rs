@@ -242,32 +242,31 @@ impl<V: Clone + Send + Sync + 'static> Invalidate for Moka<V> {
 /// by the messages the listener hears on [`LOADS`].
 #[derive(Default)]
 pub(crate) struct LoadWaiters {
-    waiting: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Per key: what wakes its waiters, and how many watch it (the entry goes with the
+    /// last, so keys waited on once do not pile up).
+    waiting: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
 }
 
 impl LoadWaiters {
     /// Starts waiting for the end of `redis_key`'s load. Register before asking for the
     /// lease, so an end announced in between is not missed.
     pub(crate) fn watch(self: &Arc<Self>, redis_key: &str) -> LoadWatch {
-        let notify = Arc::clone(
-            self.waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(redis_key.to_owned())
-                .or_default(),
-        );
-        let notified = Box::pin(notify.clone().notified_owned());
+        let notify = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let (notify, watchers) = waiting.entry(redis_key.to_owned()).or_default();
+            *watchers += 1;
+            Arc::clone(notify)
+        };
         LoadWatch {
             waiters: Arc::clone(self),
             key: redis_key.to_owned(),
-            notify,
-            notified,
+            notified: Box::pin(notify.notified_owned()),
         }
     }
 
     /// A load of `redis_key` ended (stored, or given up): wakes its waiters.
     pub(crate) fn ended(&self, redis_key: &str) {
-        if let Some(notify) = self
+        if let Some((notify, _)) = self
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -282,7 +281,6 @@ impl LoadWaiters {
 pub(crate) struct LoadWatch {
     waiters: Arc<LoadWaiters>,
     key: String,
-    notify: Arc<Notify>,
     notified: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
 }
 
@@ -300,9 +298,11 @@ impl Drop for LoadWatch {
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        // The map's copy and this one: nobody else waits for the key.
-        if Arc::strong_count(&self.notify) <= 2 {
-            waiting.remove(&self.key);
+        if let Some((_, watchers)) = waiting.get_mut(&self.key) {
+            *watchers -= 1;
+            if *watchers == 0 {
+                waiting.remove(&self.key);
+            }
         }
     }
 }
@@ -597,6 +597,93 @@ mod tests {
                 None,
             );
         }
+    }
+
+    #[test]
+    fn what_a_manager_needs_a_listener_for() {
+        let levels = LocalLevels::new();
+        assert!(!levels.any() && !levels.global_flights() && !levels.listen_needed());
+        levels.register_global_flights();
+        assert!(levels.global_flights() && levels.listen_needed());
+        assert!(!levels.any(), "no level yet");
+        let levels = LocalLevels::new();
+        level(&levels, "user");
+        assert!(levels.any() && levels.listen_needed());
+        assert!(!levels.global_flights());
+    }
+
+    #[test]
+    fn writes_announce_unless_tracking_tells_every_level_and_the_listeners_are_up() {
+        let levels = LocalLevels::new();
+        let id = levels.claim(true);
+        assert_ne!(id, 0, "0 means no listener");
+        assert_ne!(levels.claim(false), id, "every listener its own id");
+        levels.reset(false);
+        let id = levels.claim(true);
+        levels.heard(id, true);
+        assert!(levels.coherent());
+        assert_eq!(levels.heard_by(), Heard::Unknown);
+        assert!(levels.writes_announce(), "not known yet");
+        levels.set_heard_by(Heard::PubSub);
+        assert_eq!(levels.heard_by(), Heard::PubSub);
+        assert!(levels.writes_announce(), "levels hear by pub/sub");
+        levels.set_heard_by(Heard::Tracking);
+        assert_eq!(levels.heard_by(), Heard::Tracking);
+        assert!(!levels.writes_announce(), "Redis tells every level");
+
+        // Other instances' levels that hear by pub/sub, counted per listener.
+        levels.saw_pubsub_peers(false, true);
+        levels.saw_pubsub_peers(false, true);
+        assert!(levels.writes_announce(), "two listeners see such peers");
+        levels.saw_pubsub_peers(true, true);
+        levels.saw_pubsub_peers(false, false);
+        levels.saw_pubsub_peers(true, false);
+        assert!(levels.writes_announce(), "one still does");
+        levels.saw_pubsub_peers(true, false);
+        assert!(!levels.writes_announce(), "none does any more");
+
+        // A listener away: nobody looks for such peers meanwhile.
+        levels.heard(id, false);
+        assert!(!levels.coherent());
+        assert!(levels.writes_announce(), "the listener is away");
+    }
+
+    #[tokio::test]
+    async fn load_waiters_are_woken_by_the_end_and_forgotten_with_the_last_watch() {
+        let waiters = Arc::new(LoadWaiters::default());
+        let waiting = |w: &LoadWaiters| w.waiting.lock().unwrap().len();
+        let mut first = waiters.watch("user:1");
+        let second = waiters.watch("user:1");
+        assert_eq!(waiting(&waiters), 1);
+        waiters.ended("user:2");
+        let quiet = tokio::time::timeout(Duration::from_millis(20), first.ended()).await;
+        assert!(quiet.is_err(), "woken by another key's end");
+        waiters.ended("user:1");
+        tokio::time::timeout(Duration::from_secs(1), first.ended())
+            .await
+            .expect("woken by its key's end");
+        drop(second);
+        assert_eq!(waiting(&waiters), 1, "one still watches");
+        drop(first);
+        assert_eq!(waiting(&waiters), 0, "the last watch gone");
+    }
+
+    #[test]
+    fn a_copy_rewritten_keeps_its_own_time_to_live() {
+        let level = <Moka<String> as LocalLevel<String>>::new(100, Duration::from_secs(60));
+        let key = "user:1";
+        level.insert_if_current(key.to_owned(), &"a".to_owned(), level.generation(key), None);
+        level.insert_if_current(
+            key.to_owned(),
+            &"b".to_owned(),
+            level.generation(key),
+            Some(Duration::from_secs(30)),
+        );
+        assert_eq!(
+            level.get(key).as_deref(),
+            Some("b"),
+            "replaced, not expired"
+        );
     }
 
     #[test]
