@@ -420,14 +420,23 @@ macro_rules! cache_registry {
             /// - `memory://`: an in-process store with the same semantics, for tests and for
             ///   running without Redis.
             ///
-            /// The query options (`response_timeout_ms`, `connect_timeout_ms`,
+            /// The query options override the defaults (see `connect_with` and
+            /// `CacheConfig`): `response_timeout_ms`, `connect_timeout_ms`,
             /// `failure_threshold`, `backoff_min_ms`, `backoff_max_ms`,
-            /// `summary_interval_ms`, `coalesce`, `ca_file`) override the defaults; see
-            /// `connect_with` and `CacheConfig`.
+            /// `summary_interval_ms`, `coalesce`, `ca_file`, `prefix` (a key prefix for
+            /// every cache of this manager), `max_value_bytes`, `fail_safe_throttle_ms`,
+            /// `single_flight_wait_ms`, `background_timeout_ms`; with sentinels also
+            /// `sentinel_username` and `sentinel_password`. The crate docs' example connects
+            /// a registry's manager.
             ///
-            /// Fails only on a URL or option it cannot use (`CacheError::Config`, whose
-            /// message never shows the password). An unreachable server is not an error: the
-            /// manager starts degraded and keeps reconnecting in the background.
+            /// An unreachable server is not an error: the manager starts degraded and keeps
+            /// reconnecting in the background.
+            ///
+            /// # Errors
+            ///
+            /// `CacheError::Config` for a URL or option it cannot use: an unknown scheme or
+            /// option, a bad number, database or address, a prefix the key grammar cannot
+            /// carry. The message names the part and never shows a password.
             pub async fn connect(&self, url: &str) -> ::core::result::Result<(), $crate::CacheError> {
                 self.__core.connect(url).await
             }
@@ -438,9 +447,11 @@ macro_rules! cache_registry {
             /// timeouts, breaker, backoff, coalescing and TLS trust settings. Options in the
             /// URL's query string override the config.
             ///
-            /// Fails on a URL or option it cannot use, and on settings out of range (a zero
-            /// timeout, one over an hour, a maximum backoff below the minimum), with
-            /// `CacheError::Config`.
+            /// # Errors
+            ///
+            /// `CacheError::Config` for a URL or option it cannot use, as `connect`, and for
+            /// settings out of range (a zero timeout, one over an hour, a maximum backoff
+            /// below the minimum), naming the setting and what it allows.
             pub async fn connect_with(
                 &self,
                 url: &str,
@@ -460,7 +471,9 @@ macro_rules! cache_registry {
                 self.__core.disconnect().await
             }
 
-            /// Pings the backend and reports the connection's state.
+            /// Pings the backend and reports the connection's state: never fails, a
+            /// backend that does not answer is reported as such (with the reason, passwords
+            /// redacted).
             pub async fn health(&self) -> $crate::Health {
                 self.__core.health().await
             }
