@@ -276,6 +276,34 @@ mod tests {
                 }
             }
 
+            /// A single flight's lease key is never a value's key, names the value key it
+            /// serves (so two value keys never share a lease), and keeps a hash tag's
+            /// braces first, so on a cluster it lives in its value's slot.
+            #[test]
+            fn lease_keys_are_never_value_keys_and_name_their_value_key(
+                p in proptest::option::of(namespace()),
+                n in namespace(),
+                hash_tag: bool,
+                layout in proptest::option::of(any::<u32>()),
+                k in key_text(),
+            ) {
+                let keys = cache_keyspace::CacheKeys { prefix: p.as_deref(), namespace: &n, hash_tag, layout };
+                let value_key = redis_key(&keys, &k);
+                let lease = cache_keyspace::aux_key("lease", &value_key);
+                prop_assert!(!value_key.starts_with('!'), "a value key starting with `!`: {:?}", value_key);
+                let named = lease.strip_prefix("!lease!");
+                prop_assert_eq!(named, Some(value_key.as_str()));
+                // Redis hashes the text between the first `{` and the next `}`.
+                let tag = |key: &str| -> Option<String> {
+                    let open = key.find('{')?;
+                    let close = key[open + 1..].find('}')?;
+                    Some(key[open + 1..open + 1 + close].to_owned())
+                };
+                if hash_tag {
+                    prop_assert_eq!(tag(&lease), tag(&value_key));
+                }
+            }
+
             /// A hash-tagged key names its namespace between its braces, and no valid
             /// namespace's untagged key can spell it (namespaces never start with `{`).
             #[test]
