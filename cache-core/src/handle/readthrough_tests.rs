@@ -212,6 +212,50 @@ async fn a_slow_loader_is_answered_from_the_fallback_and_stores_when_it_lands() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_background_load_that_never_lands_is_given_up_after_the_background_timeout() {
+    let core = ManagerCore::new(CACHES);
+    let config = crate::CacheConfig::new().with_background_timeout(Duration::from_secs(5));
+    core.connect_with("memory://", &config).await.unwrap();
+    let cache = core.cache::<SoftTimeout>("soft");
+    cache.set(&1, &"old".to_owned()).await.unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+
+    // A database that never answers: the caller gets the fallback at the soft timeout.
+    let got = cache
+        .get_or_load(&1, || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, ()>(Some("never".to_owned()))
+        })
+        .await;
+    assert_eq!(got, Ok(Some("old".to_owned())));
+    // One load per key in the background: the next callers start none while it runs.
+    let calls = AtomicUsize::new(0);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let got = cache
+        .get_or_load(&1, counting(&calls, Ok::<_, ()>(Some("other".to_owned()))))
+        .await;
+    assert_eq!(got, Ok(Some("old".to_owned())));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "a second load while one runs"
+    );
+
+    // Past the background timeout the hung load is dropped, and the key may load again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = cache
+        .get_or_load(&1, counting(&calls, Ok::<_, ()>(Some("new".to_owned()))))
+        .await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the key stayed claimed by a hung load"
+    );
+    assert_eq!(got, Ok(Some("new".to_owned())));
+    assert_eq!(cache.get(&1).await.as_deref(), Some("new"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_old_hit_answers_at_once_and_refreshes_in_the_background_once() {
     let core = memory().await;
     let cache = core.cache::<RefreshAhead>("ahead");
