@@ -658,6 +658,12 @@ async fn a_slot_moved_to_another_master_is_followed_after_one_redirection() {
         node.unwrap().slots
     };
     let before = slots_of_target(&manager.health().await);
+    // A copy in the first level, of a key on any master.
+    let names = manager.names();
+    assert!(names.set(&5, &"five".to_owned()).await.unwrap());
+    let name_key = names.redis_key(&5);
+    let name_node = cluster.raw(cluster.owner_of(&name_key).await).await;
+    wire::assert_held(&name_node, &name_key, "five", async || names.get(&5).await).await;
 
     slot_move.start().await;
     slot_move.migrate(&key).await;
@@ -687,6 +693,15 @@ async fn a_slot_moved_to_another_master_is_followed_after_one_redirection() {
     println!(
         "moved slot followed after {calls} degraded call(s), {:?}",
         moved.elapsed()
+    );
+    // Keys whose slot moved may have changed where the levels did not hear: a new slot
+    // map empties them, so the copy is read from Redis again.
+    wire::reset_stats(&name_node).await;
+    assert_eq!(names.get(&5).await.as_deref(), Some("five"));
+    let calls = wire::command_calls(&name_node).await;
+    assert!(
+        calls.contains_key("get") || calls.contains_key("mget"),
+        "the first level kept its copy across a new slot map: {calls:?}"
     );
     assert!(profiles.set(&7, &profile(8)).await.unwrap());
     assert!(wire::get(target, &key).await.is_some());
