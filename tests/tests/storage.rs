@@ -130,6 +130,15 @@ async fn values_over_the_size_limit_are_refused_by_every_call_and_nothing_is_wri
     );
     assert!(!wire::exists(&raw, &small.redis_key(&1)).await);
     assert!(small.set(&2, &"fits".to_owned()).await.unwrap());
+    let err = small
+        .set_with_ttl(&1, &big, std::time::Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CacheError::Validation { .. }) && err.to_string().contains("2008 bytes"),
+        "{err}"
+    );
+    assert!(!wire::exists(&raw, &small.redis_key(&1)).await);
 
     let batch = HashMap::from([(3, "fits".to_owned()), (4, big.clone())]);
     assert!(matches!(
@@ -157,6 +166,38 @@ async fn values_over_the_size_limit_are_refused_by_every_call_and_nothing_is_wri
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("too large to cache"), "{lines:?}");
     drop(logs);
+
+    // The batch form too: every loaded value returned, the ones that fit cached, the
+    // oversized one not.
+    let found = small
+        .mget_or_load(&[6, 7], |keys| {
+            let big = big.clone();
+            async move {
+                Ok::<_, ()>(
+                    keys.into_iter()
+                        .map(|k| {
+                            (
+                                k,
+                                if k == 6 {
+                                    big.clone()
+                                } else {
+                                    "fits".to_owned()
+                                },
+                            )
+                        })
+                        .collect::<HashMap<_, _>>(),
+                )
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.get(&6), Some(&big));
+    assert_eq!(found.get(&7).map(String::as_str), Some("fits"));
+    assert!(
+        !wire::exists(&raw, &small.redis_key(&6)).await,
+        "not cached"
+    );
+    assert!(wire::exists(&raw, &small.redis_key(&7)).await, "cached");
 }
 
 #[tokio::test]
