@@ -123,6 +123,50 @@ async fn connects_through_the_sentinels_and_health_names_master_and_sentinels() 
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_and_coalescing_work_through_the_sentinels() {
+    let _watchdog = Watchdog::start("the sentinel clear test", Duration::from_secs(60));
+    let group = SentinelGroup::builder().start();
+    let caches = Arc::new(connected(&group.url()).await);
+    let items = caches.items();
+    let master = group.master.raw().await;
+    let keys: Vec<u64> = (0..200).collect();
+    let entries: HashMap<u64, String> = keys.iter().map(|k| (*k, format!("item-{k}"))).collect();
+    for chunk in keys.chunks(100) {
+        let batch: HashMap<u64, String> = chunk.iter().map(|k| (*k, entries[k].clone())).collect();
+        quick("mset", items.mset(&batch)).await.unwrap();
+    }
+    // Another namespace's key on the same master, which clear must leave.
+    wire::set(&master, "sentinel:other:1", b"kept").await;
+
+    // 200 concurrent gets: over the threshold, they go out as MGETs to the master.
+    wire::reset_stats(&master).await;
+    let gets: Vec<_> = keys
+        .iter()
+        .map(|&k| {
+            let caches = Arc::clone(&caches);
+            tokio::spawn(async move { (k, caches.items().get(&k).await) })
+        })
+        .collect();
+    for get in gets {
+        let (k, got) = quick("a concurrent get", get).await.expect("no panic");
+        assert_eq!(got.as_deref(), Some(format!("item-{k}").as_str()));
+    }
+    let calls = wire::command_calls(&master).await;
+    assert!(
+        calls.contains_key("mget"),
+        "no get was coalesced: {calls:?}"
+    );
+
+    let removed = quick("clear", items.clear()).await;
+    assert_eq!(removed, 200);
+    for k in [0, 99, 199] {
+        assert!(!wire::exists(&master, &items.redis_key(&k)).await);
+        assert_eq!(quick("get", items.get(&k)).await, None);
+    }
+    assert!(wire::exists(&master, "sentinel:other:1").await);
+}
+
 /// What the loaders of the failover test saw.
 #[derive(Default)]
 struct Observed {
