@@ -1086,3 +1086,80 @@ async fn the_loads_listener_moves_when_its_master_leaves_the_cluster() {
         started.elapsed()
     );
 }
+
+cache_registry! {
+    /// Profiles alone: no first level and no global flight, so no listener sends
+    /// anything to the masters while a batch is counted.
+    pub struct BatchManager {
+        profiles: UserProfileCache,
+    }
+}
+
+/// `total_reads_processed` of the node behind `conn`: how many times it read from a
+/// client socket (its own `INFO` included). A pipeline written at once is one read; a
+/// command sent after the answer to the one before is one read each.
+async fn reads(conn: &redis::aio::MultiplexedConnection) -> u64 {
+    wire::info_field(conn, "total_reads_processed")
+        .await
+        .parse()
+        .expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_takes_one_round_trip_per_master() {
+    let cluster = RedisCluster::new();
+    let manager = BatchManager::new();
+    manager.connect(&cluster.url()).await.unwrap();
+    let profiles = manager.profiles();
+    let ids: Vec<i64> = (0..100).collect();
+    let mut conns = Vec::new();
+    for index in 0..3 {
+        conns.push(cluster.raw(index).await);
+    }
+    let entries: std::collections::HashMap<i64, UserProfile> =
+        ids.iter().map(|id| (*id, profile(*id))).collect();
+
+    for (what, call) in ["mset", "mget", "minvalidate"].into_iter().enumerate() {
+        let mut before = Vec::new();
+        for conn in &conns {
+            wire::reset_stats(conn).await;
+            before.push(reads(conn).await);
+        }
+        match what {
+            0 => assert!(quick("mset", profiles.mset(&entries)).await.unwrap()),
+            1 => {
+                let found = quick("mget", profiles.mget(&ids)).await.unwrap();
+                assert!(found.values().all(Option::is_some), "{found:?}");
+            }
+            _ => assert_eq!(
+                quick("minvalidate", profiles.minvalidate(&ids))
+                    .await
+                    .unwrap(),
+                100
+            ),
+        }
+        for (index, conn) in conns.iter().enumerate() {
+            let turns = reads(conn).await - before[index];
+            let calls = wire::command_calls(conn).await;
+            let commands: u64 = calls
+                .iter()
+                .filter(|(name, _)| !name.starts_with("info") && !name.starts_with("config"))
+                .map(|(_, n)| n)
+                .sum();
+            println!(
+                "{call}: master {index} got {commands} commands in {turns} reads, its INFO included"
+            );
+            // The keys of 100 ids hash to some 30 slots per master: one command per slot
+            // (per entry for mset), sent one after another that would be as many reads.
+            assert!(
+                commands >= 10,
+                "{call}: master {index} got only {commands} commands: the check says nothing"
+            );
+            // Its own INFO, the batch, and room for one more (a layouts record).
+            assert!(
+                turns <= 5,
+                "{call}: master {index} read {turns} times for {commands} commands: not one round trip"
+            );
+        }
+    }
+}
