@@ -403,6 +403,33 @@ async fn paused_server_opens_the_breaker_after_the_threshold_and_recovers_after_
         "only the calls before the breaker opened may time out: {stats:?}"
     );
     assert_eq!(stats.degraded - before.degraded, calls, "{stats:?}");
+    // A paused server still completes TCP handshakes (the kernel does), so reconnection
+    // attempts connect; the breaker closes only once a `PING` is answered, so for as long
+    // as the pause lasts every call still degrades at once, none waits for a timeout.
+    let paused = std::time::Instant::now();
+    let mut more = 0;
+    while paused.elapsed() < Duration::from_millis(1500) {
+        let started = std::time::Instant::now();
+        assert_eq!(quick("get", manager.items().get(&7)).await, None);
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "a get waited {:?} on the paused server: the breaker closed without an answer",
+            started.elapsed()
+        );
+        more += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = manager.items().stats();
+    assert_eq!(
+        stats.timeouts - before.timeouts,
+        u64::from(threshold),
+        "calls timed out after the breaker opened: {stats:?}"
+    );
+    assert_eq!(stats.degraded - before.degraded, calls + more, "{stats:?}");
+    assert_eq!(
+        quick("health", manager.health()).await.breaker,
+        Breaker::Open
+    );
     let all = manager.stats();
     let items = all
         .iter()
@@ -1012,6 +1039,38 @@ async fn a_loading_reply_opens_the_breaker_until_the_dataset_is_loaded() {
         health.breaker,
         Breaker::Open,
         "LOADING did not open the breaker: {health:?}"
+    );
+    // Until the load ends, reconnections are made (the server accepts them and answers
+    // `ROLE`) but the breaker closes only once a `PING` is answered, so no call reaches
+    // the server to be refused again: calls go on degrading at once.
+    let mut calls = 0;
+    while redis::cmd("PING")
+        .query_async::<()>(&mut raw.clone())
+        .await
+        .is_err()
+    {
+        assert_eq!(quick("get", manager.items().get(&1)).await, None);
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    let refused_gets: u64 = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_get:"))
+        .and_then(|line| {
+            line.split(',')
+                .find_map(|f| f.strip_prefix("rejected_calls="))
+        })
+        .map_or(0, |n| n.parse().expect("a count"));
+    println!("{calls} gets while loading; {refused_gets} reached the server and were refused");
+    assert!(calls > 20, "the load ended too soon to tell ({calls} gets)");
+    assert!(
+        refused_gets <= 2,
+        "{refused_gets} gets reached the loading server: the breaker closed before a PING was answered"
     );
 
     // The harness's connection gives up waiting for `DEBUG RELOAD`'s reply after its
