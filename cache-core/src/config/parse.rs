@@ -665,6 +665,45 @@ mod tests {
     }
 
     #[test]
+    fn a_misplaced_part_is_refused_each_on_its_own() {
+        // `memory://` with a host alone, a path alone, or both.
+        for url in ["memory://somehost", "memory:///some/path", "memory://h/p"] {
+            assert!(config_error(url).contains("takes no host or path"), "{url}");
+        }
+        // A password holding an unencoded `/` or `?`, or an option holding an `@`: the
+        // userinfo was cut at the wrong `@`, which one part of the rebuilt URL shows.
+        for url in [
+            "redis+cluster://:pa/ss@127.0.0.1:7000",
+            "redis+cluster://:pa?ss@127.0.0.1:7000",
+            "redis+cluster://127.0.0.1:7000?x=1@y",
+            "redis+sentinel://:p/w@127.0.0.1:26379/mymaster",
+        ] {
+            assert!(config_error(url).contains("percent-encode them"), "{url}");
+        }
+        // A node or sentinel that is not a bare host:port.
+        assert!(config_error("redis+cluster://127.0.0.1:7000\\x").contains("is not a host:port"));
+        assert!(
+            config_error("redis+sentinel://127.0.0.1:26379\\x/m").contains("is not a host:port")
+        );
+        assert!(
+            parse(
+                "redis+cluster://[::1]:7000,127.0.0.1:7001",
+                &CacheConfig::new()
+            )
+            .is_ok()
+        );
+        // Sentinel options on a plain URL: a known one, and an unknown one that looks alike.
+        assert!(
+            config_error("redis://127.0.0.1?sentinel_password=1")
+                .contains("applies to `redis+sentinel://`")
+        );
+        assert!(
+            config_error("redis://127.0.0.1?sentinel_foo=1")
+                .contains("the sentinels' credentials are")
+        );
+    }
+
+    #[test]
     fn cluster_url_errors_never_echo_a_password_with_slashes_or_question_marks() {
         for url in [
             "redis+cluster://:ab/cd@h:1,h:2/5",
