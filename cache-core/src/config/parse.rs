@@ -676,6 +676,8 @@ mod tests {
             "redis+cluster://:pa/ss@127.0.0.1:7000",
             "redis+cluster://:pa?ss@127.0.0.1:7000",
             "redis+cluster://127.0.0.1:7000?x=1@y",
+            // Cut after a path: the host is right, only the path shows it.
+            "redis+cluster://127.0.0.1:7000/x@127.0.0.1:7001",
             "redis+sentinel://:p/w@127.0.0.1:26379/mymaster",
         ] {
             assert!(config_error(url).contains("percent-encode them"), "{url}");
