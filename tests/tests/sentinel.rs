@@ -167,6 +167,70 @@ async fn clear_and_coalescing_work_through_the_sentinels() {
     assert!(wire::exists(&master, "sentinel:other:1").await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_that_cuts_off_every_subscription_is_not_resubscribed_to_at_once() {
+    // The manager subscribes to `+switch-master` on every sentinel. One whose clients are
+    // killed as soon as they subscribe (a script, a proxy) must see new subscriptions
+    // back off, as a server that refuses them does.
+    let _watchdog = Watchdog::start("the sentinel resubscription test", Duration::from_secs(60));
+    let group = SentinelGroup::builder().start();
+    let caches = connected(&group.url()).await;
+    let port = group.sentinel_ports()[0];
+    let sentinel = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    within(
+        "the manager to subscribe",
+        Duration::from_secs(5),
+        async || {
+            !wire::client_ids(&sentinel, |flags| flags.contains('P'))
+                .await
+                .is_empty()
+        },
+    )
+    .await;
+    let before = wire::connections_received(&sentinel).await;
+    let started = Instant::now();
+    let mut kills = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        for id in wire::client_ids(&sentinel, |flags| flags.contains('P')).await {
+            if wire::kill_client(&sentinel, id).await.is_ok() {
+                kills += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let connections = wire::connections_received(&sentinel).await - before;
+    println!(
+        "{connections} connections to the sentinel in 3 s, each subscription killed at once ({kills} kills)"
+    );
+    // Backing off from 50 ms: at most 8 subscriptions, each followed by an ask for the
+    // master (a subscription may have missed a switch), and the periodic ask. Without
+    // the backoff: over a hundred.
+    assert!(
+        connections <= 24,
+        "{connections} connections in 3 s to a sentinel that kills every subscription: no backoff"
+    );
+    // Left alone, the manager subscribes again, and its calls never stopped working.
+    within(
+        "the manager to subscribe again",
+        Duration::from_secs(10),
+        async || {
+            !wire::client_ids(&sentinel, |flags| flags.contains('P'))
+                .await
+                .is_empty()
+        },
+    )
+    .await;
+    assert!(
+        quick("set", caches.items().set(&1, &"one".to_owned()))
+            .await
+            .unwrap()
+    );
+}
+
 /// What the loaders of the failover test saw.
 #[derive(Default)]
 struct Observed {

@@ -1168,11 +1168,12 @@ async fn listen(inner: Arc<Inner>, id: u64, designated: bool) {
     }
 }
 
-/// Whether a connection (the calls', or a listener's heard from `since`) lasted long
-/// enough to count as a success: a second, a listener's heartbeat. One lost sooner counts
+/// Whether a connection (the calls', a listener's, a subscription to a sentinel) made or
+/// heard from `since` lasted long enough to count as a success: a second, a listener's
+/// heartbeat. One lost sooner counts
 /// as a failed attempt, so a server that cuts every connection off at once is not answered
 /// by a reconnection each time, and the backoff keeps growing.
-fn lasted(since: Instant) -> bool {
+pub(super) fn lasted(since: Instant) -> bool {
     since.elapsed() >= HEARTBEAT
 }
 

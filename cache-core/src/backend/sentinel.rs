@@ -26,7 +26,7 @@ use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Notify;
 
-use super::redis::{ask_once, jittered};
+use super::redis::{ask_once, jittered, lasted};
 use crate::config::{CacheConfig, NodeAddr, NodeTemplate, RedisSettings, SentinelSettings};
 use crate::health::SentinelHealth;
 
@@ -239,7 +239,7 @@ async fn watch_one(sentinels: &Sentinels, sentinel: &NodeAddr) {
             Some(pubsub)
         };
         if let Ok(Some(pubsub)) = tokio::time::timeout(config.connect_timeout, subscribed).await {
-            backoff = first;
+            let since = tokio::time::Instant::now();
             // Not subscribed until now: a switch may have gone unheard.
             sentinels.switched.notify_one();
             let mut messages = pubsub.into_on_message();
@@ -260,6 +260,12 @@ async fn watch_one(sentinels: &Sentinels, sentinel: &NodeAddr) {
                     );
                     sentinels.switched.notify_one();
                 }
+            }
+            // A subscription that lasted: resubscribe after the shortest wait. One cut off
+            // at once (clients killed by a script) counts as a failed attempt, so such a
+            // sentinel is not answered by a new subscription each time.
+            if lasted(since) {
+                backoff = first;
             }
         }
         tokio::time::sleep(jittered(backoff)).await;
