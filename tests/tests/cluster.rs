@@ -1116,8 +1116,7 @@ async fn a_batch_takes_one_round_trip_per_master() {
     for index in 0..3 {
         conns.push(cluster.raw(index).await);
     }
-    let entries: std::collections::HashMap<i64, UserProfile> =
-        ids.iter().map(|id| (*id, profile(*id))).collect();
+    let entries: HashMap<i64, UserProfile> = ids.iter().map(|id| (*id, profile(*id))).collect();
 
     for (what, call) in ["mset", "mget", "minvalidate"].into_iter().enumerate() {
         let mut before = Vec::new();
