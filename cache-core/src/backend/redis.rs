@@ -230,7 +230,9 @@ impl RedisBackend {
             // keeps trying.
             Err(failure) => inner.outage.went_down(&inner.url, failure.text),
         }
-        let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
+        // The connection made above counts from now, as the supervisor's own do.
+        let connected = inner.conn.load().is_some().then(Instant::now);
+        let supervisor = tokio::spawn(supervise(Arc::clone(&inner), connected));
         let dispatcher = tokio::spawn({
             let inner = Arc::clone(&inner);
             async move {
@@ -822,10 +824,10 @@ impl Inner {
 
     /// While connected with sentinels: asks them whether the master moved, and leaves the
     /// current one when most name another; the supervisor then connects to it. With no
-    /// sentinel answering, the master in use stays.
-    async fn check_master(&self, sentinels: &Sentinels) {
+    /// sentinel answering, the master in use stays. `true` when it left the master.
+    async fn check_master(&self, sentinels: &Sentinels) -> bool {
         let Ok(ranked) = sentinels.locate_ranked().await else {
-            return;
+            return false;
         };
         if let (Some(current), Some(conn)) = (self.master(), self.conn.load_full())
             && let Some(named) = sentinel::moved_from(&ranked, &current)
@@ -834,7 +836,9 @@ impl Inner {
                 &conn,
                 format!("the sentinels name {named} as the master now"),
             );
+            return true;
         }
+        false
     }
 
     /// One connection attempt to `server`, closed only once it answered a `PING` (a paused
@@ -1467,19 +1471,25 @@ impl Inner {
 
 /// Keeps a connection up: sleeps while the breaker is closed, reconnects with capped
 /// exponential backoff while it is open. A connection lost within a second of being made
-/// does not reset the backoff (see [`lasted`]).
-async fn supervise(inner: Arc<Inner>) {
+/// (`connected`: when the one in use was) does not reset the backoff (see [`lasted`]),
+/// unless it was left for the master the sentinels name.
+async fn supervise(inner: Arc<Inner>, mut connected: Option<Instant>) {
     let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
     let mut backoff = first;
-    // When the connection in use was made.
-    let mut connected = None;
     loop {
         if inner.conn.load().is_some() {
             match &inner.sentinels {
                 None => inner.wake.notified().await,
                 Some(sentinels) => tokio::select! {
                     () = inner.wake.notified() => {}
-                    () = sentinels.may_have_moved() => inner.check_master(sentinels).await,
+                    () = sentinels.may_have_moved() => {
+                        if inner.check_master(sentinels).await {
+                            // Left on purpose for the master the sentinels name: connect
+                            // to it at once, however young the connection was.
+                            connected = None;
+                            backoff = first;
+                        }
+                    }
                 },
             }
             continue;

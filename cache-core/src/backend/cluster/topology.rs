@@ -96,10 +96,14 @@ impl Cluster {
         let listener = if listening {
             None
         } else {
-            addrs
-                .iter()
-                .find(|a| known(a).is_none())
-                .or_else(|| addrs.first().filter(|_| self.locals.global_flights()))
+            addrs.iter().find(|a| known(a).is_none()).or_else(|| {
+                // A master that is up, if one is: the listener starts hearing at once.
+                let up = addrs
+                    .iter()
+                    .find(|a| known(a).is_some_and(|n| n.link.is_up()));
+                up.or(addrs.first())
+                    .filter(|_| self.locals.global_flights())
+            })
         };
         let kept = |addr: &NodeAddr| known(addr).filter(|_| listener != Some(addr));
         let links = join_all(addrs.iter().map(|addr| async move {
@@ -191,13 +195,17 @@ impl Cluster {
 ///
 /// Hints come with replies, so under traffic they come in bursts, and for as long as the
 /// cause lasts: a cluster refusing keys with `CLUSTERDOWN` until a failover ends answers
-/// every call with one. Refreshes are spaced by the shortest backoff, and while they find
-/// the map unchanged the spacing doubles, up to the degraded refresh interval (1 s),
-/// instead of one `CLUSTER SLOTS` per backoff (20 a second) for the whole outage.
+/// every call with one. Refreshes a hint asks for are spaced by the shortest backoff, and
+/// while they find the map unchanged the spacing doubles, up to the degraded refresh
+/// interval (1 s), instead of one `CLUSTER SLOTS` per backoff (20 a second) for the whole
+/// outage. A periodic refresh or a changed map sets the spacing back to the shortest, so a
+/// `MOVED` after quiet times is followed at once.
 pub(super) async fn supervise(inner: Arc<Cluster>) {
     let (first, longest) = (inner.config.backoff_min, inner.config.backoff_max);
     let mut backoff = first;
     let mut spacing = first;
+    // Whether the coming refresh was asked for by a hint, not the clock.
+    let mut hinted = false;
     let mut last_refresh = Instant::now();
     loop {
         if inner.outage.is_down() {
@@ -210,17 +218,17 @@ pub(super) async fn supervise(inner: Arc<Cluster>) {
             } else {
                 REFRESH_WHILE_DEGRADED
             };
-            tokio::select! {
-                _ = inner.changed.notified() => {}
-                _ = tokio::time::sleep_until(last_refresh + every) => {}
-            }
+            hinted = tokio::select! {
+                _ = inner.changed.notified() => true,
+                _ = tokio::time::sleep_until(last_refresh + every) => false,
+            };
             // A burst of hints asks for one refresh, not one each.
             tokio::time::sleep_until(last_refresh + spacing).await;
         }
         last_refresh = Instant::now();
         match inner.refresh().await {
             Ok(changed) => {
-                spacing = if changed {
+                spacing = if changed || !hinted {
                     first
                 } else {
                     (spacing * 2).min(REFRESH_WHILE_DEGRADED.max(first))
