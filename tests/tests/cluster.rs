@@ -1162,3 +1162,32 @@ async fn a_batch_takes_one_round_trip_per_master() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_cluster_is_not_asked_for_its_slot_map_every_second() {
+    // The slot map is refreshed every second only while a master is unreachable (a
+    // replica may take over); with every master up, every 30 s.
+    let cluster = RedisCluster::new();
+    let manager = BatchManager::new();
+    manager.connect(&cluster.url()).await.unwrap();
+    let mut conns = Vec::new();
+    for index in 0..3 {
+        let conn = cluster.raw(index).await;
+        wire::reset_stats(&conn).await;
+        conns.push(conn);
+    }
+    assert!(manager.profiles().set(&1, &profile(1)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut refreshes = 0;
+    for conn in &conns {
+        refreshes += wire::command_calls(conn)
+            .await
+            .get("cluster|slots")
+            .copied()
+            .unwrap_or(0);
+    }
+    assert!(
+        refreshes <= 1,
+        "{refreshes} CLUSTER SLOTS in 3.5 s with every master up: refreshed as if one were down"
+    );
+}
