@@ -1191,3 +1191,43 @@ async fn a_healthy_cluster_is_not_asked_for_its_slot_map_every_second() {
         "{refreshes} CLUSTER SLOTS in 3.5 s with every master up: refreshed as if one were down"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_asked_again_with_growing_backoff() {
+    // The only node named accepts connections and closes them at once (no Redis behind
+    // it): every refresh of the slot map fails, and the refreshes must back off, not
+    // come as fast as the connections fail.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let acceptor = tokio::spawn({
+        let accepted = std::sync::Arc::clone(&accepted);
+        async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                drop(socket);
+            }
+        }
+    });
+    let manager = BatchManager::new();
+    let config =
+        CacheConfig::new().with_backoff(Duration::from_millis(20), Duration::from_millis(640));
+    manager
+        .connect_with(&format!("redis+cluster://127.0.0.1:{port}"), &config)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    acceptor.abort();
+    println!("{attempts} attempts in 3 s on a cluster whose only node closes every connection");
+    // 20 ms doubling to 640 ms (jittered down to half): some 8-12 attempts in 3 s; without
+    // the backoff, hundreds.
+    assert!(
+        attempts >= 2,
+        "{attempts} attempts: the cluster was not asked again"
+    );
+    assert!(
+        attempts <= 25,
+        "{attempts} attempts in 3 s: the refreshes of an unreachable cluster do not back off"
+    );
+}
