@@ -336,6 +336,19 @@ mod tests {
         );
         assert!(parse_slots(Value::Int(1)).is_err());
         assert!(parse_slots(Value::Array(vec![Value::Array(vec![Value::Int(0)])])).is_err());
+        // A host sent as a simple string (a proxy, RESP3 servers that do) reads the same.
+        let simple = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            Value::Array(vec![
+                Value::SimpleString("10.0.0.9".to_owned()),
+                Value::Int(7009),
+            ]),
+        ])]);
+        assert_eq!(
+            parse_slots(simple).unwrap(),
+            vec![(0, 16383, "10.0.0.9".to_owned(), 7009)]
+        );
     }
 
     #[test]
