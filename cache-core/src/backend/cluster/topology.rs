@@ -290,6 +290,10 @@ fn parse_slots(reply: Value) -> Result<Vec<SlotRange>, String> {
         ) else {
             return Err(malformed());
         };
+        // A slot past the last, or a range that ends before it starts: not Redis's.
+        if first > last || usize::from(last) >= SLOTS {
+            return Err(malformed());
+        }
         let host = match master.first() {
             Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
             Some(Value::SimpleString(text)) => text.clone(),
@@ -336,6 +340,22 @@ mod tests {
         );
         assert!(parse_slots(Value::Int(1)).is_err());
         assert!(parse_slots(Value::Array(vec![Value::Array(vec![Value::Int(0)])])).is_err());
+        let range = |first, last| {
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(first),
+                Value::Int(last),
+                node("10.0.0.1", 7000),
+            ])])
+        };
+        assert!(
+            parse_slots(range(0, 16384)).is_err(),
+            "a slot past the last"
+        );
+        assert!(
+            parse_slots(range(10, 9)).is_err(),
+            "a range ending before it starts"
+        );
+        assert!(parse_slots(range(16383, 16383)).is_ok());
         // A host sent as a simple string (a proxy, RESP3 servers that do) reads the same.
         let simple = Value::Array(vec![Value::Array(vec![
             Value::Int(0),
