@@ -988,12 +988,19 @@ async fn the_loads_listener_moves_when_its_master_leaves_the_cluster() {
     }
     let started = Instant::now();
     let listening = loop {
-        let mut found = None;
+        let (mut found, mut total) = (None, 0);
         for (index, conn) in conns.iter().enumerate() {
-            if loads_subscribers(conn).await > 0 {
+            let subscribers = loads_subscribers(conn).await;
+            if subscribers > 0 {
                 found = Some(index);
+                total += subscribers;
             }
         }
+        // One listener for the whole cluster: messages reach every node.
+        assert!(
+            total <= 1,
+            "{total} connections listen for the ends of loads"
+        );
         if let Some(index) = found {
             break index;
         }
