@@ -206,6 +206,42 @@ pub async fn kill_client(conn: &MultiplexedConnection, id: u64) -> redis::RedisR
         .await
 }
 
+/// Closes, every 10 ms for `period`, each connection of the server behind `conn` whose
+/// `CLIENT LIST` flags satisfy `flags` (see [`client_ids`]): a server that cuts such
+/// clients off as soon as they connect. How many were killed.
+pub async fn kill_clients_for(
+    conn: &MultiplexedConnection,
+    flags: impl Fn(&str) -> bool,
+    period: std::time::Duration,
+) -> u32 {
+    let started = std::time::Instant::now();
+    let mut kills = 0;
+    while started.elapsed() < period {
+        for id in client_ids(conn, &flags).await {
+            // One gone meanwhile is as good as killed.
+            if kill_client(conn, id).await.is_ok() {
+                kills += 1;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    kills
+}
+
+/// How many `CLUSTER SLOTS` the nodes behind `conns` answered since their last
+/// [`reset_stats`]: the slot-map refreshes a cluster client asked for.
+pub async fn slot_map_requests(conns: &[MultiplexedConnection]) -> u64 {
+    let mut requests = 0;
+    for conn in conns {
+        requests += command_calls(conn)
+            .await
+            .get("cluster|slots")
+            .copied()
+            .unwrap_or(0);
+    }
+    requests
+}
+
 /// `total_connections_received` of `INFO`: every connection the server accepted.
 pub async fn connections_received(conn: &MultiplexedConnection) -> u64 {
     info_field(conn, "total_connections_received")

@@ -777,14 +777,7 @@ async fn keys_moved_during_a_migration_degrade_on_ask_and_are_served_after_it() 
         assert_eq!(quick("get", members.get(&1)).await, None);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut refreshes = 0;
-    for raw in &raws {
-        refreshes += wire::command_calls(raw)
-            .await
-            .get("cluster|slots")
-            .copied()
-            .unwrap_or(0);
-    }
+    let refreshes = wire::slot_map_requests(&raws).await;
     assert!(
         refreshes <= 1,
         "{refreshes} slot-map refreshes for 20 reads answered ASK in 400 ms"
@@ -1185,14 +1178,7 @@ async fn a_healthy_cluster_is_not_asked_for_its_slot_map_every_second() {
     }
     assert!(manager.profiles().set(&1, &profile(1)).await.unwrap());
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let mut refreshes = 0;
-    for conn in &conns {
-        refreshes += wire::command_calls(conn)
-            .await
-            .get("cluster|slots")
-            .copied()
-            .unwrap_or(0);
-    }
+    let refreshes = wire::slot_map_requests(&conns).await;
     assert!(
         refreshes <= 1,
         "{refreshes} CLUSTER SLOTS in 3.5 s with every master up: refreshed as if one were down"

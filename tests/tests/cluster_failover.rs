@@ -239,14 +239,7 @@ async fn a_cluster_that_refuses_every_key_degrades_every_call_and_recovers() {
         calls += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut refreshes = 0;
-    for conn in &conns {
-        refreshes += wire::command_calls(conn)
-            .await
-            .get("cluster|slots")
-            .copied()
-            .unwrap_or(0);
-    }
+    let refreshes = wire::slot_map_requests(&conns).await;
     println!("{calls} gets answered CLUSTERDOWN in 3 s: {refreshes} CLUSTER SLOTS");
     assert!(
         refreshes <= 10,

@@ -192,16 +192,12 @@ async fn a_sentinel_that_cuts_off_every_subscription_is_not_resubscribed_to_at_o
     )
     .await;
     let before = wire::connections_received(&sentinel).await;
-    let started = Instant::now();
-    let mut kills = 0;
-    while started.elapsed() < Duration::from_secs(3) {
-        for id in wire::client_ids(&sentinel, |flags| flags.contains('P')).await {
-            if wire::kill_client(&sentinel, id).await.is_ok() {
-                kills += 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let kills = wire::kill_clients_for(
+        &sentinel,
+        |flags| flags.contains('P'),
+        Duration::from_secs(3),
+    )
+    .await;
     let connections = wire::connections_received(&sentinel).await - before;
     println!(
         "{connections} connections to the sentinel in 3 s, each subscription killed at once ({kills} kills)"

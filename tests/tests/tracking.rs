@@ -394,17 +394,8 @@ async fn a_listener_cut_off_as_soon_as_it_connects_backs_off() {
     })
     .await;
     let before = wire::connections_received(&raw).await;
-    let started = Instant::now();
-    let mut kills = 0u32;
-    while started.elapsed() < Duration::from_secs(3) {
-        for id in wire::client_ids(&raw, |flags| flags.contains('t')).await {
-            // One gone meanwhile is as good as killed.
-            if wire::kill_client(&raw, id).await.is_ok() {
-                kills += 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let kills =
+        wire::kill_clients_for(&raw, |flags| flags.contains('t'), Duration::from_secs(3)).await;
     let connections = wire::connections_received(&raw).await - before;
     println!(
         "the listener reconnected {connections} times in 3 s while each connection was killed at once ({kills} kills)"
