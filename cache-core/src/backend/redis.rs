@@ -269,7 +269,7 @@ impl RedisBackend {
                         with_remaining(&batch.timed, replies)
                     }
                 };
-                coalesce::dispatch(&inner.coalescer, mget).await;
+                coalesce::dispatch(&inner.coalescer, mget, coalesce::SPIN_MAX).await;
             }
         });
         // Every server (every master of a cluster) tracks its own keys for the levels;
