@@ -177,6 +177,28 @@ pub async fn add_user_without_tracking(conn: &MultiplexedConnection, name: &str,
     .await
 }
 
+/// Adds a user `name` with password `password` who may run every command, but only on
+/// keys matching `pattern`: commands on other keys are refused with `NOPERM`.
+pub async fn add_user_for_keys(
+    conn: &MultiplexedConnection,
+    name: &str,
+    password: &str,
+    pattern: &str,
+) {
+    run::<()>(
+        conn,
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(name)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg(format!("~{pattern}"))
+            .arg("&*")
+            .arg("+@all"),
+    )
+    .await
+}
+
 /// The ids of the clients whose `CLIENT LIST` flags satisfy `flags` (`t`: tracking, `P`:
 /// subscribed; `N`: no flag), in list order.
 pub async fn client_ids(conn: &MultiplexedConnection, flags: impl Fn(&str) -> bool) -> Vec<u64> {

@@ -1,6 +1,7 @@
-//! Coalescing of concurrent `get`s into `MGET`s, against a real `redis-server`: it happens
-//! under load, a lone call is a plain `GET`, and no call's semantics change (its own
-//! key's value, corrupt-entry eviction, deadlines).
+//! Coalescing of concurrent `get`s into `MGET`s, and of concurrent `set`s into the same
+//! pipelines, against a real `redis-server`: it happens under load, a lone call is a plain
+//! `GET`, and no call's semantics change (its own key's value, its own write's outcome,
+//! corrupt-entry eviction, deadlines).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,10 +20,16 @@ struct Items;
 #[cache(namespace = "coalesce:timed", key = u64, value = String, ttl = 600, fail_safe = 600)]
 struct TimedItems;
 
+/// A cache whose keys the restricted user of the refusal test may not write.
+#[derive(Cache)]
+#[cache(namespace = "denied:item", key = u64, value = String)]
+struct DeniedItems;
+
 cache_registry! {
     struct Caches {
         items: Items,
         timed: TimedItems,
+        denied: DeniedItems,
     }
 }
 
@@ -410,4 +417,138 @@ async fn sixteen_gets_in_progress_go_alone_and_the_seventeenth_is_coalesced() {
         (16, 1),
         "17 gets in progress: 16 plain GETs, the 17th in an MGET"
     );
+}
+
+/// `tasks` tasks each writing `rounds` keys of their own at once, `items` for even tasks
+/// and `denied` for odd ones when `split`; returns each write's key, cache and outcome.
+async fn concurrent_writes(
+    caches: &Arc<Caches>,
+    tasks: u64,
+    rounds: u64,
+    split: bool,
+) -> Vec<(u64, bool, bool)> {
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let caches = Arc::clone(caches);
+            tokio::spawn(async move {
+                let denied = split && t % 2 == 1;
+                let mut outcomes = Vec::new();
+                for r in 0..rounds {
+                    let key = t * rounds + r;
+                    let written = if denied {
+                        caches.denied().set(&key, &value_of(key)).await
+                    } else {
+                        caches.items().set(&key, &value_of(key)).await
+                    };
+                    outcomes.push((key, denied, written.expect("a valid value")));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for handle in handles {
+        let done = tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("the writers hung")
+            .expect("a writer task panicked");
+        outcomes.extend(done);
+    }
+    outcomes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sets_each_land_with_their_own_value_and_ttl() {
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let caches = connected(&server).await;
+    let outcomes = concurrent_writes(&caches, 64, 20, false).await;
+    assert!(
+        outcomes.iter().all(|(_, _, written)| *written),
+        "a write under load reported false"
+    );
+    for (key, _, _) in outcomes {
+        assert_eq!(
+            caches.items().get(&key).await,
+            Some(value_of(key)),
+            "key {key} holds another write's value"
+        );
+        let ttl = wire::ttl(&raw, &caches.items().redis_key(&key)).await;
+        assert!(ttl > 0, "key {key} was written without its TTL ({ttl})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_among_coalesced_ones_fails_alone() {
+    // A user who may write `coalesce:*` but not `denied:*`: under load the two caches'
+    // writes share pipelines, and each refusal must fail only its own call.
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    wire::add_user_for_keys(&raw, "app", "app-secret", "coalesce:*").await;
+    let caches = Caches::new();
+    let url = server
+        .url()
+        .replacen("redis://", "redis://app:app-secret@", 1);
+    caches
+        .connect(&url)
+        .await
+        .expect("connect as the restricted user");
+    let caches = Arc::new(caches);
+    let outcomes = concurrent_writes(&caches, 64, 20, true).await;
+    for (key, denied, written) in &outcomes {
+        assert_eq!(
+            *written, !denied,
+            "write of key {key} (denied: {denied}) reported {written}"
+        );
+    }
+    for (key, _, _) in outcomes.iter().filter(|(_, denied, _)| !denied) {
+        assert_eq!(
+            caches.items().get(key).await,
+            Some(value_of(*key)),
+            "an allowed write was lost"
+        );
+    }
+    assert!(
+        caches.health().await.healthy,
+        "refused writes opened the breaker"
+    );
+    assert_eq!(
+        wire::dbsize(&raw).await,
+        32 * 20,
+        "only the allowed writes landed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_sets_keep_their_deadline_against_a_paused_server() {
+    let server = RedisServer::new();
+    let caches = Caches::new();
+    let config = CacheConfig::new()
+        .with_response_timeout(Duration::from_millis(100))
+        .with_failure_threshold(1_000);
+    caches.connect_with(&server.url(), &config).await.unwrap();
+    let caches = Arc::new(caches);
+    server.pause();
+    let handles: Vec<_> = (0..64u64)
+        .map(|k| {
+            let caches = Arc::clone(&caches);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let written = caches.items().set(&k, &value_of(k)).await;
+                (written, started.elapsed())
+            })
+        })
+        .collect();
+    for handle in handles {
+        let (written, took) = handle.await.expect("a writer task panicked");
+        assert!(
+            !written.expect("a valid value"),
+            "a write to a paused server succeeded"
+        );
+        assert!(
+            took >= Duration::from_millis(95) && took < Duration::from_millis(400),
+            "a set took {took:?} against a 100 ms deadline"
+        );
+    }
+    server.resume();
 }

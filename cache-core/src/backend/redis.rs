@@ -236,39 +236,7 @@ impl RedisBackend {
         let dispatcher = tokio::spawn({
             let inner = Arc::clone(&inner);
             async move {
-                let mget = |batch: coalesce::Batch| {
-                    let inner = &inner;
-                    async move {
-                        let conn = inner.conn.load_full().ok_or(Unavailable::Down)?;
-                        if !batch.timed.contains(&true) {
-                            let result = redis::cmd("MGET")
-                                .arg(&batch.keys)
-                                .query_async::<Vec<Option<Vec<u8>>>>(&mut (*conn).clone())
-                                .await;
-                            let values = inner.settle(&conn, result)?;
-                            return Ok(values
-                                .into_iter()
-                                .map(|v| {
-                                    v.map(|bytes| Timed {
-                                        bytes,
-                                        remaining: None,
-                                    })
-                                })
-                                .collect());
-                        }
-                        // A PTTL per timed key, in the MGET's round trip.
-                        let mut pipe = redis::pipe();
-                        pipe.cmd("MGET").arg(&batch.keys);
-                        for (key, _) in batch.keys.iter().zip(&batch.timed).filter(|(_, t)| **t) {
-                            pipe.cmd("PTTL").arg(key);
-                        }
-                        let result = pipe
-                            .query_async::<Vec<redis::Value>>(&mut (*conn).clone())
-                            .await;
-                        let replies = inner.settle(&conn, result)?;
-                        with_remaining(&batch.timed, replies)
-                    }
-                };
+                let mget = |batch: coalesce::Batch| inner.send_batch(batch);
                 coalesce::dispatch(&inner.coalescer, mget, coalesce::SPIN_MAX).await;
             }
         });
@@ -363,6 +331,7 @@ impl RedisBackend {
         }
     }
 
+    /// A `SET`; under load it joins the next batch's pipeline.
     pub(crate) async fn set(
         &self,
         key: &str,
@@ -372,6 +341,15 @@ impl RedisBackend {
     ) -> Result<(), Unavailable> {
         let cmd = set_command(key, value, ttl);
         if !announce {
+            let (_in_progress, busy) = self.inner.coalescer.begin();
+            if self.coalesces(busy) {
+                self.connection()?;
+                return self
+                    .inner
+                    .coalescer
+                    .write(cmd, self.inner.config.response_timeout)
+                    .await;
+            }
             return self.query::<()>(&cmd).await;
         }
         let mut pipe = redis::pipe();
@@ -743,6 +721,94 @@ pub(super) fn set_command(key: &str, value: &[u8], ttl: Duration) -> redis::Cmd 
 }
 
 impl Inner {
+    /// One round trip for a coalesced batch: an `MGET` of its keys (with a `PTTL` per
+    /// timed key), then its writes, in one pipeline. A reply per key, then per write; a
+    /// refused write fails alone.
+    async fn send_batch(
+        &self,
+        batch: coalesce::Batch,
+    ) -> Result<Vec<coalesce::Reply>, Unavailable> {
+        let conn = self.conn.load_full().ok_or(Unavailable::Down)?;
+        let coalesce::Batch {
+            keys,
+            timed,
+            writes,
+        } = batch;
+        if writes.is_empty() && !timed.contains(&true) {
+            let result = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async::<Vec<Option<Vec<u8>>>>(&mut (*conn).clone())
+                .await;
+            let values = self.settle(&conn, result)?;
+            return Ok(values
+                .into_iter()
+                .map(|v| {
+                    Ok(v.map(|bytes| Timed {
+                        bytes,
+                        remaining: None,
+                    }))
+                })
+                .collect());
+        }
+        let mut pipe = redis::pipe();
+        // Each write's error is its own: the others' replies still come back.
+        pipe.ignore_errors();
+        if !keys.is_empty() {
+            pipe.cmd("MGET").arg(&keys);
+            // A PTTL per timed key, in the MGET's round trip.
+            for (key, _) in keys.iter().zip(&timed).filter(|(_, t)| **t) {
+                pipe.cmd("PTTL").arg(key);
+            }
+        }
+        let sent = writes.len();
+        for cmd in writes {
+            pipe.add_command(cmd);
+        }
+        let result = pipe
+            .query_async::<Vec<redis::Value>>(&mut (*conn).clone())
+            .await;
+        let mut replies = self.settle(&conn, result)?;
+        let reads = if keys.is_empty() {
+            0
+        } else {
+            1 + timed.iter().filter(|t| **t).count()
+        };
+        // One reply per command, or they cannot be mapped back to the callers.
+        if replies.len() != reads + sent {
+            return Err(Unavailable::Failed);
+        }
+        let written = replies.split_off(reads);
+        let mut answers = Vec::with_capacity(keys.len() + sent);
+        if !keys.is_empty() {
+            let read = match replies.first() {
+                Some(redis::Value::ServerError(_)) => {
+                    Err(self.refusal(&conn, replies.swap_remove(0)))
+                }
+                _ => with_remaining(&timed, replies),
+            };
+            match read {
+                Ok(values) => answers.extend(values.into_iter().map(Ok)),
+                Err(why) => answers.extend(std::iter::repeat_n(Err(why), keys.len())),
+            }
+        }
+        for reply in written {
+            answers.push(match reply {
+                redis::Value::ServerError(_) => Err(self.refusal(&conn, reply)),
+                _ => Ok(None),
+            });
+        }
+        Ok(answers)
+    }
+
+    /// Settles a command's error reply in a pipeline whose other replies came back.
+    fn refusal(&self, conn: &Arc<MultiplexedConnection>, reply: redis::Value) -> Unavailable {
+        match reply.extract_error() {
+            Err(error) => self.settle::<()>(conn, Err(error)).err(),
+            Ok(_) => None,
+        }
+        .unwrap_or(Unavailable::Failed)
+    }
+
     /// The master the connection goes to, with sentinels (`None` before one was found).
     fn master(&self) -> Option<NodeAddr> {
         self.target

@@ -1,11 +1,14 @@
-//! Coalescing of concurrent `GET`s into `MGET`s.
+//! Coalescing of concurrent `GET`s into `MGET`s, and of concurrent writes into the same
+//! pipeline.
 //!
 //! Under load, many tasks read at once and each `GET` costs a round trip's worth of
 //! kernel and parsing work on both sides. Keys that queue up while requests are in flight
-//! go out together in a few `MGET`s instead. What was measured on this machine with the
-//! throughput bench shapes it:
-//! - a lone call waits for nothing: while fewer than [`BYPASS_BELOW`] gets are in
-//!   progress, a get is a plain `GET` (coalescing loses below ~16 concurrent calls);
+//! go out together in a few `MGET`s instead; writes (`SET`s) queued meanwhile travel in
+//! the same pipeline, one write to the socket and one reply to read for all of them.
+//! What was measured on this machine with the throughput bench shapes it:
+//! - a lone call waits for nothing: while fewer than [`BYPASS_BELOW`] calls are in
+//!   progress, a get is a plain `GET` and a write goes alone (coalescing loses below ~16
+//!   concurrent calls);
 //! - the dispatcher yields once to the scheduler before draining the queue, so the other
 //!   callers woken in the same tick join the batch instead of fragmenting it;
 //! - [`MAX_IN_FLIGHT`] `MGET`s at most are in flight, each carrying a share of everything
@@ -55,21 +58,31 @@ pub(crate) const SPIN_MAX: Duration = Duration::from_micros(200);
 /// huge command that holds the server.
 pub(crate) const MAX_MGET_KEYS: usize = 512;
 
-type Reply = Result<Option<Timed>, Unavailable>;
+/// What a queued call is answered: a get's bytes (`None` for a miss), `None` for a
+/// write Redis took, or why not.
+pub(crate) type Reply = Result<Option<Timed>, Unavailable>;
+
+/// What a queued call asks for.
+enum Op {
+    /// A key's bytes; with the time the entry has left (`PTTL`) when `timed`.
+    Get { key: String, timed: bool },
+    /// A write, whose reply only says whether Redis took it.
+    Write(redis::Cmd),
+}
 
 struct Waiting {
-    key: String,
-    /// Whether the caller also needs the time the entry has left (`PTTL`).
-    timed: bool,
+    op: Op,
     deadline: Instant,
     reply: oneshot::Sender<Reply>,
 }
 
-/// The keys of one batch, and which of them also want the time their entry has left:
-/// one `MGET`, with a `PTTL` per timed key in the same round trip.
+/// One round trip's worth of queued calls: the keys of one `MGET` (with a `PTTL` per
+/// key flagged in `timed`), then the writes, in one pipeline. The answer holds a reply
+/// per key, then one per write.
 pub(crate) struct Batch {
     pub keys: Vec<String>,
     pub timed: Vec<bool>,
+    pub writes: Vec<redis::Cmd>,
 }
 
 /// A caller in a batch in flight: its deadline and where its answer goes, once.
@@ -246,10 +259,27 @@ impl Coalescer {
     /// Queues `key` for the next `MGET` and waits for its bytes (with the time its entry
     /// has left when `timed`; `None` otherwise), at most `timeout`.
     pub(crate) async fn get(&self, key: &str, timed: bool, timeout: Duration) -> Reply {
-        let (reply, answer) = oneshot::channel();
-        let waiting = Waiting {
+        let op = Op::Get {
             key: key.to_owned(),
             timed,
+        };
+        self.queue(op, timeout).await
+    }
+
+    /// Queues a write for the next round trip and waits until Redis took it, at most
+    /// `timeout`.
+    pub(crate) async fn write(
+        &self,
+        cmd: redis::Cmd,
+        timeout: Duration,
+    ) -> Result<(), Unavailable> {
+        self.queue(Op::Write(cmd), timeout).await.map(drop)
+    }
+
+    async fn queue(&self, op: Op, timeout: Duration) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let waiting = Waiting {
+            op,
             deadline: Instant::now() + timeout,
             reply,
         };
@@ -282,13 +312,14 @@ impl Coalescer {
     }
 }
 
-/// Sends queued keys as `MGET`s through `mget` until the backend drops
-/// the task. Runs as one task per backend, driving its `MGET`s itself, and polls for a
-/// reply for up to `spin_max` ([`SPIN_MAX`]) before it sleeps on it.
+/// Sends queued calls as batches (an `MGET` and writes in one pipeline) through `mget`
+/// until the backend drops the task. Runs as one task per backend, driving its batches
+/// itself, and polls for a reply for up to `spin_max` ([`SPIN_MAX`]) before it sleeps on
+/// it.
 pub(crate) async fn dispatch<F, Fut>(coalescer: &Coalescer, mget: F, spin_max: Duration)
 where
     F: Fn(Batch) -> Fut,
-    Fut: Future<Output = Result<Vec<Option<Timed>>, Unavailable>>,
+    Fut: Future<Output = Result<Vec<Reply>, Unavailable>>,
 {
     let mut in_flight = FuturesUnordered::new();
     // Keys in the batches in flight.
@@ -377,37 +408,57 @@ where
     }
 }
 
-/// One `MGET` for `batch`, answering each waiter with its own key's bytes, or with
-/// `Timeout` when its deadline passes first. Returns how many keys it carried.
+/// One round trip for `batch`, answering each waiter with its own reply (a key's bytes,
+/// or whether its write was taken), or with `Timeout` when its deadline passes first.
+/// Returns how many calls it carried.
 async fn send<F, Fut>(batch: Vec<Waiting>, mget: &F) -> usize
 where
     F: Fn(Batch) -> Fut,
-    Fut: Future<Output = Result<Vec<Option<Timed>>, Unavailable>>,
+    Fut: Future<Output = Result<Vec<Reply>, Unavailable>>,
 {
     let carried = batch.len();
     let now = Instant::now();
     let mut keys = Vec::with_capacity(batch.len());
     let mut timed = Vec::with_capacity(batch.len());
+    let mut writes = Vec::new();
+    // The gets' answers, in the order of `keys`, then the writes'.
     let mut answers = Vec::with_capacity(batch.len());
+    let mut written = Vec::new();
     for waiting in batch {
         if waiting.deadline <= now {
             let _ = waiting.reply.send(Err(Unavailable::Timeout));
         } else if !waiting.reply.is_closed() {
-            keys.push(waiting.key);
-            timed.push(waiting.timed);
-            answers.push(Answer {
+            // (A caller that went away before its call was sent is neither read nor
+            // written for.)
+            let answer = Answer {
                 deadline: waiting.deadline,
                 reply: Some(waiting.reply),
-            });
+            };
+            match waiting.op {
+                Op::Get { key, timed: t } => {
+                    keys.push(key);
+                    timed.push(t);
+                    answers.push(answer);
+                }
+                Op::Write(cmd) => {
+                    writes.push(cmd);
+                    written.push(answer);
+                }
+            }
         }
     }
-    if keys.is_empty() {
+    answers.append(&mut written);
+    if answers.is_empty() {
         return carried;
     }
     // The connection's response timeout bounds the MGET (and counts towards the
     // breaker, so it is always awaited to the end); callers whose own deadline passes
     // first are answered when it does.
-    let mut call = pin!(mget(Batch { keys, timed }));
+    let mut call = pin!(mget(Batch {
+        keys,
+        timed,
+        writes
+    }));
     let outcome = loop {
         let Some(first) = answers
             .iter()
@@ -434,10 +485,10 @@ where
         }
     };
     match outcome {
-        Ok(values) if values.len() == answers.len() => {
-            for (answer, value) in answers.into_iter().zip(values) {
+        Ok(replies) if replies.len() == answers.len() => {
+            for (answer, value) in answers.into_iter().zip(replies) {
                 if let Some(reply) = answer.reply {
-                    let _ = reply.send(Ok(value));
+                    let _ = reply.send(value);
                 }
             }
         }
@@ -536,7 +587,7 @@ mod tests {
         let coalescer = std::sync::Arc::new(Coalescer::default());
         let mget = move |batch: Batch| async move {
             tokio::time::sleep(reply).await;
-            Ok(vec![None; batch.keys.len()])
+            Ok(vec![Ok(None); batch.keys.len() + batch.writes.len()])
         };
         let dispatcher = std::sync::Arc::clone(&coalescer);
         tokio::spawn(async move { dispatch(&dispatcher, mget, window).await });
@@ -618,6 +669,77 @@ mod tests {
             "a key queued behind a batch in flight took {took:?}"
         );
         assert!(polling(&coalescer).1 >= 1, "no reply was caught by polling");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn gets_and_writes_in_one_batch_each_get_their_own_reply() {
+        // Answers each key with its own bytes and each write with whether it was taken
+        // (refused when its key starts with "refused"), in the batch's order: gets, then
+        // writes.
+        let batches = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mget = {
+            let batches = std::sync::Arc::clone(&batches);
+            move |batch: Batch| {
+                let mut replies: Vec<Reply> = batch
+                    .keys
+                    .iter()
+                    .map(|key| {
+                        Ok(Some(Timed {
+                            bytes: key.as_bytes().to_vec(),
+                            remaining: None,
+                        }))
+                    })
+                    .collect();
+                for write in &batch.writes {
+                    let key = write.args_iter().nth(1);
+                    let refused = matches!(
+                        key,
+                        Some(redis::Arg::Simple(key)) if key.starts_with(b"refused")
+                    );
+                    replies.push(if refused {
+                        Err(Unavailable::Failed)
+                    } else {
+                        Ok(None)
+                    });
+                }
+                batches
+                    .lock()
+                    .unwrap()
+                    .push((batch.keys.len(), batch.writes.len()));
+                std::future::ready(Ok(replies))
+            }
+        };
+        let coalescer = std::sync::Arc::new(Coalescer::default());
+        let dispatcher = std::sync::Arc::clone(&coalescer);
+        tokio::spawn(async move { dispatch(&dispatcher, mget, SPIN_MAX).await });
+        let timeout = Duration::from_secs(5);
+        let set = |key: &str| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg("value");
+            cmd
+        };
+        // Queued in one tick: a write between two gets, and a refused one after them.
+        let (taken, first, refused, second) = tokio::join!(
+            coalescer.write(set("taken"), timeout),
+            coalescer.get("first", false, timeout),
+            coalescer.write(set("refused"), timeout),
+            coalescer.get("second", true, timeout),
+        );
+        assert_eq!(
+            *batches.lock().unwrap(),
+            [(2, 2)],
+            "(keys, writes) per batch"
+        );
+        assert!(taken.is_ok(), "{taken:?}");
+        assert!(matches!(refused, Err(Unavailable::Failed)), "{refused:?}");
+        for (got, key) in [(first, "first"), (second, "second")] {
+            let bytes = got.expect("a get failed").expect("a get missed").bytes;
+            assert_eq!(
+                bytes,
+                key.as_bytes(),
+                "a get was given another call's reply"
+            );
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
