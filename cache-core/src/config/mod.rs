@@ -32,7 +32,7 @@ pub(crate) use secret::Secret;
 /// | background timeout | 30 s | `background_timeout_ms` | the longest a load that outlived its caller (after a soft timeout, a refresh ahead) may run; at most one per key |
 /// | key prefix | none | `prefix` | puts every key of the manager under `{prefix}:`, for environments or tenants sharing one Redis; it follows the namespace grammar |
 /// | value size limit | none | `max_value_bytes` | the largest encoded value any cache of the manager writes; a cache's own `max_bytes` wins |
-/// | coalescing | on | `coalesce` (`true`/`false`) | under load, concurrent gets share `MGET`s; off for a multi-thread runtime squeezed onto one CPU, where the hand-offs cost more than they save |
+/// | coalescing | on | `coalesce` (`true`/`false`) | under load, concurrent gets share `MGET`s and concurrent sets their pipelines, where the manager measures that it pays; `false` sends every get and set alone |
 /// | TLS trust | the system's roots | `ca_file` | a PEM file of the CA(s) that signed the servers' certificates, for `rediss://` to a private CA; it replaces the system's roots |
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -49,7 +49,8 @@ pub struct CacheConfig {
     pub backoff_max: Duration,
     /// Interval of the summary logged while the backend stays down.
     pub summary_interval: Duration,
-    /// Whether concurrent gets are coalesced into `MGET`s under load.
+    /// Whether concurrent gets are coalesced into `MGET`s, and concurrent sets into their
+    /// pipelines, under load.
     pub coalesce: bool,
     /// After a loader failed, how long the stale fallback is served as if fresh.
     pub fail_safe_throttle: Duration,
@@ -120,7 +121,8 @@ impl CacheConfig {
         self
     }
 
-    /// Turns the coalescing of concurrent gets into `MGET`s on or off.
+    /// Turns the coalescing of concurrent gets into `MGET`s (and of concurrent sets into
+    /// their pipelines) on or off.
     pub fn with_coalescing(mut self, coalesce: bool) -> Self {
         self.coalesce = coalesce;
         self

@@ -14,14 +14,15 @@
 //! - [`MAX_IN_FLIGHT`] `MGET`s at most are in flight, each carrying a share of everything
 //!   outstanding, one sent per wake-up. One measured best here: at 2 in flight the batches
 //!   halve and the client's CPU per get rises by up to 40% (`cargo bench -p cache-tests
-//!   --bench throughput`, 64 and 256 tasks, both runtime flavours), for no steady gain;
+//!   --bench throughput`, 64 and 256 tasks, both runtime flavours), for no steady gain,
+//!   and again with the polling below (64 tasks: 1.11-1.17x raw against 1.35-1.47x);
 //! - no timer per caller: the dispatcher answers every waiter by its deadline, with one
 //!   timer per batch in flight and one for the queue;
 //! - while a batch is in flight the dispatcher keeps polling for its reply, yielding to
 //!   the scheduler between polls, for up to [`SPIN_MAX`] before it lets the thread sleep
 //!   (and not at all where replies keep coming later than that): on a VM, a thread put
 //!   to sleep and woken by the reply took tens of microseconds more per round trip than
-//!   the round trip itself (64 tasks: 1.05-1.14x raw throughput without it, 1.45-1.60x
+//!   the round trip itself (64 tasks: 1.05-1.14x raw throughput without it, 1.28-1.58x
 //!   with it);
 //! - whether coalescing pays at all is measured, not configured (see [`choose`]): where
 //!   it does not (two workers squeezed on one CPU), gets under load go alone.
