@@ -552,3 +552,62 @@ async fn coalesced_sets_keep_their_deadline_against_a_paused_server() {
     }
     server.resume();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_reads_and_writes_share_batches_and_each_gets_its_own_reply() {
+    // Reads of the fail-safe cache carry a PTTL each and writes follow them in the same
+    // pipeline: a reply mapped one place off would give a read another key's value, or
+    // fail the batch.
+    let server = RedisServer::new();
+    let raw = server.raw().await;
+    let caches = connected(&server).await;
+    let entries: Vec<(u64, String)> = (0..64).map(|k| (k, value_of(k))).collect();
+    assert!(
+        caches
+            .timed()
+            .mset(entries.iter().map(|(k, v)| (k, v)))
+            .await
+            .unwrap()
+    );
+    wire::reset_stats(&raw).await;
+    let handles: Vec<_> = (0..64u64)
+        .map(|t| {
+            let caches = Arc::clone(&caches);
+            tokio::spawn(async move {
+                for r in 0..20u64 {
+                    if (t + r) % 2 == 0 {
+                        let k = (t + r * 7) % 64;
+                        assert_eq!(
+                            caches.timed().get(&k).await,
+                            Some(value_of(k)),
+                            "task {t} round {r}: a timed read got another reply"
+                        );
+                    } else {
+                        let k = 1_000 + t * 20 + r;
+                        assert!(
+                            caches.items().set(&k, &value_of(k)).await.unwrap(),
+                            "task {t} round {r}: a write beside timed reads failed"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("the tasks hung")
+            .expect("a task panicked");
+    }
+    let calls = wire::command_calls(&raw).await;
+    assert!(
+        calls.get("mget").copied().unwrap_or(0) > 0 && calls.get("pttl").copied().unwrap_or(0) > 0,
+        "the timed reads were not coalesced: {calls:?}"
+    );
+    for t in 0..64u64 {
+        for r in (0..20u64).filter(|r| (t + r) % 2 == 1) {
+            let k = 1_000 + t * 20 + r;
+            assert_eq!(caches.items().get(&k).await, Some(value_of(k)));
+        }
+    }
+}

@@ -331,7 +331,8 @@ impl RedisBackend {
         }
     }
 
-    /// A `SET`; under load it joins the next batch's pipeline.
+    /// A `SET`; under load, unless it must be announced or is large, it joins the next
+    /// batch's pipeline.
     pub(crate) async fn set(
         &self,
         key: &str,
@@ -340,9 +341,10 @@ impl RedisBackend {
         announce: bool,
     ) -> Result<(), Unavailable> {
         let cmd = set_command(key, value, ttl);
-        if !announce {
+        // A first level's write needs a `PUBLISH` beside it only where writes announce.
+        if !announce || !self.announces() {
             let (_in_progress, busy) = self.inner.coalescer.begin();
-            if self.coalesces(busy) {
+            if self.coalesces(busy) && value.len() <= coalesce::MAX_WRITE_BYTES {
                 self.connection()?;
                 return self
                     .inner
