@@ -335,11 +335,10 @@ where
     // How long to poll for the batch just sent.
     let mut window_for_sent = Duration::ZERO;
     loop {
-        // Poll for the reply of the batch in flight a while before sleeping on it. Each
+        // Poll for the reply of the batch just sent a while before sleeping on it, once
+        // per batch (wake-ups while it is in flight do not open another window). Each
         // poll yields, so every other task runs first, and the runtime checks its
         // sockets in between without waiting.
-        // Once per batch, right after it is sent: wake-ups while it is in flight (callers
-        // queuing) do not open another window.
         let window = std::mem::take(&mut window_for_sent);
         let mut caught = false;
         if !window.is_zero() && !in_flight.is_empty() {
