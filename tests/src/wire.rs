@@ -159,20 +159,25 @@ pub async fn refuse_tracking(conn: &MultiplexedConnection) {
     .await
 }
 
+/// Adds a user `name` with password `password`, with the ACL `rules` after `on`.
+async fn add_user(conn: &MultiplexedConnection, name: &str, password: &str, rules: &[&str]) {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg(name)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg(rules);
+    run::<()>(conn, &cmd).await
+}
+
 /// Adds a user `name` with password `password` who may do everything but `CLIENT
 /// TRACKING`: one service's ACL where another's allows it.
 pub async fn add_user_without_tracking(conn: &MultiplexedConnection, name: &str, password: &str) {
-    run::<()>(
+    add_user(
         conn,
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg(name)
-            .arg("on")
-            .arg(format!(">{password}"))
-            .arg("~*")
-            .arg("&*")
-            .arg("+@all")
-            .arg("-client|tracking"),
+        name,
+        password,
+        &["~*", "&*", "+@all", "-client|tracking"],
     )
     .await
 }
@@ -185,16 +190,11 @@ pub async fn add_user_for_keys(
     password: &str,
     pattern: &str,
 ) {
-    run::<()>(
+    add_user(
         conn,
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg(name)
-            .arg("on")
-            .arg(format!(">{password}"))
-            .arg(format!("~{pattern}"))
-            .arg("&*")
-            .arg("+@all"),
+        name,
+        password,
+        &[&format!("~{pattern}"), "&*", "+@all"],
     )
     .await
 }

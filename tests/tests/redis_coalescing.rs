@@ -81,6 +81,18 @@ async fn populate(caches: &Caches, keys: u64) {
     }
 }
 
+/// Keys `0..keys` of the fail-safe cache, each holding its value, fresh.
+async fn populate_timed(caches: &Caches, keys: u64) {
+    let entries: Vec<(u64, String)> = (0..keys).map(|k| (k, value_of(k))).collect();
+    assert!(
+        caches
+            .timed()
+            .mset(entries.iter().map(|(k, v)| (k, v)))
+            .await
+            .unwrap()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_gets_are_coalesced_into_mgets_and_each_gets_its_own_value() {
     let server = RedisServer::new();
@@ -108,14 +120,7 @@ async fn reads_that_need_the_remaining_ttl_are_coalesced_and_each_gets_its_own()
     let server = RedisServer::new();
     let caches = connected(&server).await;
     let raw = server.raw().await;
-    let entries: Vec<(u64, String)> = (0..64).map(|k| (k, value_of(k))).collect();
-    assert!(
-        caches
-            .timed()
-            .mset(entries.iter().map(|(k, v)| (k, v)))
-            .await
-            .unwrap()
-    );
+    populate_timed(&caches, 64).await;
     // Odd keys have less left than their fail-safe window: stale, so a plain read misses;
     // even keys are fresh. A remaining time read for the wrong key would swap the two.
     for k in (1..64).step_by(2) {
@@ -561,14 +566,7 @@ async fn timed_reads_and_writes_share_batches_and_each_gets_its_own_reply() {
     let server = RedisServer::new();
     let raw = server.raw().await;
     let caches = connected(&server).await;
-    let entries: Vec<(u64, String)> = (0..64).map(|k| (k, value_of(k))).collect();
-    assert!(
-        caches
-            .timed()
-            .mset(entries.iter().map(|(k, v)| (k, v)))
-            .await
-            .unwrap()
-    );
+    populate_timed(&caches, 64).await;
     wire::reset_stats(&raw).await;
     let handles: Vec<_> = (0..64u64)
         .map(|t| {

@@ -167,6 +167,16 @@ async fn clear_and_coalescing_work_through_the_sentinels() {
     assert!(wire::exists(&master, "sentinel:other:1").await);
 }
 
+/// Waits, at most `limit`, until a client holds a subscription on `sentinel`.
+async fn until_subscribed(sentinel: &MultiplexedConnection, what: &str, limit: Duration) {
+    within(what, limit, async || {
+        !wire::client_ids(sentinel, |flags| flags.contains('P'))
+            .await
+            .is_empty()
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_that_cuts_off_every_subscription_is_not_resubscribed_to_at_once() {
     // The manager subscribes to `+switch-master` on every sentinel. One whose clients are
@@ -181,14 +191,10 @@ async fn a_sentinel_that_cuts_off_every_subscription_is_not_resubscribed_to_at_o
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    within(
+    until_subscribed(
+        &sentinel,
         "the manager to subscribe",
         Duration::from_secs(5),
-        async || {
-            !wire::client_ids(&sentinel, |flags| flags.contains('P'))
-                .await
-                .is_empty()
-        },
     )
     .await;
     let before = wire::connections_received(&sentinel).await;
@@ -210,14 +216,10 @@ async fn a_sentinel_that_cuts_off_every_subscription_is_not_resubscribed_to_at_o
         "{connections} connections in 3 s to a sentinel that kills every subscription: no backoff"
     );
     // Left alone, the manager subscribes again, and its calls never stopped working.
-    within(
+    until_subscribed(
+        &sentinel,
         "the manager to subscribe again",
         Duration::from_secs(10),
-        async || {
-            !wire::client_ids(&sentinel, |flags| flags.contains('P'))
-                .await
-                .is_empty()
-        },
     )
     .await;
     assert!(
