@@ -545,7 +545,10 @@ async fn coalesced_sets_keep_their_deadline_against_a_paused_server() {
         })
         .collect();
     for handle in handles {
-        let (written, took) = handle.await.expect("a writer task panicked");
+        let (written, took) = tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("a set against a paused server hung")
+            .expect("a writer task panicked");
         assert!(
             !written.expect("a valid value"),
             "a write to a paused server succeeded"

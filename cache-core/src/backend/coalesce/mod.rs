@@ -664,11 +664,15 @@ mod tests {
         let (coalescer, sent) = fake_dispatcher_counting(REPLY, WINDOW);
         let keys: Vec<String> = (0..600).map(|k| format!("k{k}")).collect();
         let started = std::time::Instant::now();
-        let replies = futures_util::future::join_all(
-            keys.iter()
-                .map(|key| coalescer.get(key, false, Duration::from_secs(5))),
+        let replies = tokio::time::timeout(
+            Duration::from_secs(30),
+            futures_util::future::join_all(
+                keys.iter()
+                    .map(|key| coalescer.get(key, false, Duration::from_secs(5))),
+            ),
         )
-        .await;
+        .await
+        .expect("600 gets hung past their deadlines");
         let took = started.elapsed();
         assert!(
             replies.iter().all(|r| matches!(r, Ok(None))),
