@@ -385,7 +385,16 @@ fn the_master_the_sentinels_name_is_reported_and_cleared() {
         .sentinel_password("Sent1nel-own")
         .start();
     let url = group.url();
-    fill(&mut conn(&group.master.url()), "user:name", 30, Some(600));
+    let mut master_conn = conn(&group.master.url());
+    fill(&mut master_conn, "user:name", 30, Some(600));
+    // The replica must hold the keys before the master is killed, or the promoted one
+    // has nothing to clear (`WAIT` on the connection that wrote them).
+    let replicas: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(10_000)
+        .query(&mut master_conn)
+        .unwrap();
+    assert_eq!(replicas, 1, "the replica did not acknowledge the writes");
 
     let out = cachectl(&url, &["health", "--json"], &[]);
     assert!(out.status.success(), "{}", text(&out));
