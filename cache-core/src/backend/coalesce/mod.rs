@@ -23,7 +23,8 @@
 //!   (and not at all where replies keep coming later than that): on a VM, a thread put
 //!   to sleep and woken by the reply took tens of microseconds more per round trip than
 //!   the round trip itself (64 tasks, current-thread runtime, A/B runs of the throughput
-//!   bench: 1.05-1.14x raw throughput without it, 1.28-1.58x with it);
+//!   bench: 1.05-1.14x raw throughput without it, 1.28-1.58x with it); never on a
+//!   runtime with more workers than the CPUs the process may use (see [`polling_pays`]);
 //! - whether coalescing pays at all is measured, not configured (see [`choose`]): where
 //!   it does not (two workers squeezed on one CPU), gets under load go alone.
 //!
@@ -331,7 +332,11 @@ where
     // One timer for the callers still queued while every slot is taken.
     let mut expiry = pin!(tokio::time::sleep_until(Instant::now()));
     let mut armed: Option<Instant> = None;
-    let mut spin = Spin::new(spin_max);
+    let mut spin = Spin::new(if polling_pays() {
+        spin_max
+    } else {
+        Duration::ZERO
+    });
     // How long to poll for the batch just sent.
     let mut window_for_sent = Duration::ZERO;
     loop {
@@ -342,6 +347,8 @@ where
         let window = std::mem::take(&mut window_for_sent);
         let mut caught = false;
         if !window.is_zero() && !in_flight.is_empty() {
+            // Counted before the batch's callers can be answered.
+            coalescer.polled.fetch_add(1, Ordering::Relaxed);
             let until = std::time::Instant::now() + window;
             caught = loop {
                 if let Some(Some(keys)) = in_flight.next().now_or_never() {
@@ -354,7 +361,6 @@ where
                 tokio::task::yield_now().await;
             };
             spin.caught(caught);
-            coalescer.polled.fetch_add(1, Ordering::Relaxed);
             coalescer
                 .caught
                 .fetch_add(u64::from(caught), Ordering::Relaxed);
@@ -410,6 +416,18 @@ where
             coalescer.wake.notify_one();
         }
     }
+}
+
+/// Whether polling for a reply can pay on the runtime the dispatcher runs on: not where
+/// its workers outnumber the CPUs this process may use (its CPU affinity, a container's
+/// CPU quota). A worker polling there takes the CPU from another worker that has the
+/// callers to run, for nothing: on the throughput bench's multi-thread runtime (2
+/// workers) pinned to one CPU, 64 concurrent gets ran at 0.71-0.87x raw with polling
+/// and 0.81-0.96x without (5 alternating pairs of runs, each faster without).
+fn polling_pays() -> bool {
+    let workers = tokio::runtime::Handle::try_current().map_or(1, |rt| rt.metrics().num_workers());
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    workers <= cpus
 }
 
 /// One round trip for `batch`, answering each waiter with its own reply (a key's bytes,
@@ -651,6 +669,46 @@ mod tests {
         assert!(
             turns > 50,
             "another task had {turns} turns while the dispatcher polled for {took:?}"
+        );
+    }
+
+    /// Batches sent and batches polled for by a dispatcher on a multi-thread runtime of
+    /// `workers` workers, for 4 gets one after another.
+    fn polled_on_workers(workers: usize) -> (usize, u64) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(async {
+            let (coalescer, sent) =
+                fake_dispatcher_counting(Duration::from_millis(2), Duration::from_millis(100));
+            for _ in 0..4 {
+                let get = coalescer.get("k", false, Duration::from_secs(5));
+                let got = tokio::time::timeout(Duration::from_secs(10), get)
+                    .await
+                    .expect("a get hung");
+                assert!(matches!(got, Ok(None)), "{got:?}");
+            }
+            (sent.load(Ordering::Relaxed), polling(&coalescer).0)
+        })
+    }
+
+    #[test]
+    fn the_dispatcher_polls_only_where_the_runtime_has_a_cpu_per_worker() {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(
+            polled_on_workers(cpus),
+            (4, 4),
+            "(batches, polled for) with {cpus} workers on {cpus} CPUs"
+        );
+        // One worker more than the CPUs: a polling worker would take a CPU from the
+        // worker that runs the callers.
+        assert_eq!(
+            polled_on_workers(cpus + 1),
+            (4, 0),
+            "(batches, polled for) with {} workers on {cpus} CPUs",
+            cpus + 1
         );
     }
 
