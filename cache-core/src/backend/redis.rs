@@ -279,6 +279,17 @@ impl RedisBackend {
         })
     }
 
+    /// `Down` at once while the breaker is open, as [`connection`](Self::connection),
+    /// without taking the connection.
+    fn up(&self) -> Result<(), Unavailable> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            self.inner.outage.count_degraded();
+            Err(Unavailable::Down)
+        }
+    }
+
     /// Whether the breaker is closed: a connection is up.
     pub(crate) fn is_up(&self) -> bool {
         self.inner.conn.load().is_some()
@@ -296,16 +307,16 @@ impl RedisBackend {
 
     /// A plain `GET` under low load; under load, the key joins the next `MGET`.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
-        let conn = self.connection()?;
         let (_in_progress, busy) = self.inner.coalescer.begin();
         if !self.coalesces(busy) {
+            let conn = self.connection()?;
             let result = redis::cmd("GET")
                 .arg(key)
                 .query_async(&mut (*conn).clone())
                 .await;
             return self.inner.settle(&conn, result);
         }
-        drop(conn);
+        self.up()?;
         let found = self
             .inner
             .coalescer
@@ -345,7 +356,7 @@ impl RedisBackend {
         if !announce || !self.announces() {
             let (_in_progress, busy) = self.inner.coalescer.begin();
             if self.coalesces(busy) && value.len() <= coalesce::MAX_WRITE_BYTES {
-                self.connection()?;
+                self.up()?;
                 return self
                     .inner
                     .coalescer
@@ -379,7 +390,7 @@ impl RedisBackend {
     pub(crate) async fn get_timed(&self, key: &str) -> Result<Option<Timed>, Unavailable> {
         let (_in_progress, busy) = self.inner.coalescer.begin();
         if self.coalesces(busy) {
-            self.connection()?;
+            self.up()?;
             return self
                 .inner
                 .coalescer
@@ -689,13 +700,7 @@ fn with_remaining(
         return Err(Unavailable::Failed);
     }
     let mut pttls = replies.split_off(1).into_iter();
-    let values: Vec<Option<Vec<u8>>> =
-        redis::from_redis_value(replies.remove(0)).map_err(|_| Unavailable::Failed)?;
-    if values.len() != timed.len() {
-        return Err(Unavailable::Failed);
-    }
-    values
-        .into_iter()
+    mget_values(replies.remove(0), timed.len())?
         .zip(timed)
         .map(|(bytes, &timed)| {
             let remaining = if timed {
@@ -708,6 +713,39 @@ fn with_remaining(
             Ok(bytes.map(|bytes| Timed { bytes, remaining }))
         })
         .collect()
+}
+
+/// `MGET` of `keys`, sized once for all of them.
+fn mget_command(keys: &[String]) -> redis::Cmd {
+    let bytes = keys.iter().map(String::len).sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(keys.len() + 1, bytes + "MGET".len());
+    cmd.arg("MGET").arg(keys);
+    cmd
+}
+
+/// The values of an `MGET` of `keys` keys, in order; `Failed` unless the reply holds
+/// one value or nil per key, so that each maps back to its key.
+fn mget_values(
+    reply: redis::Value,
+    keys: usize,
+) -> Result<impl Iterator<Item = Option<Vec<u8>>>, Unavailable> {
+    let redis::Value::Array(values) = reply else {
+        return Err(Unavailable::Failed);
+    };
+    let valid = |v: &redis::Value| {
+        matches!(
+            v,
+            redis::Value::BulkString(_) | redis::Value::Nil | redis::Value::SimpleString(_)
+        )
+    };
+    if values.len() != keys || !values.iter().all(valid) {
+        return Err(Unavailable::Failed);
+    }
+    Ok(values.into_iter().map(|value| match value {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        redis::Value::SimpleString(text) => Some(text.into_bytes()),
+        _ => None,
+    }))
 }
 
 /// `SET key value EX s`, or `PX ms` when the TTL has a sub-second part.
@@ -737,13 +775,12 @@ impl Inner {
             writes,
         } = batch;
         if writes.is_empty() && !timed.contains(&true) {
-            let result = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async::<Vec<Option<Vec<u8>>>>(&mut (*conn).clone())
+            let result = mget_command(&keys)
+                .query_async::<redis::Value>(&mut (*conn).clone())
                 .await;
-            let values = self.settle(&conn, result)?;
+            let values = mget_values(self.settle(&conn, result)?, keys.len())?;
+            // Straight from the parsed reply to the callers' answers, in one pass.
             return Ok(values
-                .into_iter()
                 .map(|v| {
                     Ok(v.map(|bytes| Timed {
                         bytes,
@@ -756,7 +793,7 @@ impl Inner {
         // Each write's error is its own: the others' replies still come back.
         pipe.ignore_errors();
         if !keys.is_empty() {
-            pipe.cmd("MGET").arg(&keys);
+            pipe.add_command(mget_command(&keys));
             // A PTTL per timed key, in the MGET's round trip.
             for (key, _) in keys.iter().zip(&timed).filter(|(_, t)| **t) {
                 pipe.cmd("PTTL").arg(key);
@@ -1633,6 +1670,28 @@ mod tests {
             .expect("a RESP error line")
             .extract_error()
             .expect_err("an error reply")
+    }
+
+    #[test]
+    fn an_mgets_reply_maps_to_its_keys_only_when_it_has_one_value_per_key() {
+        let reply = |resp: &str| redis::parse_redis_value(resp.as_bytes()).expect("RESP");
+        let values: Vec<_> = mget_values(reply("*3\r\n$1\r\na\r\n$-1\r\n$2\r\nbc\r\n"), 3)
+            .expect("one value or nil per key")
+            .collect();
+        assert_eq!(values, [Some(b"a".to_vec()), None, Some(b"bc".to_vec())]);
+        for (resp, keys) in [
+            // One value short, one too many: no value can be trusted to be its key's.
+            ("*2\r\n$1\r\na\r\n$-1\r\n", 3),
+            ("*2\r\n$1\r\na\r\n$-1\r\n", 1),
+            // Not an MGET's reply.
+            (":1\r\n", 1),
+            ("*2\r\n:1\r\n$1\r\na\r\n", 2),
+        ] {
+            assert!(
+                mget_values(reply(resp), keys).is_err(),
+                "{resp:?} taken for {keys} keys' values"
+            );
+        }
     }
 
     #[test]

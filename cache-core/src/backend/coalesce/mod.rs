@@ -71,8 +71,9 @@ pub(crate) type Reply = Result<Option<Timed>, Unavailable>;
 enum Op {
     /// A key's bytes; with the time the entry has left (`PTTL`) when `timed`.
     Get { key: String, timed: bool },
-    /// A write, whose reply only says whether Redis took it.
-    Write(redis::Cmd),
+    /// A write, whose reply only says whether Redis took it (boxed: a queued call is
+    /// moved several times, and most are gets).
+    Write(Box<redis::Cmd>),
 }
 
 struct Waiting {
@@ -278,7 +279,9 @@ impl Coalescer {
         cmd: redis::Cmd,
         timeout: Duration,
     ) -> Result<(), Unavailable> {
-        self.queue(Op::Write(cmd), timeout).await.map(drop)
+        self.queue(Op::Write(Box::new(cmd)), timeout)
+            .await
+            .map(drop)
     }
 
     async fn queue(&self, op: Op, timeout: Duration) -> Reply {
@@ -339,6 +342,9 @@ where
     });
     // How long to poll for the batch just sent.
     let mut window_for_sent = Duration::ZERO;
+    // Callers whose deadline passed before their batch was sent, answered once the queue
+    // is unlocked.
+    let mut expired = Vec::new();
     loop {
         // Poll for the reply of the batch just sent a while before sleeping on it, once
         // per batch (wake-ups while it is in flight do not open another window). Each
@@ -395,14 +401,17 @@ where
                 .div_ceil(MAX_IN_FLIGHT)
                 .clamp(1, MAX_MGET_KEYS)
                 .min(queue.len());
-            let batch: Vec<Waiting> = queue.drain(..share).collect();
-            carried += batch.len();
-            in_flight.push(send(batch, &mget));
+            let (batch, answers) = prepare(queue.drain(..share), Instant::now(), &mut expired);
+            carried += share;
+            in_flight.push(send(batch, answers, share, &mget));
             window_for_sent = spin.window();
         }
         let front = queue.front().map(|w| w.deadline);
         let more = !queue.is_empty() && in_flight.len() < MAX_IN_FLIGHT;
         drop(queue);
+        for reply in expired.drain(..) {
+            let _ = reply.send(Err(Unavailable::Timeout));
+        }
         match front {
             Some(deadline) if armed.is_none_or(|at| at > deadline) => {
                 expiry.as_mut().reset(deadline);
@@ -430,28 +439,24 @@ fn polling_pays() -> bool {
     workers <= cpus
 }
 
-/// One round trip for `batch`, answering each waiter with its own reply (a key's bytes,
-/// or whether its write was taken), or with `Timeout` when its deadline passes first.
-/// Returns how many calls it carried.
-async fn send<F, Fut>(batch: Vec<Waiting>, mget: &F) -> usize
-where
-    F: Fn(Batch) -> Fut,
-    Fut: Future<Output = Result<Vec<Reply>, Unavailable>>,
-{
-    let carried = batch.len();
-    let now = Instant::now();
-    let mut keys = Vec::with_capacity(batch.len());
-    let mut timed = Vec::with_capacity(batch.len());
+/// Splits queued calls into a batch (each call's key or write, moved, not copied) and
+/// where each answer goes, in the order of the replies: the gets', then the writes'.
+/// Callers whose deadline has passed go to `expired`, to be answered `Timeout`; callers
+/// that went away are neither read nor written for.
+fn prepare(
+    queued: impl ExactSizeIterator<Item = Waiting>,
+    now: Instant,
+    expired: &mut Vec<oneshot::Sender<Reply>>,
+) -> (Batch, Vec<Answer>) {
+    let mut keys = Vec::with_capacity(queued.len());
+    let mut timed = Vec::with_capacity(queued.len());
     let mut writes = Vec::new();
-    // The gets' answers, in the order of `keys`, then the writes'.
-    let mut answers = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(queued.len());
     let mut written = Vec::new();
-    for waiting in batch {
+    for waiting in queued {
         if waiting.deadline <= now {
-            let _ = waiting.reply.send(Err(Unavailable::Timeout));
+            expired.push(waiting.reply);
         } else if !waiting.reply.is_closed() {
-            // (A caller that went away before its call was sent is neither read nor
-            // written for.)
             let answer = Answer {
                 deadline: waiting.deadline,
                 reply: Some(waiting.reply),
@@ -463,24 +468,38 @@ where
                     answers.push(answer);
                 }
                 Op::Write(cmd) => {
-                    writes.push(cmd);
+                    writes.push(*cmd);
                     written.push(answer);
                 }
             }
         }
     }
     answers.append(&mut written);
+    (
+        Batch {
+            keys,
+            timed,
+            writes,
+        },
+        answers,
+    )
+}
+
+/// One round trip for `batch`, answering each caller with its own reply (a key's bytes,
+/// or whether its write was taken), or with `Timeout` when its deadline passes first.
+/// Returns `carried`, how many calls it carried.
+async fn send<F, Fut>(batch: Batch, mut answers: Vec<Answer>, carried: usize, mget: &F) -> usize
+where
+    F: Fn(Batch) -> Fut,
+    Fut: Future<Output = Result<Vec<Reply>, Unavailable>>,
+{
     if answers.is_empty() {
         return carried;
     }
     // The connection's response timeout bounds the MGET (and counts towards the
     // breaker, so it is always awaited to the end); callers whose own deadline passes
     // first are answered when it does.
-    let mut call = pin!(mget(Batch {
-        keys,
-        timed,
-        writes
-    }));
+    let mut call = pin!(mget(batch));
     let outcome = loop {
         let Some(first) = answers
             .iter()
