@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_manager::{Cache, CacheConfig, cache_registry};
+use cache_manager::{Breaker, Cache, CacheConfig, cache_registry};
 use cache_tests::{RedisServer, wire};
 
 /// Values spell out their key, so a value delivered to the wrong caller shows.
@@ -354,6 +354,45 @@ async fn a_get_queued_behind_a_stuck_mget_keeps_its_own_deadline() {
     }
     println!("the slowest of the gets queued behind a stuck MGET: {slowest:?}");
     server.resume();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_batch_counts_each_of_its_calls_toward_the_breaker() {
+    // 64 gets at once against a paused server: 16 go alone as plain GETs, 48 in one
+    // MGET. Sent alone, the 64 timeouts in a row would open a breaker whose threshold is
+    // 20; the MGET's timeout must count for its 48 calls, not once (17 in a row would
+    // leave the breaker closed, and every call after waiting for its timeout too).
+    let server = RedisServer::new();
+    let caches = Caches::new();
+    let config = CacheConfig::new()
+        .with_response_timeout(Duration::from_millis(200))
+        .with_failure_threshold(20);
+    caches.connect_with(&server.url(), &config).await.unwrap();
+    let caches = Arc::new(caches);
+    populate(&caches, 100).await;
+    let before = caches.health().await.degraded_calls;
+    server.pause();
+    for handle in spawn_gets(&caches, 0, 64) {
+        let (got, _) = tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("a get against a paused server hung")
+            .expect("a reader task panicked");
+        assert_eq!(got, None);
+    }
+    let health = tokio::time::timeout(Duration::from_secs(10), caches.health())
+        .await
+        .expect("health hung");
+    server.resume();
+    assert_eq!(
+        health.breaker,
+        Breaker::Open,
+        "64 calls timed out, yet the breaker is closed: {health:?}"
+    );
+    assert_eq!(
+        health.degraded_calls - before,
+        64,
+        "every call that timed out counts as degraded: {health:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

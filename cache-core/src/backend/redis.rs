@@ -321,7 +321,8 @@ impl RedisBackend {
             .inner
             .coalescer
             .get(key, false, self.inner.config.response_timeout)
-            .await?;
+            .await
+            .inspect_err(|why| self.inner.count_failed(*why))?;
         Ok(found.map(|timed| timed.bytes))
     }
 
@@ -361,7 +362,8 @@ impl RedisBackend {
                     .inner
                     .coalescer
                     .write(cmd, self.inner.config.response_timeout)
-                    .await;
+                    .await
+                    .inspect_err(|why| self.inner.count_failed(*why));
             }
             return self.query::<()>(&cmd).await;
         }
@@ -395,7 +397,8 @@ impl RedisBackend {
                 .inner
                 .coalescer
                 .get(key, true, self.inner.config.response_timeout)
-                .await;
+                .await
+                .inspect_err(|why| self.inner.count_failed(*why));
         }
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
@@ -778,7 +781,7 @@ impl Inner {
             let result = mget_command(&keys)
                 .query_async::<redis::Value>(&mut (*conn).clone())
                 .await;
-            let values = mget_values(self.settle(&conn, result)?, keys.len())?;
+            let values = mget_values(self.settle_batch(&conn, result)?, keys.len())?;
             // Straight from the parsed reply to the callers' answers, in one pass.
             return Ok(values
                 .map(|v| {
@@ -806,7 +809,7 @@ impl Inner {
         let result = pipe
             .query_async::<Vec<redis::Value>>(&mut (*conn).clone())
             .await;
-        let mut replies = self.settle(&conn, result)?;
+        let mut replies = self.settle_batch(&conn, result)?;
         let reads = if keys.is_empty() {
             0
         } else {
@@ -842,7 +845,7 @@ impl Inner {
     /// Settles a command's error reply in a pipeline whose other replies came back.
     fn refusal(&self, conn: &Arc<MultiplexedConnection>, reply: redis::Value) -> Unavailable {
         match reply.extract_error() {
-            Err(error) => self.settle::<()>(conn, Err(error)).err(),
+            Err(error) => self.settle_batch::<()>(conn, Err(error)).err(),
             Ok(_) => None,
         }
         .unwrap_or(Unavailable::Failed)
@@ -1031,6 +1034,27 @@ impl Inner {
         conn: &Arc<MultiplexedConnection>,
         result: Result<T, RedisError>,
     ) -> Result<T, Unavailable> {
+        self.settle_counting(conn, result, true)
+    }
+
+    /// [`settle`](Self::settle) for a coalesced batch's round trip: the same outcome and
+    /// side effects (a reconnection, a refusal logged), but each caller counts its own
+    /// failure ([`count_failed`](Self::count_failed)), as it would have sent alone,
+    /// rather than the batch counting once for all of them.
+    fn settle_batch<T>(
+        &self,
+        conn: &Arc<MultiplexedConnection>,
+        result: Result<T, RedisError>,
+    ) -> Result<T, Unavailable> {
+        self.settle_counting(conn, result, false)
+    }
+
+    fn settle_counting<T>(
+        &self,
+        conn: &Arc<MultiplexedConnection>,
+        result: Result<T, RedisError>,
+        count: bool,
+    ) -> Result<T, Unavailable> {
         match result {
             Ok(value) => {
                 if self.timeouts_in_a_row.load(Ordering::Relaxed) != 0 {
@@ -1039,17 +1063,14 @@ impl Inner {
                 Ok(value)
             }
             Err(error) => {
-                self.outage.count_degraded();
                 if error.is_timeout() {
-                    let in_a_row = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-                    if in_a_row >= self.config.failure_threshold {
-                        let reason = format!(
-                            "{in_a_row} calls in a row got no reply within {:?}",
-                            self.config.response_timeout
-                        );
-                        self.open_breaker(conn, reason);
+                    if count {
+                        self.count_timeout(conn);
                     }
                     return Err(Unavailable::Timeout);
+                }
+                if count {
+                    self.outage.count_degraded();
                 }
                 if self.topology_hint(&error) {
                     return Err(Unavailable::Failed);
@@ -1062,6 +1083,30 @@ impl Inner {
                 }
                 Err(Unavailable::Failed)
             }
+        }
+    }
+
+    /// Counts a call that got no reply in time as degraded and toward the timeouts in a
+    /// row that open the breaker on `conn`.
+    fn count_timeout(&self, conn: &Arc<MultiplexedConnection>) {
+        self.outage.count_degraded();
+        let in_a_row = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row >= self.config.failure_threshold {
+            let reason = format!(
+                "{in_a_row} calls in a row got no reply within {:?}",
+                self.config.response_timeout
+            );
+            self.open_breaker(conn, reason);
+        }
+    }
+
+    /// Counts a coalesced call that failed, as [`settle`](Self::settle) counts a call
+    /// sent alone: degraded, and a timeout toward the breaker of the connection it was
+    /// sent on (still the current one unless the breaker has opened since).
+    fn count_failed(&self, why: Unavailable) {
+        match (why, self.conn.load_full()) {
+            (Unavailable::Timeout, Some(conn)) => self.count_timeout(&conn),
+            _ => self.outage.count_degraded(),
         }
     }
 
