@@ -402,9 +402,12 @@ where
                 .clamp(1, MAX_MGET_KEYS)
                 .min(queue.len());
             let (batch, answers) = prepare(queue.drain(..share), Instant::now(), &mut expired);
-            carried += share;
-            in_flight.push(send(batch, answers, share, &mget));
-            window_for_sent = spin.window();
+            // (Nothing to send when every caller's deadline passed or it went away.)
+            if !answers.is_empty() {
+                carried += share;
+                in_flight.push(send(batch, answers, share, &mget));
+                window_for_sent = spin.window();
+            }
         }
         let front = queue.front().map(|w| w.deadline);
         let more = !queue.is_empty() && in_flight.len() < MAX_IN_FLIGHT;
@@ -493,9 +496,6 @@ where
     F: Fn(Batch) -> Fut,
     Fut: Future<Output = Result<Vec<Reply>, Unavailable>>,
 {
-    if answers.is_empty() {
-        return carried;
-    }
     // The connection's response timeout bounds the MGET (and counts towards the
     // breaker, so it is always awaited to the end); callers whose own deadline passes
     // first are answered when it does.
