@@ -17,5 +17,5 @@ pub mod tls;
 pub mod wire;
 
 pub use logs::LogCapture;
-pub use proxy::{MovableAddress, RoundTripProxy};
+pub use proxy::{DelayedAddress, MovableAddress, RoundTripProxy};
 pub use server::{RedisServer, RedisServerBuilder, Watchdog, free_port};

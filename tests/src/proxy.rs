@@ -181,6 +181,101 @@ async fn pump(
     }
 }
 
+/// A loopback proxy in front of a server that holds every chunk a client sends for a
+/// fixed delay before passing it on, each counted from when it arrived (commands
+/// pipelined behind one another are not delayed one after the other): a server that
+/// answers every round trip in that delay, whatever else is in flight. Replies pass at
+/// once.
+pub struct DelayedAddress {
+    port: u16,
+    mgets: Arc<AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl DelayedAddress {
+    /// Listens on a free loopback port, forwarding every connection to `target_port`
+    /// with `delay` on what clients send.
+    pub async fn start(target_port: u16, delay: std::time::Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the delaying proxy");
+        let port = listener.local_addr().expect("its address").port();
+        let mgets = Arc::new(AtomicU64::new(0));
+        let accept = tokio::spawn({
+            let mgets = Arc::clone(&mgets);
+            async move {
+                let mut connections = tokio::task::JoinSet::new();
+                while let Ok((client, _)) = listener.accept().await {
+                    let mgets = Arc::clone(&mgets);
+                    connections.spawn(delay_line(client, target_port, delay, mgets));
+                }
+            }
+        });
+        DelayedAddress {
+            port,
+            mgets,
+            accept,
+        }
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Chunks received from clients that hold an `MGET`, held or passed on.
+    pub fn mgets(&self) -> u64 {
+        self.mgets.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for DelayedAddress {
+    fn drop(&mut self) {
+        // Dropping the accept loop's JoinSet aborts every connection's task.
+        self.accept.abort();
+    }
+}
+
+/// One connection through a [`DelayedAddress`], until either side closes.
+async fn delay_line(
+    client: tokio::net::TcpStream,
+    target: u16,
+    delay: std::time::Duration,
+    mgets: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, target)).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let (arrived, mut due) = tokio::sync::mpsc::unbounded_channel();
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+            let at = tokio::time::Instant::now() + delay;
+            if buf[..n].windows(4).any(|w| w.eq_ignore_ascii_case(b"MGET")) {
+                mgets.fetch_add(1, Ordering::SeqCst);
+            }
+            if arrived.send((at, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((at, chunk)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to_server.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(read, write) } => {}
+        _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
+    }
+}
+
 /// A loopback address whose target can be moved, as a DNS name or a virtual IP is moved
 /// by a failover: new connections go to the current target, those already made stay
 /// with the server they reached.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_manager::{Breaker, Cache, CacheConfig, cache_registry};
-use cache_tests::{RedisServer, wire};
+use cache_tests::{DelayedAddress, RedisServer, wire};
 
 /// Values spell out their key, so a value delivered to the wrong caller shows.
 #[derive(Cache)]
@@ -356,12 +356,14 @@ async fn a_get_queued_behind_a_stuck_mget_keeps_its_own_deadline() {
     server.resume();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_stuck_batch_counts_each_of_its_calls_toward_the_breaker() {
     // 64 gets at once against a paused server: 16 go alone as plain GETs, 48 in one
-    // MGET. Sent alone, the 64 timeouts in a row would open a breaker whose threshold is
-    // 20; the MGET's timeout must count for its 48 calls, not once (17 in a row would
-    // leave the breaker closed, and every call after waiting for its timeout too).
+    // MGET (on one thread, all 64 tasks run before the dispatcher drains its queue).
+    // Sent alone, the 64 timeouts in a row would open a breaker whose threshold is 20;
+    // the MGET's timeout must count for its 48 calls, not once (17 in a row would leave
+    // the breaker closed, and every call after waiting for its timeout too).
+    let watchdog = cache_tests::Watchdog::start("the stuck batch test", Duration::from_secs(60));
     let server = RedisServer::new();
     let caches = Caches::new();
     let config = CacheConfig::new()
@@ -383,15 +385,73 @@ async fn a_stuck_batch_counts_each_of_its_calls_toward_the_breaker() {
         .await
         .expect("health hung");
     server.resume();
+    drop(watchdog);
     assert_eq!(
         health.breaker,
         Breaker::Open,
         "64 calls timed out, yet the breaker is closed: {health:?}"
     );
-    assert_eq!(
-        health.degraded_calls - before,
-        64,
+    // (Health's own PING counts too when it goes out before the MGET's timeout, a
+    // moment after the callers' deadlines, has closed the connection.)
+    assert!(
+        health.degraded_calls - before >= 64,
         "every call that timed out counts as degraded: {health:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_pass_their_deadline_waiting_to_be_sent_do_not_open_the_breaker() {
+    // Every round trip takes 300 ms (a proxy holds each command that long), within the
+    // 450 ms response timeout. 17 gets: 16 go alone, the 17th in an MGET; 47 more, made
+    // once that MGET is on its way, wait for its reply and then for their own, some
+    // 600 ms, past their deadline. They degrade, but the server answered every round
+    // trip in time and a lone call would have had its reply: they must not count toward
+    // the breaker (three would open it).
+    let server = RedisServer::new();
+    let slow = DelayedAddress::start(server.port(), Duration::from_millis(300)).await;
+    let caches = Caches::new();
+    let config = CacheConfig::new()
+        .with_response_timeout(Duration::from_millis(450))
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_failure_threshold(3);
+    caches
+        .connect_with(&server.url_on_port(slow.port()), &config)
+        .await
+        .unwrap();
+    let caches = Arc::new(caches);
+    // The cache's first call also records its layout for the deploy: one round trip
+    // more, which would hold one of the 17 back.
+    assert_eq!(caches.items().get(&100).await, None);
+    let before = caches.items().stats();
+    let mut gets = spawn_gets(&caches, 0, 17);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.mgets() == 0 {
+        assert!(Instant::now() < deadline, "the 17th get was not coalesced");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    gets.extend(spawn_gets(&caches, 17, 47));
+    for handle in gets {
+        let (got, _) = tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("a get hung")
+            .expect("a reader task panicked");
+        assert_eq!(got, None);
+    }
+    let health = tokio::time::timeout(Duration::from_secs(10), caches.health())
+        .await
+        .expect("health hung");
+    let stats = caches.items().stats();
+    // Otherwise the test proves nothing.
+    assert!(
+        stats.timeouts > before.timeouts,
+        "no call passed its deadline waiting behind a batch: {stats:?}"
+    );
+    assert_eq!(
+        health.breaker,
+        Breaker::Closed,
+        "{} calls passed their deadline waiting to be sent, and opened the breaker of a \
+         server that answered every round trip in time: {health:?}",
+        stats.timeouts - before.timeouts
     );
 }
 

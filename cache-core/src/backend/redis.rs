@@ -280,7 +280,8 @@ impl RedisBackend {
     }
 
     /// `Down` at once while the breaker is open, as [`connection`](Self::connection),
-    /// without taking the connection.
+    /// without taking the connection: for a call that goes to the coalescer, or goes alone
+    /// through a method that takes the connection itself.
     fn up(&self) -> Result<(), Unavailable> {
         if self.is_up() {
             Ok(())
@@ -307,22 +308,24 @@ impl RedisBackend {
 
     /// A plain `GET` under low load; under load, the key joins the next `MGET`.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
+        // (Checked before the call counts as in progress: a call that fails at once while
+        // the breaker is open would be a misleading sample of the route it took.)
+        let conn = self.connection()?;
         let (_in_progress, busy) = self.inner.coalescer.begin();
         if !self.coalesces(busy) {
-            let conn = self.connection()?;
             let result = redis::cmd("GET")
                 .arg(key)
                 .query_async(&mut (*conn).clone())
                 .await;
             return self.inner.settle(&conn, result);
         }
-        self.up()?;
+        drop(conn);
         let found = self
             .inner
             .coalescer
             .get(key, false, self.inner.config.response_timeout)
             .await
-            .inspect_err(|why| self.inner.count_failed(*why))?;
+            .inspect_err(|_| self.inner.outage.count_degraded())?;
         Ok(found.map(|timed| timed.bytes))
     }
 
@@ -355,15 +358,15 @@ impl RedisBackend {
         let cmd = set_command(key, value, ttl);
         // A first level's write needs a `PUBLISH` beside it only where writes announce.
         if !announce || !self.announces() {
+            self.up()?;
             let (_in_progress, busy) = self.inner.coalescer.begin();
             if self.coalesces(busy) && value.len() <= coalesce::MAX_WRITE_BYTES {
-                self.up()?;
                 return self
                     .inner
                     .coalescer
                     .write(cmd, self.inner.config.response_timeout)
                     .await
-                    .inspect_err(|why| self.inner.count_failed(*why));
+                    .inspect_err(|_| self.inner.outage.count_degraded());
             }
             return self.query::<()>(&cmd).await;
         }
@@ -390,15 +393,15 @@ impl RedisBackend {
     /// `GET` and `PTTL` of `key` in one round trip; under load, the key joins the next
     /// `MGET`, with its `PTTL` in the same round trip.
     pub(crate) async fn get_timed(&self, key: &str) -> Result<Option<Timed>, Unavailable> {
+        self.up()?;
         let (_in_progress, busy) = self.inner.coalescer.begin();
         if self.coalesces(busy) {
-            self.up()?;
             return self
                 .inner
                 .coalescer
                 .get(key, true, self.inner.config.response_timeout)
                 .await
-                .inspect_err(|why| self.inner.count_failed(*why));
+                .inspect_err(|_| self.inner.outage.count_degraded());
         }
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
@@ -751,6 +754,16 @@ fn mget_values(
     }))
 }
 
+/// What a failed round trip counts, by [`Inner::settle_counting`].
+#[derive(Clone, Copy)]
+enum Counted {
+    /// One call, sent alone: one degraded call, one timeout toward the breaker.
+    Call,
+    /// A coalesced batch of this many calls: a timeout for each toward the breaker; each
+    /// caller counts itself as degraded.
+    Batch(usize),
+}
+
 /// `SET key value EX s`, or `PX ms` when the TTL has a sub-second part.
 pub(super) fn set_command(key: &str, value: &[u8], ttl: Duration) -> redis::Cmd {
     let mut cmd = redis::cmd("SET");
@@ -777,11 +790,12 @@ impl Inner {
             timed,
             writes,
         } = batch;
+        let calls = keys.len() + writes.len();
         if writes.is_empty() && !timed.contains(&true) {
             let result = mget_command(&keys)
                 .query_async::<redis::Value>(&mut (*conn).clone())
                 .await;
-            let values = mget_values(self.settle_batch(&conn, result)?, keys.len())?;
+            let values = mget_values(self.settle_batch(&conn, result, calls)?, keys.len())?;
             // Straight from the parsed reply to the callers' answers, in one pass.
             return Ok(values
                 .map(|v| {
@@ -809,7 +823,7 @@ impl Inner {
         let result = pipe
             .query_async::<Vec<redis::Value>>(&mut (*conn).clone())
             .await;
-        let mut replies = self.settle_batch(&conn, result)?;
+        let mut replies = self.settle_batch(&conn, result, calls)?;
         let reads = if keys.is_empty() {
             0
         } else {
@@ -845,7 +859,7 @@ impl Inner {
     /// Settles a command's error reply in a pipeline whose other replies came back.
     fn refusal(&self, conn: &Arc<MultiplexedConnection>, reply: redis::Value) -> Unavailable {
         match reply.extract_error() {
-            Err(error) => self.settle_batch::<()>(conn, Err(error)).err(),
+            Err(error) => self.settle_batch::<()>(conn, Err(error), 1).err(),
             Ok(_) => None,
         }
         .unwrap_or(Unavailable::Failed)
@@ -1034,26 +1048,30 @@ impl Inner {
         conn: &Arc<MultiplexedConnection>,
         result: Result<T, RedisError>,
     ) -> Result<T, Unavailable> {
-        self.settle_counting(conn, result, true)
+        self.settle_counting(conn, result, Counted::Call)
     }
 
-    /// [`settle`](Self::settle) for a coalesced batch's round trip: the same outcome and
-    /// side effects (a reconnection, a refusal logged), but each caller counts its own
-    /// failure ([`count_failed`](Self::count_failed)), as it would have sent alone,
-    /// rather than the batch counting once for all of them.
+    /// [`settle`](Self::settle) for the round trip of a coalesced batch of `calls` calls:
+    /// the same outcome and side effects (a reconnection, a refusal logged), and when it
+    /// got no reply in time, a timeout for each call it carried toward the breaker, as
+    /// the calls sent alone in that round trip would have counted. Each caller counts
+    /// itself as degraded. (A caller whose own deadline passed while it waited for a
+    /// batch to go out counts toward nothing but that: the server may be answering every
+    /// round trip in time.)
     fn settle_batch<T>(
         &self,
         conn: &Arc<MultiplexedConnection>,
         result: Result<T, RedisError>,
+        calls: usize,
     ) -> Result<T, Unavailable> {
-        self.settle_counting(conn, result, false)
+        self.settle_counting(conn, result, Counted::Batch(calls))
     }
 
     fn settle_counting<T>(
         &self,
         conn: &Arc<MultiplexedConnection>,
         result: Result<T, RedisError>,
-        count: bool,
+        counted: Counted,
     ) -> Result<T, Unavailable> {
         match result {
             Ok(value) => {
@@ -1063,14 +1081,16 @@ impl Inner {
                 Ok(value)
             }
             Err(error) => {
-                if error.is_timeout() {
-                    if count {
-                        self.count_timeout(conn);
+                let timeouts = match counted {
+                    Counted::Call => {
+                        self.outage.count_degraded();
+                        1
                     }
+                    Counted::Batch(calls) => u32::try_from(calls).unwrap_or(u32::MAX),
+                };
+                if error.is_timeout() {
+                    self.count_timeouts(conn, timeouts);
                     return Err(Unavailable::Timeout);
-                }
-                if count {
-                    self.outage.count_degraded();
                 }
                 if self.topology_hint(&error) {
                     return Err(Unavailable::Failed);
@@ -1086,27 +1106,19 @@ impl Inner {
         }
     }
 
-    /// Counts a call that got no reply in time as degraded and toward the timeouts in a
-    /// row that open the breaker on `conn`.
-    fn count_timeout(&self, conn: &Arc<MultiplexedConnection>) {
-        self.outage.count_degraded();
-        let in_a_row = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Counts `calls` calls that got no reply in time toward the timeouts in a row that
+    /// open the breaker on `conn`.
+    fn count_timeouts(&self, conn: &Arc<MultiplexedConnection>, calls: u32) {
+        let in_a_row = self
+            .timeouts_in_a_row
+            .fetch_add(calls, Ordering::Relaxed)
+            .saturating_add(calls);
         if in_a_row >= self.config.failure_threshold {
             let reason = format!(
                 "{in_a_row} calls in a row got no reply within {:?}",
                 self.config.response_timeout
             );
             self.open_breaker(conn, reason);
-        }
-    }
-
-    /// Counts a coalesced call that failed, as [`settle`](Self::settle) counts a call
-    /// sent alone: degraded, and a timeout toward the breaker of the connection it was
-    /// sent on (still the current one unless the breaker has opened since).
-    fn count_failed(&self, why: Unavailable) {
-        match (why, self.conn.load_full()) {
-            (Unavailable::Timeout, Some(conn)) => self.count_timeout(&conn),
-            _ => self.outage.count_degraded(),
         }
     }
 

@@ -24,7 +24,7 @@ pub(crate) use secret::Secret;
 /// | --- | --- | --- | --- |
 /// | response timeout | 250 ms | `response_timeout_ms` | the deadline of every call, sending included; a cache answer slower than the database is worth nothing |
 /// | connect timeout | 1 s | `connect_timeout_ms` | bounds each (re)connection attempt and its `PING` probe, so a black-holed host cannot stall recovery |
-/// | failure threshold | 3 | `failure_threshold` | timeouts in a row that open the breaker; one slow reply is noise, three is a hung server |
+/// | failure threshold | 3 | `failure_threshold` | calls in a row that got no reply in time, which open the breaker; one slow reply is noise, three is a hung server (concurrent calls stuck in the same round trip each count) |
 /// | backoff | 50 ms to 5 s | `backoff_min_ms`, `backoff_max_ms` | reconnect quickly after a blip, without hammering a server that is down |
 /// | summary interval | 30 s | `summary_interval_ms` | how often a still-down backend logs how many calls degraded |
 /// | fail-safe throttle | 30 s | `fail_safe_throttle_ms` | after a loader failed, how long `get_or_load` serves the stale fallback (`fail_safe`) as if fresh, so a failing database is not asked again on every call |
