@@ -732,6 +732,25 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn calls_whose_deadline_passed_before_they_were_sent_make_no_batch() {
+        let (coalescer, sent) =
+            fake_dispatcher_counting(Duration::from_millis(1), Duration::from_millis(100));
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            coalescer.get("k", false, Duration::ZERO),
+        )
+        .await
+        .expect("a get past its deadline hung");
+        assert!(matches!(got, Err(Unavailable::Timeout)), "{got:?}");
+        // Let the dispatcher finish its round.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sent.load(Ordering::Relaxed), 0, "a batch was sent");
+        assert_eq!(polling(&coalescer), (0, 0), "(batches polled for, caught)");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn keys_left_queued_behind_a_full_batch_go_next_when_polling_catches_it() {
         // 600 keys queued at once: a full batch of 512 goes out, 88 stay queued, and the
         // wake-up that brought them is spent. Polling catches the batch's reply; nothing
