@@ -15,6 +15,10 @@
 //! - `raw-64`: hand-written `GET`s on clones of one multiplexed connection;
 //! - `redis-64`: the library's `get`.
 //!
+//! And the same with 16 tasks (`raw-16`, `redis-16`), where the library does not coalesce
+//! yet (fewer than 16 calls in progress go alone): its own cost over raw's pipelined
+//! `GET`s.
+//!
 //! And two sequential `set`s of the same value, where the library's cost over raw shows
 //! without a decode: `raw-set` (`SET key bytes EX ttl`, with the value encoded as the
 //! library encodes it) and `redis-set`.
@@ -62,12 +66,14 @@ cache_registry! {
 
 const KEY: u64 = 42;
 const WARM_UP: u64 = 500;
-const TARGETS: [&str; 11] = [
+const TARGETS: [&str; 13] = [
     "raw",
     "redis",
     "memory",
     "raw-64",
     "redis-64",
+    "raw-16",
+    "redis-16",
     "raw-set",
     "redis-set",
     "raw-mget",
@@ -77,8 +83,9 @@ const TARGETS: [&str; 11] = [
 ];
 /// Keys of a batch target's calls: the library's limit.
 const BATCH: u64 = 100;
-/// Tasks of the concurrent targets.
-const TASKS: u64 = 64;
+/// Tasks of the concurrent targets: 64, where the library coalesces, and 16, where it
+/// does not yet (fewer than 16 calls in progress go alone).
+const TASKS: [u64; 2] = [64, 16];
 
 fn main() {
     // The child: `instructions <target> <calls> <url>` under valgrind.
@@ -108,7 +115,8 @@ fn parent() {
     let exe = std::env::current_exe().expect("the bench's own path");
     println!(
         "valgrind --tool=callgrind, tokio current-thread, get of a 47-byte bincode value, \
-         sequential and from {TASKS} tasks"
+         sequential and from {} and {} tasks",
+        TASKS[0], TASKS[1]
     );
     println!("N = {n}; per call = (Ir at 2N - Ir at N) / N, warm-up {WARM_UP} calls in both runs");
     println!();
@@ -135,14 +143,16 @@ fn parent() {
     println!();
     println!(
         "library on redis / raw: {:.2}; library on memory:// / raw: {:.2}; \
-         64 tasks, library / raw: {:.2}; set, library / raw: {:.2}; \
-         mget of {BATCH}, library / raw: {:.2}; mset of {BATCH}, library / raw: {:.2}",
+         64 tasks, library / raw: {:.2}; 16 tasks, library / raw: {:.2}; \
+         set, library / raw: {:.2}; mget of {BATCH}, library / raw: {:.2}; \
+         mset of {BATCH}, library / raw: {:.2}",
         per_call[1] / per_call[0],
         per_call[2] / per_call[0],
         per_call[4] / per_call[3],
         per_call[6] / per_call[5],
         per_call[8] / per_call[7],
-        per_call[10] / per_call[9]
+        per_call[10] / per_call[9],
+        per_call[12] / per_call[11]
     );
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
 }
@@ -188,9 +198,11 @@ fn child(target: &str, calls: u64, url: &str) {
                 .await
                 .expect("set")
         );
-        if let Some(side) = target.strip_suffix("-64") {
-            concurrent(&caches, side == "raw", calls, url).await;
-            return;
+        for tasks in TASKS {
+            if let Some(side) = target.strip_suffix(&format!("-{tasks}")) {
+                concurrent(&caches, side == "raw", tasks, calls, url).await;
+                return;
+            }
         }
         if let Some(side) = target.strip_suffix("-set") {
             sets(caches, side == "raw", calls, url).await;
@@ -228,9 +240,9 @@ fn child(target: &str, calls: u64, url: &str) {
     });
 }
 
-/// `calls` gets (after the warm-up) spread over [`TASKS`] tasks, each reading its own key.
-async fn concurrent(caches: &Arc<Caches>, raw: bool, calls: u64, url: &str) {
-    for task in 0..TASKS {
+/// `calls` gets (after the warm-up) spread over `tasks` tasks, each reading its own key.
+async fn concurrent(caches: &Arc<Caches>, raw: bool, tasks: u64, calls: u64, url: &str) {
+    for task in 0..tasks {
         assert!(
             caches
                 .profiles()
@@ -241,8 +253,8 @@ async fn concurrent(caches: &Arc<Caches>, raw: bool, calls: u64, url: &str) {
     }
     let fingerprint = Caches::CACHES[0].fingerprint;
     let conn = raw_connection(url).await;
-    let per_task = (WARM_UP + calls) / TASKS;
-    let tasks: Vec<_> = (0..TASKS)
+    let per_task = (WARM_UP + calls) / tasks;
+    let readers: Vec<_> = (0..tasks)
         .map(|task| {
             let caches = Arc::clone(caches);
             let mut conn = conn.clone();
@@ -264,8 +276,8 @@ async fn concurrent(caches: &Arc<Caches>, raw: bool, calls: u64, url: &str) {
             })
         })
         .collect();
-    for task in tasks {
-        task.await.expect("a reading task panicked");
+    for reader in readers {
+        reader.await.expect("a reading task panicked");
     }
 }
 
