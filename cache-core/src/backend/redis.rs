@@ -279,18 +279,6 @@ impl RedisBackend {
         })
     }
 
-    /// `Down` at once while the breaker is open, as [`connection`](Self::connection),
-    /// without taking the connection: for a call that goes to the coalescer, or goes alone
-    /// through a method that takes the connection itself.
-    fn up(&self) -> Result<(), Unavailable> {
-        if self.is_up() {
-            Ok(())
-        } else {
-            self.inner.outage.count_degraded();
-            Err(Unavailable::Down)
-        }
-    }
-
     /// Whether the breaker is closed: a connection is up.
     pub(crate) fn is_up(&self) -> bool {
         self.inner.conn.load().is_some()
@@ -358,9 +346,11 @@ impl RedisBackend {
         let cmd = set_command(key, value, ttl);
         // A first level's write needs a `PUBLISH` beside it only where writes announce.
         if !announce || !self.announces() {
-            self.up()?;
+            // (Taken before the call counts as in progress, as in `get`.)
+            let conn = self.connection()?;
             let (_in_progress, busy) = self.inner.coalescer.begin();
             if self.coalesces(busy) && value.len() <= coalesce::MAX_WRITE_BYTES {
+                drop(conn);
                 return self
                     .inner
                     .coalescer
@@ -368,7 +358,8 @@ impl RedisBackend {
                     .await
                     .inspect_err(|_| self.inner.outage.count_degraded());
             }
-            return self.query::<()>(&cmd).await;
+            let result = cmd.query_async::<()>(&mut (*conn).clone()).await;
+            return self.inner.settle(&conn, result);
         }
         let mut pipe = redis::pipe();
         pipe.add_command(cmd).ignore();
@@ -393,9 +384,11 @@ impl RedisBackend {
     /// `GET` and `PTTL` of `key` in one round trip; under load, the key joins the next
     /// `MGET`, with its `PTTL` in the same round trip.
     pub(crate) async fn get_timed(&self, key: &str) -> Result<Option<Timed>, Unavailable> {
-        self.up()?;
+        // (Taken before the call counts as in progress, as in `get`.)
+        let conn = self.connection()?;
         let (_in_progress, busy) = self.inner.coalescer.begin();
         if self.coalesces(busy) {
+            drop(conn);
             return self
                 .inner
                 .coalescer
@@ -405,7 +398,8 @@ impl RedisBackend {
         }
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
-        let (bytes, pttl): (Option<Vec<u8>>, i64) = self.pipeline(&pipe).await?;
+        let result = pipe.query_async(&mut (*conn).clone()).await;
+        let (bytes, pttl): (Option<Vec<u8>>, i64) = self.inner.settle(&conn, result)?;
         Ok(bytes.map(|bytes| Timed {
             bytes,
             remaining: remaining_from_pttl(pttl),
