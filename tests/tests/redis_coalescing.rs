@@ -236,19 +236,8 @@ async fn coalesced_gets_keep_their_deadline_against_a_paused_server() {
     wire::reset_stats(&raw).await;
     let before = caches.items().stats();
     server.pause();
-    let handles: Vec<_> = (0..64u64)
-        .map(|t| {
-            let caches = Arc::clone(&caches);
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let got = caches.items().get(&t).await;
-                (got, started.elapsed())
-            })
-        })
-        .collect();
     let mut slowest = Duration::ZERO;
-    for handle in handles {
-        let (got, took) = handle.await.expect("a reader task panicked");
+    for (got, took) in joined(spawn_gets(&caches, 0, 64)).await {
         assert_eq!(got, None);
         // Each call waited for its own 100 ms deadline, not for the paused server; the
         // upper bound leaves room for a loaded machine's scheduling.
@@ -310,6 +299,21 @@ fn spawn_gets(
         .collect()
 }
 
+/// What each of `gets` got and how long it took, in order; each one within 10 s.
+async fn joined(
+    gets: Vec<tokio::task::JoinHandle<(Option<String>, Duration)>>,
+) -> Vec<(Option<String>, Duration)> {
+    let mut done = Vec::with_capacity(gets.len());
+    for get in gets {
+        let got = tokio::time::timeout(Duration::from_secs(10), get)
+            .await
+            .expect("a get hung")
+            .expect("a reader task panicked");
+        done.push(got);
+    }
+    done
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_queued_behind_a_stuck_mget_keeps_its_own_deadline() {
     // The dispatcher, not a timer per caller, answers each waiter by its deadline. Gets
@@ -335,13 +339,11 @@ async fn a_get_queued_behind_a_stuck_mget_keeps_its_own_deadline() {
     // These queue behind it: their deadline (at 1.625 x TIMEOUT from the first batch)
     // falls before their own MGET's timeout (at 2 x TIMEOUT).
     let queued = spawn_gets(&caches, 32, 32);
-    for handle in stuck {
-        let (got, _) = handle.await.expect("a reader task panicked");
+    for (got, _) in joined(stuck).await {
         assert_eq!(got, None);
     }
     let mut slowest = Duration::ZERO;
-    for handle in queued {
-        let (got, took) = handle.await.expect("a reader task panicked");
+    for (got, took) in joined(queued).await {
         assert_eq!(got, None);
         slowest = slowest.max(took);
         // Answered at its deadline, give or take scheduling; answered with its MGET's
@@ -374,11 +376,7 @@ async fn a_stuck_batch_counts_each_of_its_calls_toward_the_breaker() {
     populate(&caches, 100).await;
     let before = caches.health().await.degraded_calls;
     server.pause();
-    for handle in spawn_gets(&caches, 0, 64) {
-        let (got, _) = tokio::time::timeout(Duration::from_secs(10), handle)
-            .await
-            .expect("a get against a paused server hung")
-            .expect("a reader task panicked");
+    for (got, _) in joined(spawn_gets(&caches, 0, 64)).await {
         assert_eq!(got, None);
     }
     let health = tokio::time::timeout(Duration::from_secs(10), caches.health())
@@ -430,11 +428,7 @@ async fn calls_that_pass_their_deadline_waiting_to_be_sent_do_not_open_the_break
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     gets.extend(spawn_gets(&caches, 17, 47));
-    for handle in gets {
-        let (got, _) = tokio::time::timeout(Duration::from_secs(10), handle)
-            .await
-            .expect("a get hung")
-            .expect("a reader task panicked");
+    for (got, _) in joined(gets).await {
         assert_eq!(got, None);
     }
     let health = tokio::time::timeout(Duration::from_secs(10), caches.health())
