@@ -11,20 +11,27 @@
 //!   concurrent calls);
 //! - the dispatcher yields once to the scheduler before draining the queue, so the other
 //!   callers woken in the same tick join the batch instead of fragmenting it;
-//! - [`MAX_IN_FLIGHT`] `MGET`s at most are in flight, each carrying a share of everything
-//!   outstanding, one sent per wake-up. One measured best here: at 2 in flight the batches
-//!   halve and the client's CPU per get rises by up to 40% (`cargo bench -p cache-tests
-//!   --bench throughput`, 64 and 256 tasks, both runtime flavours), for no steady gain,
-//!   and again with the polling below (64 tasks: 1.11-1.17x raw against 1.35-1.47x);
+//! - two batches at most are in flight ([`MAX_IN_FLIGHT`]), as two cohorts of callers:
+//!   a batch that comes back alone (nothing else in flight) with at least [`SPLIT_FROM`]
+//!   callers is answered in two halves, the second once the first half's new calls are
+//!   sent, so Redis works on one cohort's `MGET` while the client answers the other's
+//!   callers; after that each batch back is answered whole and its callers' next calls go
+//!   out together. With one batch in flight, Redis waited while the client answered a
+//!   batch and the client while Redis worked (64 tasks, current-thread runtime: 67 µs in
+//!   flight and 31 µs answering per batch of 64); splitting whatever is queued into equal
+//!   shares instead sent both shares in the same tick, and they came back together;
+//! - every batch carries everything queued, up to [`MAX_MGET_KEYS`];
 //! - no timer per caller: the dispatcher answers every waiter by its deadline, with one
 //!   timer per batch in flight and one for the queue;
-//! - while a batch is in flight the dispatcher keeps polling for its reply, yielding to
-//!   the scheduler between polls, for up to [`SPIN_MAX`] before it lets the thread sleep
-//!   (and not at all where replies keep coming later than that): on a VM, a thread put
-//!   to sleep and woken by the reply took tens of microseconds more per round trip than
-//!   the round trip itself (64 tasks, current-thread runtime, A/B runs of the throughput
-//!   bench: 1.05-1.14x raw throughput without it, 1.28-1.58x with it); never on a
-//!   runtime with more workers than the CPUs the process may use (see [`polling_pays`]);
+//! - while batches are in flight the dispatcher keeps polling for their replies, yielding
+//!   to the scheduler between polls, for up to [`SPIN_MAX`] after each batch it sends
+//!   before it lets the thread sleep (not at all where replies keep coming later than
+//!   that; calls queued while a slot is free end the poll, to be sent): on a VM, a thread
+//!   put to sleep and woken by the reply took tens of microseconds more per round trip
+//!   than the round trip itself (64 tasks, current-thread runtime, A/B runs of the
+//!   throughput bench: 1.05-1.14x raw throughput without it, 1.28-1.58x with it); never
+//!   on a runtime with more workers than the CPUs the process may use (see
+//!   [`polling_pays`]);
 //! - whether coalescing pays at all is measured, not configured (see [`choose`]): where
 //!   it does not (two workers squeezed on one CPU), gets under load go alone.
 //!
@@ -52,8 +59,10 @@ use choose::{Chooser, Route};
 
 /// Below this many calls (gets and sets) in progress, a call goes out alone.
 pub(crate) const BYPASS_BELOW: usize = 16;
-/// The most `MGET`s of coalesced keys in flight at once.
-pub(crate) const MAX_IN_FLIGHT: usize = 1;
+/// The most batches in flight at once: two cohorts of callers.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+/// The fewest callers in a batch back alone that are split in two cohorts.
+pub(crate) const SPLIT_FROM: usize = 32;
 /// The longest the dispatcher polls for a batch's reply before it lets the thread sleep.
 pub(crate) const SPIN_MAX: Duration = Duration::from_micros(200);
 /// The largest value a write may carry to join a batch: a batch's gets wait for its
@@ -330,8 +339,6 @@ where
     Fut: Future<Output = Result<Vec<Reply>, Unavailable>>,
 {
     let mut in_flight = FuturesUnordered::new();
-    // Keys in the batches in flight.
-    let mut carried = 0;
     // One timer for the callers still queued while every slot is taken.
     let mut expiry = pin!(tokio::time::sleep_until(Instant::now()));
     let mut armed: Option<Instant> = None;
@@ -340,43 +347,53 @@ where
     } else {
         Duration::ZERO
     });
-    // How long to poll for the batch just sent.
-    let mut window_for_sent = Duration::ZERO;
+    // Until when to poll for the batches in flight, once a window is open.
+    let mut poll_until: Option<std::time::Instant> = None;
     // Callers whose deadline passed before their batch was sent, answered once the queue
     // is unlocked.
     let mut expired = Vec::new();
+    // Batches whose replies came, with their callers not answered yet.
+    let mut finished: Vec<Vec<Answered>> = Vec::new();
+    // The second cohort of a split batch, answered once the first one's batch is sent.
+    let mut held: Vec<Answered> = Vec::new();
     loop {
-        // Poll for the reply of the batch just sent a while before sleeping on it, once
-        // per batch (wake-ups while it is in flight do not open another window). Each
-        // poll yields, so every other task runs first, and the runtime checks its
-        // sockets in between without waiting.
-        let window = std::mem::take(&mut window_for_sent);
+        // Poll for the replies of the batches in flight a while before sleeping on them
+        // (one window per batch sent; wake-ups while it is in flight do not open another
+        // one). Each poll yields, so every other task runs first, and the runtime checks
+        // its sockets in between without waiting. Callers queued while a slot is free
+        // end the poll: they go first.
         let mut caught = false;
-        if !window.is_zero() && !in_flight.is_empty() {
-            // Counted before the batch's callers can be answered.
-            coalescer.polled.fetch_add(1, Ordering::Relaxed);
-            let until = std::time::Instant::now() + window;
-            caught = loop {
-                if let Some(Some(keys)) = in_flight.next().now_or_never() {
-                    carried -= keys;
-                    break true;
+        if let Some(until) = poll_until
+            && !in_flight.is_empty()
+        {
+            loop {
+                if let Some(Some(answered)) = in_flight.next().now_or_never() {
+                    finished.push(answered);
+                    caught = true;
+                    spin.caught(true);
+                    coalescer.caught.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                if in_flight.len() < MAX_IN_FLIGHT && coalescer.woken.load(Ordering::Acquire) {
+                    break;
                 }
                 if std::time::Instant::now() >= until {
-                    break false;
+                    poll_until = None;
+                    spin.caught(false);
+                    break;
                 }
                 tokio::task::yield_now().await;
-            };
-            spin.caught(caught);
-            coalescer
-                .caught
-                .fetch_add(u64::from(caught), Ordering::Relaxed);
+            }
+        }
+        if in_flight.is_empty() {
+            poll_until = None;
         }
         // A batch just finished is what the wait below waits for: the keys queued while
         // it was in flight go next, with no wake-up of their own to come.
         if !caught {
             tokio::select! {
                 () = coalescer.wake.notified() => {}
-                Some(keys) = in_flight.next(), if !in_flight.is_empty() => carried -= keys,
+                Some(answered) = in_flight.next(), if !in_flight.is_empty() => finished.push(answered),
                 () = &mut expiry, if armed.is_some() => {
                     armed = None;
                     if let Some(next) = coalescer.expire_queued(Instant::now()) {
@@ -386,27 +403,38 @@ where
                 }
             }
         }
+        while let Some(Some(answered)) = in_flight.next().now_or_never() {
+            finished.push(answered);
+        }
+        // A lone batch back with nothing else in flight is split in two cohorts: the
+        // first is answered now and sent as soon as its callers ask again, the second
+        // once that batch is in flight, so Redis works on one while the client answers
+        // the other.
+        if finished.len() == 1 && in_flight.is_empty() && finished[0].len() >= SPLIT_FROM {
+            let mut first = finished.pop().unwrap_or_default();
+            held = first.split_off(first.len() / 2);
+            answer(first);
+        }
+        for answered in finished.drain(..) {
+            answer(answered);
+        }
         // Let the callers woken in this tick queue up first: those just answered by a
         // finished MGET ask again at once, and draining before they do fragments batches.
         tokio::task::yield_now().await;
         coalescer.woken.store(false, Ordering::Release);
-        while let Some(Some(keys)) = in_flight.next().now_or_never() {
-            carried -= keys;
-        }
         let mut queue = coalescer.lock();
         if in_flight.len() < MAX_IN_FLIGHT && !queue.is_empty() {
-            // One batch per wake-up, carrying a share of everything outstanding: batches
-            // sent in the same tick would travel, and come back, together.
-            let share = (queue.len() + carried)
-                .div_ceil(MAX_IN_FLIGHT)
-                .clamp(1, MAX_MGET_KEYS)
-                .min(queue.len());
+            let share = queue.len().min(MAX_MGET_KEYS);
             let (batch, answers) = prepare(queue.drain(..share), Instant::now(), &mut expired);
             // (Nothing to send when every caller's deadline passed or it went away.)
             if !answers.is_empty() {
-                carried += share;
-                in_flight.push(send(batch, answers, share, &mget));
-                window_for_sent = spin.window();
+                in_flight.push(send(batch, answers, &mget));
+                let window = spin.window();
+                if !window.is_zero() {
+                    // Counted before the batch's callers can be answered.
+                    coalescer.polled.fetch_add(1, Ordering::Relaxed);
+                    poll_until = Some(std::time::Instant::now() + window);
+                }
             }
         }
         let front = queue.front().map(|w| w.deadline);
@@ -415,6 +443,7 @@ where
         for reply in expired.drain(..) {
             let _ = reply.send(Err(Unavailable::Timeout));
         }
+        answer(std::mem::take(&mut held));
         match front {
             Some(deadline) if armed.is_none_or(|at| at > deadline) => {
                 expiry.as_mut().reset(deadline);
@@ -427,6 +456,16 @@ where
             // More queued with a slot free: go round again at once.
             coalescer.wake.notify_one();
         }
+    }
+}
+
+/// A caller of a batch whose reply came, and its answer.
+type Answered = (oneshot::Sender<Reply>, Reply);
+
+/// Answers each caller.
+fn answer(answered: Vec<Answered>) {
+    for (reply, value) in answered {
+        let _ = reply.send(value);
     }
 }
 
@@ -488,10 +527,10 @@ fn prepare(
     )
 }
 
-/// One round trip for `batch`, answering each caller with its own reply (a key's bytes,
-/// or whether its write was taken), or with `Timeout` when its deadline passes first.
-/// Returns `carried`, how many calls it carried.
-async fn send<F, Fut>(batch: Batch, mut answers: Vec<Answer>, carried: usize, mget: &F) -> usize
+/// One round trip for `batch`: each caller with its own reply (a key's bytes, or whether
+/// its write was taken), for the dispatcher to answer; a caller whose deadline passes
+/// first is answered `Timeout` when it does.
+async fn send<F, Fut>(batch: Batch, mut answers: Vec<Answer>, mget: &F) -> Vec<Answered>
 where
     F: Fn(Batch) -> Fut,
     Fut: Future<Output = Result<Vec<Reply>, Unavailable>>,
@@ -508,7 +547,7 @@ where
             .min()
         else {
             call.await.ok();
-            return carried;
+            return Vec::new();
         };
         tokio::select! {
             biased;
@@ -526,24 +565,22 @@ where
         }
     };
     match outcome {
-        Ok(replies) if replies.len() == answers.len() => {
-            for (answer, value) in answers.into_iter().zip(replies) {
-                if let Some(reply) = answer.reply {
-                    let _ = reply.send(value);
-                }
-            }
-        }
+        Ok(replies) if replies.len() == answers.len() => answers
+            .into_iter()
+            .zip(replies)
+            .filter_map(|(answer, value)| Some((answer.reply?, value)))
+            .collect(),
         outcome => {
             let why = match outcome {
                 Err(why) => why,
                 Ok(_) => Unavailable::Failed,
             };
-            for reply in answers.into_iter().filter_map(|a| a.reply) {
-                let _ = reply.send(Err(why));
-            }
+            answers
+                .into_iter()
+                .filter_map(|a| Some((a.reply?, Err(why))))
+                .collect()
         }
     }
-    carried
 }
 
 #[cfg(test)]
@@ -886,6 +923,65 @@ mod tests {
                 "a get was given another call's reply"
             );
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_batch_back_is_split_so_two_cohorts_keep_two_batches_in_flight() {
+        const TASKS: usize = 64;
+        const ROUNDS: usize = 20;
+        // Batches sent, batches in flight now, and the most in flight at once.
+        let sent = std::sync::Arc::new(AtomicUsize::new(0));
+        let now = std::sync::Arc::new(AtomicUsize::new(0));
+        let most = std::sync::Arc::new(AtomicUsize::new(0));
+        let mget = {
+            let (sent, now, most) = (sent.clone(), now.clone(), most.clone());
+            move |batch: Batch| {
+                sent.fetch_add(1, Ordering::Relaxed);
+                most.fetch_max(now.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+                let now = now.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    now.fetch_sub(1, Ordering::Relaxed);
+                    Ok(vec![Ok(None); batch.keys.len() + batch.writes.len()])
+                }
+            }
+        };
+        let coalescer = std::sync::Arc::new(Coalescer::default());
+        let dispatcher = std::sync::Arc::clone(&coalescer);
+        tokio::spawn(async move { dispatch(&dispatcher, mget, SPIN_MAX).await });
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|task| {
+                let coalescer = std::sync::Arc::clone(&coalescer);
+                tokio::spawn(async move {
+                    let key = format!("k{task}");
+                    for _ in 0..ROUNDS {
+                        let got = coalescer.get(&key, false, Duration::from_secs(5)).await;
+                        assert!(matches!(got, Ok(None)), "{got:?}");
+                    }
+                })
+            })
+            .collect();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            futures_util::future::try_join_all(tasks),
+        )
+        .await
+        .expect("the gets hung past their deadlines")
+        .expect("a get failed");
+        // With one batch in flight, Redis would wait while the client answers the batch's
+        // callers, and the client while Redis works.
+        assert_eq!(
+            most.load(Ordering::Relaxed),
+            2,
+            "the most batches in flight at once"
+        );
+        // Two cohorts, not fragments: 64 tasks make batches of some 32 keys.
+        let sent = sent.load(Ordering::Relaxed);
+        assert!(
+            sent <= TASKS * ROUNDS / 16,
+            "{sent} batches for {} gets from {TASKS} tasks",
+            TASKS * ROUNDS
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
