@@ -353,9 +353,9 @@ where
     // is unlocked.
     let mut expired = Vec::new();
     // Batches whose replies came, with their callers not answered yet.
-    let mut finished: Vec<Vec<Answered>> = Vec::new();
+    let mut finished: Vec<Finished> = Vec::new();
     // The second cohort of a split batch, answered once the first one's batch is sent.
-    let mut held: Vec<Answered> = Vec::new();
+    let mut held = Finished::default();
     loop {
         // Poll for the replies of the batches in flight a while before sleeping on them
         // (one window per batch sent; wake-ups while it is in flight do not open another
@@ -367,8 +367,8 @@ where
             && !in_flight.is_empty()
         {
             loop {
-                if let Some(Some(answered)) = in_flight.next().now_or_never() {
-                    finished.push(answered);
+                if let Some(Some(batch)) = in_flight.next().now_or_never() {
+                    finished.push(batch);
                     caught = true;
                     spin.caught(true);
                     coalescer.caught.fetch_add(1, Ordering::Relaxed);
@@ -393,7 +393,7 @@ where
         if !caught {
             tokio::select! {
                 () = coalescer.wake.notified() => {}
-                Some(answered) = in_flight.next(), if !in_flight.is_empty() => finished.push(answered),
+                Some(batch) = in_flight.next(), if !in_flight.is_empty() => finished.push(batch),
                 () = &mut expiry, if armed.is_some() => {
                     armed = None;
                     if let Some(next) = coalescer.expire_queued(Instant::now()) {
@@ -403,8 +403,8 @@ where
                 }
             }
         }
-        while let Some(Some(answered)) = in_flight.next().now_or_never() {
-            finished.push(answered);
+        while let Some(Some(batch)) = in_flight.next().now_or_never() {
+            finished.push(batch);
         }
         // A lone batch back with nothing else in flight is split in two cohorts: the
         // first is answered now and sent as soon as its callers ask again, the second
@@ -413,10 +413,10 @@ where
         if finished.len() == 1 && in_flight.is_empty() && finished[0].len() >= SPLIT_FROM {
             let mut first = finished.pop().unwrap_or_default();
             held = first.split_off(first.len() / 2);
-            answer(first);
+            first.answer();
         }
-        for answered in finished.drain(..) {
-            answer(answered);
+        for batch in finished.drain(..) {
+            batch.answer();
         }
         // Let the callers woken in this tick queue up first: those just answered by a
         // finished MGET ask again at once, and draining before they do fragments batches.
@@ -443,7 +443,7 @@ where
         for reply in expired.drain(..) {
             let _ = reply.send(Err(Unavailable::Timeout));
         }
-        answer(std::mem::take(&mut held));
+        std::mem::take(&mut held).answer();
         match front {
             Some(deadline) if armed.is_none_or(|at| at > deadline) => {
                 expiry.as_mut().reset(deadline);
@@ -459,13 +459,50 @@ where
     }
 }
 
-/// A caller of a batch whose reply came, and its answer.
-type Answered = (oneshot::Sender<Reply>, Reply);
+/// A batch whose reply came: its callers (some may have been answered already, by their
+/// deadline) and a reply for each, or why there is none.
+#[derive(Default)]
+struct Finished {
+    answers: Vec<Answer>,
+    replies: Option<Result<Vec<Reply>, Unavailable>>,
+}
 
-/// Answers each caller.
-fn answer(answered: Vec<Answered>) {
-    for (reply, value) in answered {
-        let _ = reply.send(value);
+impl Finished {
+    /// Callers in the batch.
+    fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// Moves the callers from `at` on, with their replies, to a batch of their own.
+    fn split_off(&mut self, at: usize) -> Finished {
+        let replies = match &mut self.replies {
+            Some(Ok(replies)) => Some(Ok(replies.split_off(at))),
+            Some(Err(why)) => Some(Err(*why)),
+            None => None,
+        };
+        Finished {
+            answers: self.answers.split_off(at),
+            replies,
+        }
+    }
+
+    /// Answers each caller still waiting with its reply.
+    fn answer(self) {
+        match self.replies {
+            Some(Ok(replies)) => {
+                for (answer, value) in self.answers.into_iter().zip(replies) {
+                    if let Some(reply) = answer.reply {
+                        let _ = reply.send(value);
+                    }
+                }
+            }
+            Some(Err(why)) => {
+                for reply in self.answers.into_iter().filter_map(|a| a.reply) {
+                    let _ = reply.send(Err(why));
+                }
+            }
+            None => {}
+        }
     }
 }
 
@@ -530,7 +567,7 @@ fn prepare(
 /// One round trip for `batch`: each caller with its own reply (a key's bytes, or whether
 /// its write was taken), for the dispatcher to answer; a caller whose deadline passes
 /// first is answered `Timeout` when it does.
-async fn send<F, Fut>(batch: Batch, mut answers: Vec<Answer>, mget: &F) -> Vec<Answered>
+async fn send<F, Fut>(batch: Batch, mut answers: Vec<Answer>, mget: &F) -> Finished
 where
     F: Fn(Batch) -> Fut,
     Fut: Future<Output = Result<Vec<Reply>, Unavailable>>,
@@ -547,7 +584,7 @@ where
             .min()
         else {
             call.await.ok();
-            return Vec::new();
+            return Finished::default();
         };
         tokio::select! {
             biased;
@@ -564,22 +601,14 @@ where
             }
         }
     };
-    match outcome {
-        Ok(replies) if replies.len() == answers.len() => answers
-            .into_iter()
-            .zip(replies)
-            .filter_map(|(answer, value)| Some((answer.reply?, value)))
-            .collect(),
-        outcome => {
-            let why = match outcome {
-                Err(why) => why,
-                Ok(_) => Unavailable::Failed,
-            };
-            answers
-                .into_iter()
-                .filter_map(|a| Some((a.reply?, Err(why))))
-                .collect()
-        }
+    // One reply per caller, or they cannot be told apart.
+    let replies = match outcome {
+        Ok(replies) if replies.len() != answers.len() => Err(Unavailable::Failed),
+        outcome => outcome,
+    };
+    Finished {
+        answers,
+        replies: Some(replies),
     }
 }
 
