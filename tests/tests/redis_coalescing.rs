@@ -333,12 +333,14 @@ async fn a_get_queued_behind_a_stuck_mget_keeps_its_own_deadline() {
     populate(&caches, 100).await;
     server.pause();
     // 32 gets in progress: 16 plain GETs and an MGET of the rest, held by the paused
-    // server.
-    let stuck = spawn_gets(&caches, 0, 32);
-    tokio::time::sleep(TIMEOUT * 5 / 8).await;
-    // These queue behind it: their deadline (at 1.625 x TIMEOUT from the first batch)
+    // server; then 16 more, a second MGET in flight, so both batch slots are taken.
+    let mut stuck = spawn_gets(&caches, 0, 32);
+    tokio::time::sleep(TIMEOUT / 20).await;
+    stuck.extend(spawn_gets(&caches, 32, 16));
+    tokio::time::sleep(TIMEOUT * 5 / 8 - TIMEOUT / 20).await;
+    // These queue behind them: their deadline (at 1.625 x TIMEOUT from the first batch)
     // falls before their own MGET's timeout (at 2 x TIMEOUT).
-    let queued = spawn_gets(&caches, 32, 32);
+    let queued = spawn_gets(&caches, 48, 32);
     for (got, _) in joined(stuck).await {
         assert_eq!(got, None);
     }
@@ -400,11 +402,12 @@ async fn a_stuck_batch_counts_each_of_its_calls_toward_the_breaker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_that_pass_their_deadline_waiting_to_be_sent_do_not_open_the_breaker() {
     // Every round trip takes 300 ms (a proxy holds each command that long), within the
-    // 450 ms response timeout. 17 gets: 16 go alone, the 17th in an MGET; 47 more, made
-    // once that MGET is on its way, wait for its reply and then for their own, some
-    // 600 ms, past their deadline. They degrade, but the server answered every round
-    // trip in time and a lone call would have had its reply: they must not count toward
-    // the breaker (three would open it).
+    // 450 ms response timeout. 17 gets: 16 go alone, the 17th in an MGET; an 18th, made
+    // once that MGET is on its way, in a second one, so both batch slots are taken; 47
+    // more, made once that one is on its way too, wait for a reply and then for their
+    // own, some 600 ms, past their deadline. They degrade, but the server answered every
+    // round trip in time and a lone call would have had its reply: they must not count
+    // toward the breaker (three would open it).
     let server = RedisServer::new();
     let slow = DelayedAddress::start(server.port(), Duration::from_millis(300)).await;
     let caches = Caches::new();
@@ -427,7 +430,15 @@ async fn calls_that_pass_their_deadline_waiting_to_be_sent_do_not_open_the_break
         assert!(Instant::now() < deadline, "the 17th get was not coalesced");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    gets.extend(spawn_gets(&caches, 17, 47));
+    gets.extend(spawn_gets(&caches, 17, 1));
+    while slow.mgets() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the 18th get did not go in a second MGET"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    gets.extend(spawn_gets(&caches, 18, 47));
     for (got, _) in joined(gets).await {
         assert_eq!(got, None);
     }

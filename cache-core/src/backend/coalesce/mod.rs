@@ -356,17 +356,27 @@ where
     let mut finished: Vec<Finished> = Vec::new();
     // The second cohort of a split batch, answered once the first one's batch is sent.
     let mut held = Finished::default();
+    // Calls still queued with a slot free after the last round: they go out next, with
+    // no polling first.
+    let mut more = false;
     loop {
-        // Poll for the replies of the batches in flight a while before sleeping on them
-        // (one window per batch sent; wake-ups while it is in flight do not open another
-        // one). Each poll yields, so every other task runs first, and the runtime checks
-        // its sockets in between without waiting. Callers queued while a slot is free
-        // end the poll: they go first.
+        // Poll for the replies of the batches in flight a while before sleeping on them:
+        // a window opens with each batch sent, shared by the batches in flight (wake-ups
+        // meanwhile do not open another), and ends when it expires with a batch still in
+        // flight (a miss) or when a reply is caught. Each poll yields, so every other task
+        // runs first, and the runtime checks its sockets in between without waiting.
+        // Calls queued while a slot is free end the poll: they go first.
         let mut caught = false;
         if let Some(until) = poll_until
             && !in_flight.is_empty()
+            && !more
         {
             loop {
+                if std::time::Instant::now() >= until {
+                    poll_until = None;
+                    spin.caught(false);
+                    break;
+                }
                 if let Some(Some(batch)) = in_flight.next().now_or_never() {
                     finished.push(batch);
                     caught = true;
@@ -375,11 +385,6 @@ where
                     break;
                 }
                 if in_flight.len() < MAX_IN_FLIGHT && coalescer.woken.load(Ordering::Acquire) {
-                    break;
-                }
-                if std::time::Instant::now() >= until {
-                    poll_until = None;
-                    spin.caught(false);
                     break;
                 }
                 tokio::task::yield_now().await;
@@ -407,10 +412,16 @@ where
             finished.push(batch);
         }
         // A lone batch back with nothing else in flight is split in two cohorts: the
-        // first is answered now and sent as soon as its callers ask again, the second
-        // once that batch is in flight, so Redis works on one while the client answers
-        // the other.
-        if finished.len() == 1 && in_flight.is_empty() && finished[0].len() >= SPLIT_FROM {
+        // first half is answered now and its callers' next calls make the batch sent
+        // below; the second half is answered once that batch is in flight (queued to be
+        // written), and its callers' next calls make the other batch. Redis then works on
+        // one cohort while the client answers the other. (A failed batch is not split:
+        // every caller gets its error now.)
+        if finished.len() == 1
+            && in_flight.is_empty()
+            && finished[0].len() >= SPLIT_FROM
+            && matches!(finished[0].replies, Some(Ok(_)))
+        {
             let mut first = finished.pop().unwrap_or_default();
             held = first.split_off(first.len() / 2);
             first.answer();
@@ -438,7 +449,7 @@ where
             }
         }
         let front = queue.front().map(|w| w.deadline);
-        let more = !queue.is_empty() && in_flight.len() < MAX_IN_FLIGHT;
+        more = !queue.is_empty() && in_flight.len() < MAX_IN_FLIGHT;
         drop(queue);
         for reply in expired.drain(..) {
             let _ = reply.send(Err(Unavailable::Timeout));
@@ -699,21 +710,39 @@ mod tests {
         reply: Duration,
         window: Duration,
     ) -> (std::sync::Arc<Coalescer>, std::sync::Arc<AtomicUsize>) {
+        let (coalescer, sent, _) = fake_dispatcher_tracking(reply, window);
+        (coalescer, sent)
+    }
+
+    /// [`fake_dispatcher_counting`], and the most batches that were in flight at once.
+    fn fake_dispatcher_tracking(
+        reply: Duration,
+        window: Duration,
+    ) -> (
+        std::sync::Arc<Coalescer>,
+        std::sync::Arc<AtomicUsize>,
+        std::sync::Arc<AtomicUsize>,
+    ) {
         let coalescer = std::sync::Arc::new(Coalescer::default());
         let sent = std::sync::Arc::new(AtomicUsize::new(0));
+        let now = std::sync::Arc::new(AtomicUsize::new(0));
+        let most = std::sync::Arc::new(AtomicUsize::new(0));
         let mget = {
-            let sent = std::sync::Arc::clone(&sent);
+            let (sent, most) = (std::sync::Arc::clone(&sent), std::sync::Arc::clone(&most));
             move |batch: Batch| {
                 sent.fetch_add(1, Ordering::Relaxed);
+                most.fetch_max(now.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+                let now = std::sync::Arc::clone(&now);
                 async move {
                     tokio::time::sleep(reply).await;
+                    now.fetch_sub(1, Ordering::Relaxed);
                     Ok(vec![Ok(None); batch.keys.len() + batch.writes.len()])
                 }
             }
         };
         let dispatcher = std::sync::Arc::clone(&coalescer);
         tokio::spawn(async move { dispatch(&dispatcher, mget, window).await });
-        (coalescer, sent)
+        (coalescer, sent, most)
     }
 
     /// Batches polled for, and replies caught by polling.
@@ -817,14 +846,16 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn keys_left_queued_behind_a_full_batch_go_next_when_polling_catches_it() {
-        // 600 keys queued at once: a full batch of 512 goes out, 88 stay queued, and the
-        // wake-up that brought them is spent. Polling catches the batch's reply; nothing
-        // else will wake the dispatcher for the 88, so catching it must send them.
+    async fn keys_left_queued_behind_full_batches_go_as_soon_as_a_slot_frees() {
+        // 1100 keys queued at once: a full batch of 512 goes out and, with a slot free,
+        // a second one at once, without polling for the first's reply; the last 76 stay
+        // queued with both slots taken, and the wake-up that brought them is spent.
+        // Polling catches a reply; nothing else will wake the dispatcher for the 76, so
+        // catching it must send them.
         const REPLY: Duration = Duration::from_millis(5);
         const WINDOW: Duration = Duration::from_millis(100);
-        let (coalescer, sent) = fake_dispatcher_counting(REPLY, WINDOW);
-        let keys: Vec<String> = (0..600).map(|k| format!("k{k}")).collect();
+        let (coalescer, sent, most) = fake_dispatcher_tracking(REPLY, WINDOW);
+        let keys: Vec<String> = (0..1100).map(|k| format!("k{k}")).collect();
         let started = std::time::Instant::now();
         let replies = tokio::time::timeout(
             Duration::from_secs(30),
@@ -834,21 +865,26 @@ mod tests {
             ),
         )
         .await
-        .expect("600 gets hung past their deadlines");
+        .expect("1100 gets hung past their deadlines");
         let took = started.elapsed();
         assert!(
             replies.iter().all(|r| matches!(r, Ok(None))),
-            "{} of 600 gets were not answered",
+            "{} of 1100 gets were not answered",
             replies.iter().filter(|r| !matches!(r, Ok(None))).count()
         );
         assert_eq!(
             sent.load(Ordering::Relaxed),
+            3,
+            "two full batches, then the rest"
+        );
+        assert_eq!(
+            most.load(Ordering::Relaxed),
             2,
-            "one full batch, then the rest"
+            "the second full batch waited for the first one's reply"
         );
         assert!(polling(&coalescer).1 >= 1, "no reply was caught by polling");
-        // Two round trips of 5 ms; stranded, the 88 would wait for their 5 s deadline.
-        assert!(took < Duration::from_secs(1), "600 gets took {took:?}");
+        // Two round trips of 5 ms; stranded, the 76 would wait for their 5 s deadline.
+        assert!(took < Duration::from_secs(1), "1100 gets took {took:?}");
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -958,26 +994,7 @@ mod tests {
     async fn a_lone_batch_back_is_split_so_two_cohorts_keep_two_batches_in_flight() {
         const TASKS: usize = 64;
         const ROUNDS: usize = 20;
-        // Batches sent, batches in flight now, and the most in flight at once.
-        let sent = std::sync::Arc::new(AtomicUsize::new(0));
-        let now = std::sync::Arc::new(AtomicUsize::new(0));
-        let most = std::sync::Arc::new(AtomicUsize::new(0));
-        let mget = {
-            let (sent, now, most) = (sent.clone(), now.clone(), most.clone());
-            move |batch: Batch| {
-                sent.fetch_add(1, Ordering::Relaxed);
-                most.fetch_max(now.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
-                let now = now.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    now.fetch_sub(1, Ordering::Relaxed);
-                    Ok(vec![Ok(None); batch.keys.len() + batch.writes.len()])
-                }
-            }
-        };
-        let coalescer = std::sync::Arc::new(Coalescer::default());
-        let dispatcher = std::sync::Arc::clone(&coalescer);
-        tokio::spawn(async move { dispatch(&dispatcher, mget, SPIN_MAX).await });
+        let (coalescer, sent, most) = fake_dispatcher_tracking(Duration::from_millis(1), SPIN_MAX);
         let tasks: Vec<_> = (0..TASKS)
             .map(|task| {
                 let coalescer = std::sync::Arc::clone(&coalescer);
