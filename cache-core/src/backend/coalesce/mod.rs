@@ -63,7 +63,8 @@ pub(crate) const BYPASS_BELOW: usize = 16;
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
 /// The fewest callers in a batch back alone that are split in two cohorts.
 pub(crate) const SPLIT_FROM: usize = 32;
-/// The longest the dispatcher polls for a batch's reply before it lets the thread sleep.
+/// How long the dispatcher polls for replies after each batch it sends before it lets
+/// the thread sleep.
 pub(crate) const SPIN_MAX: Duration = Duration::from_micros(200);
 /// The largest value a write may carry to join a batch: a batch's gets wait for its
 /// whole reply, so a large value goes alone rather than hold them up.
@@ -118,15 +119,18 @@ pub(crate) struct Coalescer {
     /// The chooser's pick: gets under load go alone (`true`) or are coalesced.
     alone: AtomicBool,
     meter: Mutex<Meter>,
-    /// Batches whose reply the dispatcher polled for, and how many of those it caught.
+    /// Polling windows opened (one per batch sent while polling is on), and replies
+    /// caught by polling (a window is shared by the batches in flight, so it may catch
+    /// two).
     polled: AtomicU64,
     caught: AtomicU64,
 }
 
-/// Whether the dispatcher polls for the reply of a batch it just sent before it sleeps
-/// (one window per batch): yes while polling catches replies; after [`SPIN_MISSES`]
-/// windows in a row that ended before the reply came (a slow or distant server), no,
-/// except to try again once every [`SPIN_RETRY`] batches.
+/// Whether the dispatcher polls for the replies in flight before it sleeps (a window
+/// opened by each batch it sends, shared by the batches in flight): yes while polling
+/// catches replies; after [`SPIN_MISSES`] windows in a row that expired with a batch
+/// still in flight (a slow or distant server), no, except to try again once every
+/// [`SPIN_RETRY`] batches.
 struct Spin {
     /// The longest window.
     max: Duration,
