@@ -1389,7 +1389,7 @@ fn tracking_refused(error: &RedisError) -> bool {
 
 impl Inner {
     /// Opens a listener's RESP3 connection: tracking for the first levels where the
-    /// server has it, pub/sub otherwise; pushes reach [`heard_push`].
+    /// server has it, pub/sub otherwise; pushes reach [`heard_push`](Self::heard_push).
     async fn hear(
         self: &Arc<Self>,
         server: &Server,

@@ -1,5 +1,6 @@
 //! How a manager connects: its settings ([`CacheConfig`]), the parsing of `connect` URLs
-//! ([`parse`]), passwords kept out of every message ([`secret`]) and TLS trust ([`tls`]).
+//! ([`parse`](mod@parse)), passwords kept out of every message ([`secret`]) and TLS
+//! trust ([`tls`]).
 
 mod parse;
 mod secret;

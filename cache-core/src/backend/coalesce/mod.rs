@@ -333,10 +333,10 @@ impl Coalescer {
     }
 }
 
-/// Sends queued calls as batches (an `MGET` and writes in one pipeline) through `mget`
-/// until the backend drops the task. Runs as one task per backend, driving its batches
-/// itself, and polls for a reply for up to `spin_max` ([`SPIN_MAX`]) before it sleeps on
-/// it.
+/// Sends queued calls as batches (an `MGET` and writes in one pipeline) through `mget`,
+/// [`MAX_IN_FLIGHT`] at most at once, until the backend drops the task. Runs as one task
+/// per backend, driving its batches itself, and after each batch it sends polls for the
+/// replies in flight for up to `spin_max` ([`SPIN_MAX`]) before it sleeps on them.
 pub(crate) async fn dispatch<F, Fut>(coalescer: &Coalescer, mget: F, spin_max: Duration)
 where
     F: Fn(Batch) -> Fut,
