@@ -303,12 +303,22 @@ fn spawn_gets(
 async fn joined(
     gets: Vec<tokio::task::JoinHandle<(Option<String>, Duration)>>,
 ) -> Vec<(Option<String>, Duration)> {
-    let mut done = Vec::with_capacity(gets.len());
-    for get in gets {
-        let got = tokio::time::timeout(Duration::from_secs(10), get)
+    joined_within(gets, Duration::from_secs(10), "a get").await
+}
+
+/// What each of `tasks` returned, in order; each one within `limit`, or the test fails
+/// naming `what` hung.
+async fn joined_within<T>(
+    tasks: Vec<tokio::task::JoinHandle<T>>,
+    limit: Duration,
+    what: &str,
+) -> Vec<T> {
+    let mut done = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let got = tokio::time::timeout(limit, task)
             .await
-            .expect("a get hung")
-            .expect("a reader task panicked");
+            .unwrap_or_else(|_| panic!("{what} hung"))
+            .unwrap_or_else(|e| panic!("{what}'s task panicked: {e}"));
         done.push(got);
     }
     done
@@ -555,15 +565,11 @@ async fn concurrent_writes(
             })
         })
         .collect();
-    let mut outcomes = Vec::new();
-    for handle in handles {
-        let done = tokio::time::timeout(Duration::from_secs(30), handle)
-            .await
-            .expect("the writers hung")
-            .expect("a writer task panicked");
-        outcomes.extend(done);
-    }
-    outcomes
+    joined_within(handles, Duration::from_secs(30), "a writer")
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
